@@ -1,0 +1,120 @@
+"""The declarative description of one architecture family.
+
+A :class:`Family` maps each site kind to a :class:`Tap`: which module (relative to a decoder
+layer), its input or output, which element of a tuple, and how to view the tensor as the
+site's value (whole, split into heads, the gate half of ``q_proj``'s ``[query | gate]``
+layout). Families hold no code that runs a model; ``probe.hooks`` reads these tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+Layout = Literal["full", "heads", "gate", "pattern"]
+
+
+@dataclass(frozen=True)
+class Tap:
+    """Where a site kind lives inside one decoder layer.
+
+    Attributes:
+        module: path relative to the decoder layer ("" is the layer itself); a tuple lists
+            alternatives, the first that exists on the layer is used (e.g. the token mixer of
+            a hybrid model is ``self_attn`` on some layers and ``linear_attn`` on others).
+        side: read the module's ``input`` (first positional argument, or ``arg`` by name)
+            or its ``output``.
+        index: element of a tuple output (0 for the hidden states, 1 for attention weights).
+        arg: keyword name of the input when it is passed by keyword.
+        layout: ``full`` (the tensor as is), ``heads`` (last dim split into heads x d_head),
+            ``gate`` (the gate half of a per-head ``[query | gate]`` projection), ``pattern``
+            (attention weights ``(B, H, Tq, Tk)`` viewed as ``(B, Tq, H, Tk)``).
+        transform: ``sigmoid`` to read ``sigmoid(x)`` and write ``logit(v)``.
+        writable: whether edits may write this site.
+        write_via: for a sum in the residual stream that has no module of its own
+            (``resid_mid``), the tap of the addend to adjust on write, with
+            ``write_base`` the tap of the other addend: ``addend' = new - base``.
+        needs: a note on what the site requires (shown in errors).
+    """
+
+    module: str | tuple[str, ...]
+    side: Literal["input", "output"]
+    index: int = 0
+    arg: str = "hidden_states"
+    layout: Layout = "full"
+    transform: Literal["sigmoid"] | None = None
+    writable: bool = True
+    write_via: Tap | None = None
+    write_base: Tap | None = None
+    needs: str = ""
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        return (self.module,) if isinstance(self.module, str) else self.module
+
+
+@dataclass(frozen=True)
+class Family:
+    """Declarative site map of one architecture family.
+
+    Attributes:
+        name: the family's name (``qwen3_next``, ``llama``, ...).
+        model_types: the ``config.model_type`` values this family handles.
+        layers: candidate paths of the decoder-layer list from the model root.
+        taps: site kind -> :class:`Tap`. Kinds absent here do not exist in this family.
+        embed / final_norm / unembed: candidate paths from the model root.
+        norms: normalisation modules relative to a layer (for LRP rules).
+        mlp_act: the GLU / MLP activation module relative to a layer, if it is a module.
+        refuse: config flag -> the values gatescope supports; any other value is refused.
+        description: one line for listings and errors.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    layers: tuple[str, ...]
+    taps: Mapping[str, Tap]
+    embed: tuple[str, ...] = ("model.embed_tokens",)
+    final_norm: tuple[str, ...] = ("model.norm",)
+    unembed: tuple[str, ...] = ("lm_head",)
+    norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
+    mlp_act: str | None = "mlp.act_fn"
+    refuse: Mapping[str, tuple] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.taps)
+
+    @property
+    def has_attn_gate(self) -> bool:
+        return "attn_gate" in self.taps
+
+
+#: Taps of the standard pre-norm decoder layer (Llama, Qwen, Mistral, Gemma 1): the residual
+#: stream is the layer's input/output, attention adds ``self_attn``'s output, the MLP adds
+#: ``mlp``'s output, and ``resid_mid`` is the input of ``post_attention_layernorm``.
+PRE_NORM_TAPS: dict[str, Tap] = {
+    "resid_pre": Tap("", "input"),
+    "resid_mid": Tap(
+        "post_attention_layernorm",
+        "input",
+        write_via=Tap("self_attn", "output"),
+        write_base=Tap("", "input"),
+    ),
+    "resid_post": Tap("", "output"),
+    "attn_out": Tap("self_attn", "output"),
+    "mlp_out": Tap("mlp", "output"),
+    "head_out": Tap("self_attn.o_proj", "input", layout="heads"),
+    "attn_pattern": Tap(
+        "self_attn", "output", index=1, layout="pattern", writable=False, needs="eager attention"
+    ),
+}
+
+#: Taps of a GLU MLP with ``gate_proj``, ``up_proj``, ``act_fn`` and ``down_proj`` modules.
+GLU_TAPS: dict[str, Tap] = {
+    "mlp_gate_pre": Tap("mlp.gate_proj", "output"),
+    "mlp_gate": Tap("mlp.act_fn", "output"),
+    "mlp_up": Tap("mlp.up_proj", "output"),
+    "mlp_hidden": Tap("mlp.down_proj", "input"),
+}

@@ -1,0 +1,243 @@
+"""The one hook mechanism: turn a :class:`Site` into a PyTorch hook that reads or writes it.
+
+1. ``locate`` finds the module of a site on its layer (via the family's :class:`Tap`), or
+   refuses with what the layer has instead (a gated-DeltaNet layer has no attention gate).
+2. ``read_site`` views the module's input/output tensor as the site's value
+   (``(B, T, ...)``: ``(B, T, d)`` or ``(B, T, H, d)`` per head, one head if the site names one).
+3. ``write_site`` builds the new tensor from an edited value; sigmoid sites are written in
+   logit space (so gate values 0 and 1 are exact) and only where the value changed.
+4. ``hook_sites`` registers hooks for many (site, fn) pairs and removes them in ``finally``.
+
+Hook functions receive ``(value, info)`` and return ``None`` (read only) or a new value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from probe.errors import GatescopeError
+from probe.families.base import Tap
+from probe.model import Model, resolve_path
+from probe.sites import Site
+
+
+@dataclass
+class ForwardInfo:
+    """What a hook may need to know about the forward pass it runs in.
+
+    Attributes:
+        attention_mask: the mask passed to the model, ``(B, T_total)`` (``None`` if none).
+        offset: absolute position of this pass's first token (> 0 under a KV cache).
+    """
+
+    attention_mask: torch.Tensor | None = None
+    offset: int = 0
+
+
+HookFn = Callable[[torch.Tensor, ForwardInfo], torch.Tensor | None]
+
+
+def _describe_missing(layer: nn.Module, path: str) -> str:
+    node, walked = layer, []
+    for part in path.split("."):
+        child = getattr(node, part, None)
+        if not isinstance(child, nn.Module):
+            holder = ".".join(walked) or "the layer"
+            kind = type(node).__name__
+            has = ", ".join(n for n, _ in node.named_children()) or "nothing"
+            return f"{holder} ({kind}) has no '{part}' (it has: {has})"
+        node, walked = child, [*walked, part]
+    return f"'{path}' is not usable"
+
+
+def locate(model: Model, site: Site, tap: Tap | None = None) -> nn.Module:
+    """The module holding ``site`` (or the given tap of its layer); refuse clearly if absent."""
+    tap = tap or model.family.taps[site.kind]
+    layer = model.layer(site.layer)
+    module = resolve_path(layer, tap.modules)
+    if module is None:
+        where = [
+            i
+            for i in range(model.dims.n_layers)
+            if resolve_path(model.layer(i), tap.modules) is not None
+        ]
+        span = ", ".join(map(str, where)) if where else "no layer of this model"
+        raise GatescopeError(
+            f"site '{site}': layer {site.layer} lacks it: "
+            f"{_describe_missing(layer, tap.modules[0])}. {site.kind} exists on: {span}"
+        )
+    return module
+
+
+def _view(raw: torch.Tensor, tap: Tap, model: Model) -> torch.Tensor:
+    """The site-shaped view of ``raw`` (all heads); shares storage with ``raw``."""
+    n_heads, d_head = model.dims.n_heads, model.dims.d_head
+    if tap.layout == "full":
+        return raw
+    if tap.layout == "heads":
+        return raw if raw.dim() == 4 else raw.view(*raw.shape[:2], n_heads, -1)  # (B,T,H,d)
+    if tap.layout == "gate":
+        per_head = raw.view(*raw.shape[:2], n_heads, 2, d_head)  # (B,T,H,[query|gate],d)
+        return per_head[..., 1, :]  # (B,T,H,d)
+    if tap.layout == "pattern":
+        return raw.transpose(1, 2)  # (B,H,Tq,Tk) -> (B,Tq,H,Tk)
+    raise GatescopeError(f"unknown layout {tap.layout!r}")
+
+
+def read_site(raw: torch.Tensor, tap: Tap, model: Model, head: int | None) -> torch.Tensor:
+    """The site's value from the module tensor ``raw``."""
+    value = _view(raw, tap, model)
+    if head is not None:
+        value = value[:, :, head]
+    if tap.transform == "sigmoid":
+        value = torch.sigmoid(value)
+    return value
+
+
+def write_site(
+    raw: torch.Tensor, tap: Tap, model: Model, head: int | None, new: torch.Tensor
+) -> torch.Tensor:
+    """A new module tensor equal to ``raw`` with the site's value replaced by ``new``."""
+    if not tap.writable:
+        raise GatescopeError(f"this model's {tap.module} {tap.side} is read-only for edits")
+    old_view = _view(raw, tap, model)
+    old = old_view if head is None else old_view[:, :, head]
+    if new.shape != old.shape:
+        new = new.expand_as(old)
+    new = new.to(dtype=raw.dtype, device=raw.device)
+    if tap.transform == "sigmoid":
+        new = torch.where(new != torch.sigmoid(old), torch.logit(new), old)
+    if tap.layout == "full":
+        return new
+    out = raw.clone()
+    target = _view(out, tap, model)
+    if head is None:
+        target.copy_(new)
+    else:
+        target[:, :, head] = new
+    return out
+
+
+def _get_raw(tap: Tap, args: tuple, kwargs: dict, output=None) -> torch.Tensor | None:
+    if tap.side == "output":
+        return output[tap.index] if isinstance(output, tuple | list) else output
+    return args[0] if args else kwargs.get(tap.arg)
+
+
+def _put_raw(tap: Tap, args: tuple, kwargs: dict, output, new: torch.Tensor):
+    if tap.side == "output":
+        if isinstance(output, tuple | list):
+            items = list(output)
+            items[tap.index] = new
+            return type(output)(items) if isinstance(output, tuple) else items
+        return new
+    if args:
+        return (new, *args[1:]), kwargs
+    return args, {**kwargs, tap.arg: new}
+
+
+def _tensor_hook(model: Model, site: Site, tap: Tap, fn: HookFn, info: ForwardInfo):
+    def check(raw):
+        if raw is None:
+            need = f" ({tap.needs}: load with attn_implementation='eager')" if tap.needs else ""
+            raise GatescopeError(f"site '{site}' is not produced by this forward pass{need}")
+
+    if tap.side == "output":
+
+        def post(module, args, kwargs, output):
+            raw = _get_raw(tap, args, kwargs, output)
+            check(raw)
+            new = fn(read_site(raw, tap, model, site.head), info)
+            if new is None:
+                return None
+            return _put_raw(tap, args, kwargs, output, write_site(raw, tap, model, site.head, new))
+
+        return "post", post
+
+    def pre(module, args, kwargs):
+        raw = _get_raw(tap, args, kwargs)
+        check(raw)
+        new = fn(read_site(raw, tap, model, site.head), info)
+        if new is None:
+            return None
+        return _put_raw(tap, args, kwargs, None, write_site(raw, tap, model, site.head, new))
+
+    return "pre", pre
+
+
+def _register(module: nn.Module, kind: str, hook) -> torch.utils.hooks.RemovableHandle:
+    if kind == "post":
+        return module.register_forward_hook(hook, with_kwargs=True)
+    return module.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _sum_write_hooks(model: Model, site: Site, tap: Tap, fn: HookFn, info: ForwardInfo):
+    """Hooks writing a residual sum (``resid_mid = base + addend``) through its addend."""
+    base_tap, via_tap = tap.write_base, tap.write_via
+    store: dict[str, torch.Tensor] = {}
+
+    def keep_base(value, _info):
+        store["base"] = value
+
+    def write_addend(addend, info_):
+        base = store.pop("base")
+        current = base + addend
+        new = fn(current, info_)
+        if new is None:
+            return None
+        new = new.to(dtype=addend.dtype).expand_as(current)
+        return torch.where(new != current, new - base, addend)
+
+    return [
+        (locate(model, site, base_tap), *_tensor_hook(model, site, base_tap, keep_base, info)),
+        (locate(model, site, via_tap), *_tensor_hook(model, site, via_tap, write_addend, info)),
+    ]
+
+
+@contextmanager
+def hook_sites(
+    model: Model, entries: Sequence[tuple[Site, HookFn]], write: bool = False
+) -> Iterator[ForwardInfo]:
+    """Register a hook per ``(site, fn)``; all are removed on exit, also on error.
+
+    With ``write=True`` the functions may return new values; sites that are sums in the
+    residual stream are then hooked through their addend so the edit reaches the stream.
+    Yields the :class:`ForwardInfo` the hooks see (updated at every forward pass).
+    """
+    info = ForwardInfo()
+    planned = []
+    for site, fn in entries:
+        model.check_site(site)
+        tap = model.family.taps[site.kind]
+        if write and not tap.writable:
+            raise GatescopeError(f"site '{site}' is read-only: {site.kind} cannot be edited")
+        if write and tap.write_via is not None:
+            planned.extend(_sum_write_hooks(model, site, tap, fn, info))
+        else:
+            planned.append((locate(model, site), *_tensor_hook(model, site, tap, fn, info)))
+
+    def root_pre(module, args, kwargs):
+        info.attention_mask = kwargs.get("attention_mask")
+        pos = kwargs.get("cache_position")
+        past = kwargs.get("past_key_values")
+        if pos is not None and pos.numel():
+            info.offset = int(pos.reshape(-1)[0])
+        elif past is not None and hasattr(past, "get_seq_length"):
+            info.offset = int(past.get_seq_length())
+        else:
+            info.offset = 0
+
+    handles = []
+    try:
+        handles.append(model.hf.register_forward_pre_hook(root_pre, with_kwargs=True))
+        for module, kind, hook in planned:
+            handles.append(_register(module, kind, hook))
+        yield info
+    finally:
+        for handle in handles:
+            handle.remove()
