@@ -1,0 +1,40 @@
+# gatescope: set-up, app, tests, benchmarks. Every target installs what it needs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+PORT ?= 8501
+STAMP := $(VENV)/.gatescope-installed
+
+.PHONY: setup app test lint bench browser clean
+
+setup: $(STAMP)
+
+# torch 2.13.0 first (the CPU build); the project's torch range then installs nothing more.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev,bench]'
+	touch $(STAMP)
+
+app: setup
+	$(VENV)/bin/streamlit run app/Home.py --server.headless true --server.port $(PORT)
+
+# Debian's Chromium for the real-browser test (never `playwright install`).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$(command -v sudo >/dev/null 2>&1 && [ "$$(id -u)" != 0 ] && echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup browser lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+bench: setup
+	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
