@@ -24,8 +24,19 @@ def plain_dir(tmp_path_factory):
 
 def test_trace_writes_safetensors(model_dir, tmp_path):
     out = tmp_path / "acts.safetensors"
-    res = runner.invoke(app, ["trace", model_dir, "--prompt", "w1 w2 w3", "--sites",
-                              "attn_gate.*,resid_post.1", "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "trace",
+            model_dir,
+            "--prompt",
+            "w1 w2 w3",
+            "--sites",
+            "attn_gate.*,resid_post.1",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     tensors = load_file(out)
     assert set(tensors) == {"attn_gate.0", "attn_gate.1", "resid_post.1"}
@@ -36,8 +47,21 @@ def test_trace_prompt_file_with_positions(model_dir, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("w1 w2 w3\nw4 w5\n")
     out = tmp_path / "last.safetensors"
-    res = runner.invoke(app, ["trace", model_dir, "--prompts", str(prompts), "--sites",
-                              "mlp_gate.0", "--positions", "-1", "--out", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "trace",
+            model_dir,
+            "--prompts",
+            str(prompts),
+            "--sites",
+            "mlp_gate.0",
+            "--positions",
+            "-1",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert load_file(out)["mlp_gate.0"].shape == (2, 1, 128)
 
@@ -48,7 +72,9 @@ def test_gates_json(model_dir, plain_dir):
     report = json.loads(res.stdout)
     assert len(report["mean_gate"]) == 2 and len(report["mean_gate"][0]) == 4
     assert 0 < report["summary"]["mean_gate"] < 1
-    plain = json.loads(runner.invoke(app, ["gates", plain_dir, "--prompt", "w1 w2", "--json"]).stdout)
+    plain = json.loads(
+        runner.invoke(app, ["gates", plain_dir, "--prompt", "w1 w2", "--json"]).stdout
+    )
     assert plain["mean_gate"] is None and plain["gate_below"] is None
     assert len(plain["sink"]) == 2 and len(plain["max_activation"]) == 2
 
@@ -93,8 +119,13 @@ def test_bad_model_and_prompt_files(model_dir, tmp_path):
 def test_unsupported_architecture_cli(tmp_path):
     import transformers as tf
 
-    cfg = tf.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=64)
+    cfg = tf.BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
     tf.BertForMaskedLM(cfg).save_pretrained(tmp_path / "bert")
     res = runner.invoke(app, ["gates", str(tmp_path / "bert"), "--prompt", "hi"])
     assert res.exit_code == 2 and "unsupported architecture" in res.output
@@ -108,6 +139,17 @@ def test_hybrid_site_refusal_cli(tmp_path):
     cfg = qwen3_next_config(layer_types=["linear_attention", "full_attention"], **LINEAR)
     tf.Qwen3NextForCausalLM(cfg).save_pretrained(tmp_path / "hyb")
     tiny_tokenizer().save_pretrained(tmp_path / "hyb")
-    res = runner.invoke(app, ["trace", str(tmp_path / "hyb"), "--prompt", "w1 w2", "--sites",
-                              "attn_gate.0", "--out", str(tmp_path / "o.safetensors")])
+    res = runner.invoke(
+        app,
+        [
+            "trace",
+            str(tmp_path / "hyb"),
+            "--prompt",
+            "w1 w2",
+            "--sites",
+            "attn_gate.0",
+            "--out",
+            str(tmp_path / "o.safetensors"),
+        ],
+    )
     assert res.exit_code == 2 and "linear_attn" in res.output

@@ -43,17 +43,29 @@ def test_hybrid_model_traces_what_each_layer_has():
     model = _hybrid_moe()
     batch = model.tokenize(prompts(2))
     before = model.run(batch)
-    with Tracer(model, ["resid_pre.*", "attn_out.*", "mlp_out.*", "resid_mid.*",
-                        "resid_post.*", "attn_gate.1", "mlp_gate.0"]) as tr:
+    with Tracer(
+        model,
+        [
+            "resid_pre.*",
+            "attn_out.*",
+            "mlp_out.*",
+            "resid_mid.*",
+            "resid_post.*",
+            "attn_gate.1",
+            "mlp_gate.0",
+        ],
+    ) as tr:
         assert torch.equal(model.run(batch), before)
     for layer in (0, 1):
-        get = lambda k: tr[Site(k, layer)]  # noqa: E731
+        get = lambda k, layer=layer: tr[Site(k, layer)]  # noqa: E731
         assert torch.equal(get("resid_pre") + get("attn_out"), get("resid_mid"))
         assert torch.equal(get("resid_mid") + get("mlp_out"), get("resid_post"))
 
 
 def test_qwen3_5_text_model_has_the_gate():
-    cfg = tf.Qwen3_5TextConfig(**_common(layer_types=["linear_attention", "full_attention"], **LINEAR))
+    cfg = tf.Qwen3_5TextConfig(
+        **_common(layer_types=["linear_attention", "full_attention"], **LINEAR)
+    )
     model = load_model(tf.Qwen3_5ForCausalLM(cfg).eval(), tokenizer=tiny_tokenizer())
     assert model.family.name == "qwen3_next" and model.is_gated
     with Tracer(model, ["attn_gate.1", "mlp_gate.*"]) as tr:
@@ -65,9 +77,17 @@ def _hooked_transformer(gated: bool):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(
-        n_layers=2, d_model=64, n_ctx=64, d_head=16, n_heads=4, d_mlp=128, d_vocab=256,
-        act_fn="silu" if gated else "gelu", gated_mlp=gated,
-        normalization_type="RMS" if gated else "LN", seed=0,
+        n_layers=2,
+        d_model=64,
+        n_ctx=64,
+        d_head=16,
+        n_heads=4,
+        d_mlp=128,
+        d_vocab=256,
+        act_fn="silu" if gated else "gelu",
+        gated_mlp=gated,
+        normalization_type="RMS" if gated else "LN",
+        seed=0,
     )
     return load_model(HookedTransformer(cfg), tokenizer=tiny_tokenizer())
 
@@ -90,8 +110,13 @@ def test_hooked_transformer_family(gated):
 
 
 def test_unsupported_architecture_lists_supported_ones():
-    cfg = tf.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=64)
+    cfg = tf.BertConfig(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
     with pytest.raises(GatescopeError, match="unsupported architecture.*qwen3_next"):
         load_model(tf.BertModel(cfg))
     assert "qwen3_next" in supported_model_types() and "gpt2" in supported_model_types()

@@ -22,12 +22,19 @@ def test_streamed_statistics_equal_stored_ones():
     for layer in range(model.dims.n_layers):
         gate = tr[Site("attn_gate", layer)][mask]  # (N, H, d)
         torch.testing.assert_close(
-            torch.tensor(report.mean_gate[layer], dtype=torch.float64), gate.mean((0, 2)).double(), rtol=1e-5, atol=1e-6
+            torch.tensor(report.mean_gate[layer], dtype=torch.float64),
+            gate.mean((0, 2)).double(),
+            rtol=1e-5,
+            atol=1e-6,
         )
         below = (gate < 0.5).float().mean((0, 2)).double()
-        torch.testing.assert_close(torch.tensor(report.gate_below["0.5"][layer], dtype=torch.float64), below)
+        torch.testing.assert_close(
+            torch.tensor(report.gate_below["0.5"][layer], dtype=torch.float64), below
+        )
         sink = tr[Site("attn_pattern", layer)][:, 1:, :, 0][mask[:, 1:]].mean(0).double()
-        torch.testing.assert_close(torch.tensor(report.sink[layer], dtype=torch.float64), sink, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            torch.tensor(report.sink[layer], dtype=torch.float64), sink, rtol=1e-5, atol=1e-6
+        )
         resid = tr[Site("resid_post", layer)][mask].abs().max()
         assert abs(report.max_activation[layer] - float(resid)) < 1e-6
     assert report.n_tokens == int(mask.sum())

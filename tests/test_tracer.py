@@ -8,7 +8,17 @@ from tiny import prompts, tiny_hf, tiny_tokenizer
 from probe import GatescopeError, Site, Tracer, hook_sites, load_model
 from probe.hooks import locate
 
-FAMILIES = ["qwen3_next", "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gpt2"]
+FAMILIES = [
+    "qwen3_next",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "gpt2",
+]
 
 
 def _model(name, attn="eager"):
@@ -33,7 +43,7 @@ def test_residual_and_head_identities(name):
     with Tracer(model, [f"{k}.*" for k in model.kinds]) as tr:
         model.run(prompts(2))
     for layer in range(model.dims.n_layers):
-        get = lambda kind: tr[Site(kind, layer)]  # noqa: E731
+        get = lambda kind, layer=layer: tr[Site(kind, layer)]  # noqa: E731
         assert torch.equal(get("resid_pre") + get("attn_out"), get("resid_mid"))
         assert torch.equal(get("resid_mid") + get("mlp_out"), get("resid_post"))
         o_proj = locate(model, Site("head_out", layer))
@@ -74,7 +84,10 @@ def test_positions_count_from_each_rows_end():
     model = _model("llama")
     texts = prompts(3)  # different lengths: right padding
     batch = model.tokenize(texts)
-    with Tracer(model, "resid_post.1") as full, Tracer(model, "resid_post.1", positions=[0, -1]) as sel:
+    with (
+        Tracer(model, "resid_post.1") as full,
+        Tracer(model, "resid_post.1", positions=[0, -1]) as sel,
+    ):
         model.run(batch)
     for row, n in enumerate(batch.lengths.tolist()):
         assert torch.equal(sel["resid_post.1"][row, 0], full["resid_post.1"][row, 0])
@@ -93,9 +106,7 @@ def test_device_dtype_and_multiple_passes():
 
 
 def _all_hooks(model):
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.hf.modules()
-    )
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.hf.modules())
 
 
 def test_no_hook_survives_an_exception():

@@ -98,6 +98,8 @@ def save_tiny(path, name: str = "qwen3_next", seed: int = 0):
 def prompts(n: int = 3, length: int = 12, seed: int = 0) -> list[str]:
     g = torch.Generator().manual_seed(seed)
     return [
-        " ".join(f"w{int(i)}" for i in torch.randint(0, V - 3, (length - k % (length - 1),), generator=g))
+        " ".join(
+            f"w{int(i)}" for i in torch.randint(0, V - 3, (length - k % (length - 1),), generator=g)
+        )
         for k in range(n)
     ]
