@@ -1,0 +1,193 @@
+"""Tracer overhead and gate-statistics memory (issue: foundation).
+
+In one run, on a random 6-layer Qwen3-Next model (every layer full attention, dense SwiGLU
+MLPs, d_model 256, 8 heads, batch 8 x 128 tokens), as ratios to the plain HF forward pass:
+
+1. gatescope's Tracer capturing every layer's ``attn_gate``, ``mlp_gate`` and ``resid_post``;
+2. TransformerLens's ``TransformerBridge.run_with_cache`` capturing the equivalent hooks
+   (``attn.hook_q_gate``, ``mlp.hook_pre`` -- the MLP gate -- and ``hook_resid_post``);
+3. nnsight saving the same modules' outputs.
+
+All run with eager attention (the bridge forces it), interleaved round-robin, median of the
+repeats. Then the peak memory (RSS high-water mark above the warmed-up baseline, each mode in
+its own process) of gate statistics over 500 prompts, streamed vs stored.
+
+    .venv/bin/python bench/bench_tracer.py [--repeats 15] [--prompts 500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import transformers as tf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from tiny import tiny_tokenizer  # noqa: E402
+
+from probe import Tracer, load_model  # noqa: E402
+
+LAYERS, D, HEADS, BATCH, SEQ = 6, 256, 8, 8, 128
+
+
+def build_hf() -> tf.PreTrainedModel:
+    torch.manual_seed(0)
+    cfg = tf.Qwen3NextConfig(
+        vocab_size=256,
+        hidden_size=D,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        num_key_value_heads=2,
+        head_dim=D // HEADS,
+        intermediate_size=3 * D,
+        layer_types=["full_attention"] * LAYERS,
+        num_experts=0,
+        mlp_only_layers=list(range(LAYERS)),
+        max_position_embeddings=512,
+    )
+    cfg._attn_implementation = "eager"
+    return tf.Qwen3NextForCausalLM(cfg).eval()
+
+
+def nnsight_runner(hf, ids):
+    from nnsight import NNsight
+
+    wrapped = NNsight(hf)
+
+    def run():
+        saved = []
+        with wrapped.trace(ids):
+            for layer in wrapped.model.layers:
+                saved.append(layer.self_attn.q_proj.output.save())
+                saved.append(layer.mlp.act_fn.output.save())
+                saved.append(layer.output.save())
+        return saved
+
+    return run
+
+
+def bridge_runner(hf, ids):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    folder = tempfile.mkdtemp()
+    hf.save_pretrained(folder)
+    bridge = TransformerBridge.boot_transformers(folder, hf_model=hf, tokenizer=tiny_tokenizer())
+    names = set()
+    for i in range(LAYERS):
+        names |= {
+            f"blocks.{i}.attn.hook_q_gate",
+            f"blocks.{i}.mlp.hook_pre",
+            f"blocks.{i}.hook_resid_post",
+        }
+
+    def run():
+        return bridge.run_with_cache(ids, names_filter=lambda n: n in names)
+
+    return run
+
+
+def speed(repeats: int) -> dict:
+    hf = build_hf()
+    model = load_model(hf, tokenizer=tiny_tokenizer())
+    ids = torch.randint(0, 256, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
+    sites = ["attn_gate.*", "mlp_gate.*", "resid_post.*"]
+
+    def plain():
+        return hf(ids).logits
+
+    def tracer():
+        with Tracer(model, sites) as tr:
+            hf(ids)
+        return tr
+
+    runners = {"plain": plain, "gatescope": tracer}
+    runners["nnsight"] = nnsight_runner(hf, ids)
+    runners["transformer_lens_bridge"] = bridge_runner(copy.deepcopy(hf), ids)
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    with torch.no_grad():
+        for fn in runners.values():  # warm-up
+            fn()
+        for _ in range(repeats):
+            for name, fn in runners.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {k: med[k] / med["plain"] for k in med} | {"plain_ms": 1e3 * med["plain"]}
+
+
+def memory_child(mode: str, n_prompts: int) -> None:
+    """Run gate statistics in this process and print the extra peak RSS (MiB)."""
+    from probe.gates import GateStatsReducer, gate_sites, gate_stats
+
+    model = load_model(build_hf(), tokenizer=tiny_tokenizer())
+    g = torch.Generator().manual_seed(2)
+    prompts = [
+        " ".join(f"w{int(i)}" for i in torch.randint(0, 250, (64,), generator=g))
+        for _ in range(n_prompts)
+    ]
+    with torch.no_grad():
+        model.run(prompts[:16])
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if mode == "streamed":
+        gate_stats(model, prompts, batch_size=16, progress=False)
+    else:
+        sites = gate_sites(model)
+        with Tracer(model, sites) as tr, torch.no_grad():
+            for batch in model.batches(prompts, 16):
+                model.forward(batch.input_ids, batch.attention_mask)
+        reducer = GateStatsReducer(model)
+        for site in sites:
+            reducer.update(site, tr[site], None)
+        reducer.report(len(prompts))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"extra_peak_mib": (peak - base) / 1024}))
+
+
+def memory(n_prompts: int) -> dict:
+    out = {}
+    for mode in ("streamed", "stored"):
+        res = subprocess.run(
+            [sys.executable, __file__, "--memory-child", mode, "--prompts", str(n_prompts)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out[mode] = json.loads(res.stdout.strip().splitlines()[-1])["extra_peak_mib"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--prompts", type=int, default=500)
+    parser.add_argument("--memory-child", choices=["streamed", "stored"])
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args.prompts)
+        return
+    ratios = speed(args.repeats)
+    print(f"plain HF forward: {ratios['plain_ms']:.1f} ms (batch {BATCH} x {SEQ}, eager)")
+    for name in ("gatescope", "transformer_lens_bridge", "nnsight"):
+        print(f"{name:>24}: {ratios[name]:.3f}x plain")
+    mem = memory(args.prompts)
+    print(
+        f"gate statistics over {args.prompts} prompts x 64 tokens, extra peak RSS: "
+        f"streamed {mem['streamed']:.0f} MiB, stored {mem['stored']:.0f} MiB"
+    )
+    print(json.dumps({"ratios": ratios, "memory_mib": mem}))
+
+
+if __name__ == "__main__":
+    main()
