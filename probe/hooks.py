@@ -13,8 +13,7 @@ Hook functions receive ``(value, info)`` and return ``None`` (read only) or a ne
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -123,13 +122,13 @@ def write_site(
     return out
 
 
-def _get_raw(tap: Tap, args: tuple, kwargs: dict, output=None) -> torch.Tensor | None:
+def get_raw(tap: Tap, args: tuple, kwargs: dict, output=None) -> torch.Tensor | None:
     if tap.side == "output":
         return output[tap.index] if isinstance(output, tuple | list) else output
     return args[0] if args else kwargs.get(tap.arg)
 
 
-def _put_raw(tap: Tap, args: tuple, kwargs: dict, output, new: torch.Tensor):
+def put_raw(tap: Tap, args: tuple, kwargs: dict, output, new: torch.Tensor):
     if tap.side == "output":
         if isinstance(output, tuple | list):
             items = list(output)
@@ -141,44 +140,29 @@ def _put_raw(tap: Tap, args: tuple, kwargs: dict, output, new: torch.Tensor):
     return args, {**kwargs, tap.arg: new}
 
 
-def _tensor_hook(model: Model, site: Site, tap: Tap, fn: HookFn, info: ForwardInfo):
-    def check(raw):
+@dataclass
+class Planned:
+    """One planned hook: on ``module``'s input or output (per ``tap``), ``apply`` maps the raw
+    tensor to a new raw tensor (a write) or ``None`` (a read). Backends install these."""
+
+    module: nn.Module
+    tap: Tap
+    apply: Callable[[torch.Tensor | None], torch.Tensor | None]
+
+
+def _planned(model: Model, site: Site, tap: Tap, fn: HookFn, info: ForwardInfo) -> Planned:
+    def apply(raw):
         if raw is None:
             need = f" ({tap.needs}: load with attn_implementation='eager')" if tap.needs else ""
             raise GatescopeError(f"site '{site}' is not produced by this forward pass{need}")
-
-    if tap.side == "output":
-
-        def post(module, args, kwargs, output):
-            raw = _get_raw(tap, args, kwargs, output)
-            check(raw)
-            new = fn(read_site(raw, tap, model, site.head), info)
-            if new is None:
-                return None
-            return _put_raw(tap, args, kwargs, output, write_site(raw, tap, model, site.head, new))
-
-        return "post", post
-
-    def pre(module, args, kwargs):
-        raw = _get_raw(tap, args, kwargs)
-        check(raw)
         new = fn(read_site(raw, tap, model, site.head), info)
-        if new is None:
-            return None
-        return _put_raw(tap, args, kwargs, None, write_site(raw, tap, model, site.head, new))
+        return None if new is None else write_site(raw, tap, model, site.head, new)
 
-    return "pre", pre
+    return Planned(locate(model, site, tap), tap, apply)
 
 
-def _register(module: nn.Module, kind: str, hook) -> torch.utils.hooks.RemovableHandle:
-    if kind == "post":
-        return module.register_forward_hook(hook, with_kwargs=True)
-    return module.register_forward_pre_hook(hook, with_kwargs=True)
-
-
-def _sum_write_hooks(model: Model, site: Site, tap: Tap, fn: HookFn, info: ForwardInfo):
+def _sum_write_plan(model: Model, site: Site, tap: Tap, fn: HookFn, info: ForwardInfo):
     """Hooks writing a residual sum (``resid_mid = base + addend``) through its addend."""
-    base_tap, via_tap = tap.write_base, tap.write_via
     store: dict[str, torch.Tensor] = {}
 
     def keep_base(value, _info):
@@ -194,50 +178,66 @@ def _sum_write_hooks(model: Model, site: Site, tap: Tap, fn: HookFn, info: Forwa
         return torch.where(new != current, new - base, addend)
 
     return [
-        (locate(model, site, base_tap), *_tensor_hook(model, site, base_tap, keep_base, info)),
-        (locate(model, site, via_tap), *_tensor_hook(model, site, via_tap, write_addend, info)),
+        _planned(model, site, tap.write_base, keep_base, info),
+        _planned(model, site, tap.write_via, write_addend, info),
     ]
 
 
-@contextmanager
-def hook_sites(
-    model: Model, entries: Sequence[tuple[Site, HookFn]], write: bool = False
-) -> Iterator[ForwardInfo]:
-    """Register a hook per ``(site, fn)``; all are removed on exit, also on error.
-
-    With ``write=True`` the functions may return new values; sites that are sums in the
-    residual stream are then hooked through their addend so the edit reaches the stream.
-    Yields the :class:`ForwardInfo` the hooks see (updated at every forward pass).
-    """
-    info = ForwardInfo()
-    planned = []
+def plan_hooks(
+    model: Model, entries: Sequence[tuple[Site, HookFn]], write: bool, info: ForwardInfo
+) -> list[Planned]:
+    """Check every site and plan its hook(s); shared by every backend."""
+    planned: list[Planned] = []
     for site, fn in entries:
         model.check_site(site)
         tap = model.family.taps[site.kind]
         if write and not tap.writable:
             raise GatescopeError(f"site '{site}' is read-only: {site.kind} cannot be edited")
         if write and tap.write_via is not None:
-            planned.extend(_sum_write_hooks(model, site, tap, fn, info))
+            planned.extend(_sum_write_plan(model, site, tap, fn, info))
         else:
-            planned.append((locate(model, site), *_tensor_hook(model, site, tap, fn, info)))
+            planned.append(_planned(model, site, tap, fn, info))
+    return planned
 
-    def root_pre(module, args, kwargs):
-        info.attention_mask = kwargs.get("attention_mask")
-        pos = kwargs.get("cache_position")
-        past = kwargs.get("past_key_values")
-        if pos is not None and pos.numel():
-            info.offset = int(pos.reshape(-1)[0])
-        elif past is not None and hasattr(past, "get_seq_length"):
-            info.offset = int(past.get_seq_length())
-        else:
-            info.offset = 0
 
-    handles = []
-    try:
-        handles.append(model.hf.register_forward_pre_hook(root_pre, with_kwargs=True))
-        for module, kind, hook in planned:
-            handles.append(_register(module, kind, hook))
-        yield info
-    finally:
-        for handle in handles:
-            handle.remove()
+def update_info(info: ForwardInfo, kwargs: dict) -> None:
+    """Refresh ``info`` from the keyword arguments of a model call."""
+    info.attention_mask = kwargs.get("attention_mask")
+    pos = kwargs.get("cache_position")
+    past = kwargs.get("past_key_values")
+    if pos is not None and pos.numel():
+        info.offset = int(pos.reshape(-1)[0])
+    elif past is not None and hasattr(past, "get_seq_length"):
+        info.offset = int(past.get_seq_length())
+    else:
+        info.offset = 0
+
+
+def install_torch_hook(p: Planned) -> torch.utils.hooks.RemovableHandle:
+    """Install a planned hook as a PyTorch forward (pre-)hook; returns its handle."""
+    tap = p.tap
+    if tap.side == "output":
+
+        def post(module, args, kwargs, output):
+            new = p.apply(get_raw(tap, args, kwargs, output))
+            return None if new is None else put_raw(tap, args, kwargs, output, new)
+
+        return p.module.register_forward_hook(post, with_kwargs=True)
+
+    def pre(module, args, kwargs):
+        new = p.apply(get_raw(tap, args, kwargs))
+        return None if new is None else put_raw(tap, args, kwargs, None, new)
+
+    return p.module.register_forward_pre_hook(pre, with_kwargs=True)
+
+
+def hook_sites(model: Model, entries: Sequence[tuple[Site, HookFn]], write: bool = False):
+    """Context manager: hook every ``(site, fn)`` for the forward passes run inside it.
+
+    ``fn(value, info)`` returns ``None`` (read) or a new value (write, needs ``write=True``);
+    sites that are sums in the residual stream are then written through their addend so the
+    edit reaches the stream. Yields the :class:`ForwardInfo` the hooks see. Everything is
+    removed on exit, also on error. The model's backend (local hooks by default, or nnsight)
+    carries it out.
+    """
+    return model.backend.hook_sites(model, entries, write)

@@ -94,6 +94,7 @@ class Model:
         family: the declarative site map of its architecture.
         dims: layer, head and width counts.
         name: what it was loaded from.
+        backend: who runs it (local PyTorch hooks by default; see ``probe.backend``).
     """
 
     hf: nn.Module
@@ -101,6 +102,13 @@ class Model:
     family: Family
     dims: Dims
     name: str = ""
+    backend: Any = None  # a probe.backend.Backend; None means local hooks
+
+    def __post_init__(self) -> None:
+        if self.backend is None:
+            from probe.backend import HookBackend
+
+            self.backend = HookBackend()
 
     @property
     def device(self) -> torch.device:
@@ -190,8 +198,7 @@ class Model:
         input_ids = input_ids.to(self.device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(self.device)
-        out = self.hf(input_ids, attention_mask=attention_mask)
-        return out if isinstance(out, torch.Tensor) else out.logits
+        return self.backend.forward(self, input_ids, attention_mask)
 
     @torch.no_grad()
     def run(self, prompts: str | Sequence[str] | Batch) -> torch.Tensor:
