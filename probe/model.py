@@ -271,16 +271,21 @@ def load_model(
     device_map: str | dict | None = None,
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
+    backend: str = "hooks",
+    remote: bool = False,
 ) -> Model:
     """Load a model for gatescope: a reference name, a local directory, a hub id or a model.
 
     The architecture and config are checked before any weights load. ``dtype`` is a torch
     dtype or its name (``"bfloat16"``); ``device_map="auto"`` spreads a large model over the
-    available GPUs through ``transformers``.
+    available GPUs through ``transformers``. ``backend="nnsight"`` runs every algorithm through
+    nnsight instead of local hooks (``remote=True``: on NDIF, API key in ``NDIF_API_KEY``).
     """
+    if backend not in ("hooks", "nnsight"):
+        raise GatescopeError(f"backend '{backend}' is unknown; choose 'hooks' or 'nnsight'")
     if isinstance(model, nn.Module):
-        wrapped = _wrap_loaded(model, tokenizer, "")
-        return _place(wrapped, device)
+        wrapped = _place(_wrap_loaded(model, tokenizer, ""), device)
+        return _with_backend(wrapped, backend, remote)
     source = str(model)
     bundled = _bundled(source)
     if bundled is not None:
@@ -313,7 +318,18 @@ def load_model(
     hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     tok = tokenizer or _load_tokenizer(source, trust_remote_code)
     name = str(model)
-    return _place(_wrap_loaded(hf, tok, name), None if device_map else device)
+    placed = _place(_wrap_loaded(hf, tok, name), None if device_map else device)
+    return _with_backend(placed, backend, remote)
+
+
+def _with_backend(model: Model, backend: str, remote: bool) -> Model:
+    if backend == "hooks":
+        if remote:
+            raise GatescopeError("remote=True needs backend='nnsight' (NDIF runs nnsight)")
+        return model
+    from probe.nnsight_backend import use_nnsight
+
+    return use_nnsight(model, remote=remote)
 
 
 def _place(model: Model, device: str | torch.device | None) -> Model:

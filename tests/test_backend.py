@@ -1,0 +1,92 @@
+"""The nnsight backend gives the same results as the local hook backend."""
+
+import pytest
+import torch
+from tiny import prompts, tiny_hf, tiny_tokenizer
+
+from probe import GatescopeError, Site, Tracer, hook_sites, load_model
+from probe.gates import gate_stats
+from probe.nnsight_backend import NNsightBackend, use_nnsight
+
+
+@pytest.fixture(scope="module")
+def pair():
+    local = load_model(tiny_hf("qwen3_next", attn="eager"), tokenizer=tiny_tokenizer())
+    return local, use_nnsight(local)
+
+
+def test_same_logits_and_captured_sites(pair):
+    local, remote_like = pair
+    batch = local.tokenize(prompts(3))
+    sites = [f"{k}.*" for k in local.kinds]
+    with Tracer(local, sites) as a:
+        logits_a = local.run(batch)
+    with Tracer(remote_like, sites) as b:
+        logits_b = remote_like.run(batch)
+    torch.testing.assert_close(logits_a, logits_b)
+    for site in a.sites:
+        torch.testing.assert_close(a[site], b[site], rtol=1e-5, atol=1e-6)
+
+
+def test_same_gate_statistics(pair):
+    local, nns = pair
+    ra = gate_stats(local, prompts(5), progress=False)
+    rb = gate_stats(nns, prompts(5), progress=False)
+    torch.testing.assert_close(torch.tensor(ra.mean_gate), torch.tensor(rb.mean_gate))
+    torch.testing.assert_close(torch.tensor(ra.sink), torch.tensor(rb.sink))
+
+
+def test_same_writes_including_residual_sums_and_gates(pair):
+    local, nns = pair
+    batch = local.tokenize(prompts(2))
+    shift = torch.randn(local.dims.d_model, generator=torch.Generator().manual_seed(0))
+    edits = [
+        (Site("resid_mid", 0), lambda v, i: v + shift),
+        (Site("attn_gate", 1, 2), lambda v, i: torch.zeros_like(v)),
+        (Site("mlp_gate", 1), lambda v, i: v * 0.5),
+    ]
+    outs = []
+    for model in (local, nns):
+        with hook_sites(model, edits, write=True), Tracer(model, "head_out.1") as tr:
+            outs.append((model.run(batch), tr["head_out.1"]))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    assert torch.equal(outs[1][1][:, :, 2], torch.zeros_like(outs[1][1][:, :, 2]))
+    assert not torch.allclose(outs[0][0], local.run(batch))
+
+
+def test_gradients_flow_through_the_nnsight_backend(pair):
+    local, nns = pair
+    batch = local.tokenize(prompts(1))
+    grads = []
+    for model in (local, nns):
+        kept = {}
+
+        def keep(v, info, kept=kept):
+            v = v.detach().requires_grad_(True)
+            kept["v"] = v
+            return v
+
+        with hook_sites(model, [(Site("resid_post", 0), keep)], write=True):
+            logits = model.forward(batch.input_ids, batch.attention_mask)
+        logits[0, -1, 3].backward()
+        grads.append(kept["v"].grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_remote_without_key_fails_before_any_network_call(monkeypatch):
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    with pytest.raises(GatescopeError, match="NDIF_API_KEY"):
+        NNsightBackend(tiny_hf("llama"), remote=True)
+
+
+def test_load_model_selects_the_backend(tmp_path):
+    from tiny import save_tiny
+
+    save_tiny(tmp_path / "m", "llama")
+    model = load_model(tmp_path / "m", backend="nnsight")
+    assert model.backend.name == "nnsight"
+    torch.testing.assert_close(model.run(prompts(1)), load_model(tmp_path / "m").run(prompts(1)))
+    with pytest.raises(GatescopeError, match="choose 'hooks' or 'nnsight'"):
+        load_model(tmp_path / "m", backend="jax")
+    with pytest.raises(GatescopeError, match="needs backend='nnsight'"):
+        load_model(tmp_path / "m", remote=True)
