@@ -15,6 +15,10 @@ from pathlib import Path
 import typer
 
 from app.cli_common import (
+    BACKEND_HELP,
+    DEVICE_HELP,
+    DEVICE_MAP_HELP,
+    DTYPE_HELP,
     MODEL_HELP,
     atomic_path,
     check_out_path,
@@ -52,7 +56,10 @@ def trace(
     prompts: Path = typer.Option(None, "--prompts", help="file: one prompt per line, or JSONL"),
     positions: str = typer.Option(None, "--positions", help="e.g. '-1' or '0,3,-1'"),
     batch_size: int = typer.Option(16, "--batch-size"),
-    device: str = typer.Option(None, "--device"),
+    device: str = typer.Option(None, "--device", help=DEVICE_HELP),
+    device_map: str = typer.Option(None, "--device-map", help=DEVICE_MAP_HELP),
+    dtype: str = typer.Option(None, "--dtype", help=DTYPE_HELP),
+    backend: str = typer.Option("hooks", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Capture sites over prompts and save them (one tensor per site) as safetensors."""
     from safetensors.torch import save_file
@@ -64,7 +71,7 @@ def trace(
     if out.suffix != ".safetensors":
         raise GatescopeError(f"--out {out}: expected a .safetensors file name")
     check_out_path(out)
-    m = load(model, device=device)
+    m = load(model, device=device, dtype=dtype, device_map=device_map, backend=backend)
     pos = [int(p) for p in positions.split(",")] if positions else None
     if pos is None and len(texts) > 1:
         lengths = {int(n) for n in m.tokenize(texts).lengths}
@@ -94,14 +101,17 @@ def gates(
     json_: bool = typer.Option(False, "--json", help="print the full report as JSON"),
     out: Path = typer.Option(None, "--out", help="write the report as JSON"),
     batch_size: int = typer.Option(16, "--batch-size"),
-    device: str = typer.Option(None, "--device"),
+    device: str = typer.Option(None, "--device", help=DEVICE_HELP),
+    device_map: str = typer.Option(None, "--device-map", help=DEVICE_MAP_HELP),
+    dtype: str = typer.Option(None, "--dtype", help=DTYPE_HELP),
+    backend: str = typer.Option("hooks", "--backend", help=BACKEND_HELP),
 ) -> None:
     """Gate statistics per layer and head: mean gate, sparsity, sink, max activation."""
     from probe.gates import gate_stats
 
     texts = read_prompts(prompt, prompts)
     check_out_path(out)
-    m = load(model, device=device)
+    m = load(model, device=device, dtype=dtype, device_map=device_map, backend=backend)
     report = gate_stats(m, texts, batch_size=batch_size, progress=not json_)
     if out is not None:
         write_json(report.to_dict(), out)

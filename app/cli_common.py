@@ -44,11 +44,30 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def load(model: str, device: str | None = None, dtype: str | None = None, **kw: Any):
+DEVICE_HELP = "torch device, e.g. cpu, cuda, cuda:1"
+DEVICE_MAP_HELP = "'auto' spreads a large model over the GPUs (transformers device_map)"
+DTYPE_HELP = "weights dtype: float32, bfloat16 or float16 (statistics stay in float32)"
+BACKEND_HELP = "'hooks' (local PyTorch hooks) or 'nnsight'"
+
+
+def load(
+    model: str,
+    device: str | None = None,
+    dtype: str | None = None,
+    device_map: str | None = None,
+    backend: str = "hooks",
+    **kw: Any,
+):
     """Load MODEL for a command (see :func:`probe.load_model`)."""
     from probe.model import load_model
 
-    return load_model(model, device=device, dtype=dtype, **kw)
+    if dtype is not None and dtype not in ("float32", "bfloat16", "float16"):
+        raise GatescopeError(f"--dtype {dtype}: expected float32, bfloat16 or float16")
+    if device_map is not None and device is not None:
+        raise GatescopeError("give --device or --device-map, not both")
+    return load_model(
+        model, device=device, dtype=dtype, device_map=device_map, backend=backend, **kw
+    )
 
 
 def read_prompts(prompt: str | None, prompts_file: Path | None) -> list[str]:

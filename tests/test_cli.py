@@ -153,3 +153,20 @@ def test_hybrid_site_refusal_cli(tmp_path):
         ],
     )
     assert res.exit_code == 2 and "linear_attn" in res.output
+
+
+def test_gates_through_nnsight_backend_and_bf16(model_dir, tmp_path):
+    base = ["gates", model_dir, "--prompt", "w1 w2 w3 w4", "--json"]
+    hooks = json.loads(runner.invoke(app, base).stdout)
+    nns = runner.invoke(app, [*base, "--backend", "nnsight"])
+    assert nns.exit_code == 0, nns.output
+    flat = lambda rows: [x for row in rows for x in row]  # noqa: E731
+    got = flat(json.loads(nns.stdout)["mean_gate"])
+    assert got == pytest.approx(flat(hooks["mean_gate"]), rel=1e-5)
+    bf16 = runner.invoke(app, [*base, "--dtype", "bfloat16"])
+    assert bf16.exit_code == 0, bf16.output
+    assert json.loads(bf16.stdout)["summary"]["mean_gate"] == pytest.approx(
+        hooks["summary"]["mean_gate"], abs=0.02
+    )
+    bad = runner.invoke(app, [*base, "--dtype", "float8"])
+    assert bad.exit_code == 2 and "expected float32, bfloat16 or float16" in bad.output
