@@ -1,0 +1,153 @@
+"""Write the evaluation and concept data of the reference models to ``data/tasks/``.
+
+Everything comes from held-out templates and phrasings (``probe.reference.corpus``) with a
+random generator seeded apart from the training corpus, so no test prompt is seen verbatim in
+training. Pairs are kept only when clean and corrupt prompts tokenize to equal lengths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+from probe.reference import vocab as V
+from probe.reference.corpus import (
+    FACTS,
+    IOI_TEST,
+    SENTIMENT_TEST,
+    TOPIC_TRAIN,
+    induction_words,
+    ioi_prompt,
+    prose_paragraphs,
+)
+
+
+def _n_tokens(tok, text: str) -> int:
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def ioi_rows(rng: random.Random, tok, n: int) -> list[dict]:
+    """Held-out IOI pairs; corrupt = the subject's second mention replaced by the IO name."""
+    rows = []
+    while len(rows) < n:
+        template = IOI_TEST[len(rows) % len(IOI_TEST)]
+        abba = len(rows) % 2 == 0
+        clean, io, s = ioi_prompt(rng, template, abba)
+        head, _, tail = clean.rpartition(f" {s} ")
+        corrupt = f"{head} {io} {tail}"
+        rows.append(
+            {
+                "clean": clean,
+                "corrupt": corrupt,
+                "answer": f" {io}",
+                "wrong": f" {s}",
+                "template": template,
+                "order": "ABBA" if abba else "BABA",
+            }
+        )
+    return rows
+
+
+def induction_rows(rng: random.Random, tok, n: int) -> list[dict]:
+    """Repeated random sequences: clean ends one word before the sequence completes."""
+    rows = []
+    while len(rows) < n:
+        words = induction_words(rng, rng.randint(8, 14))
+        other = induction_words(rng, len(words))
+        clean = " ".join(words + words[:-1])
+        corrupt = " ".join(other + words[:-1])
+        wrong = rng.choice([w for w in V.FILLER if w not in words])
+        if _n_tokens(tok, clean) == _n_tokens(tok, corrupt) == 2 * len(words) - 1:
+            rows.append(
+                {
+                    "clean": clean,
+                    "corrupt": corrupt,
+                    "answer": f" {words[-1]}",
+                    "wrong": f" {wrong}",
+                    "half": len(words),
+                }
+            )
+    return rows
+
+
+def fact_rows(tok) -> list[dict]:
+    """Every fact in its held-out phrasing; corrupt = another fact of the same relation."""
+    rows = []
+    for relation, (table, _, test) in FACTS.items():
+        keys = list(table)
+        for i, key in enumerate(keys):
+            clean = test.format(k=key)
+            for other in keys[i + 1 :] + keys[:i]:
+                corrupt = test.format(k=other)
+                if table[other] != table[key] and _n_tokens(tok, clean) == _n_tokens(tok, corrupt):
+                    rows.append(
+                        {
+                            "clean": clean,
+                            "corrupt": corrupt,
+                            "answer": f" {table[key]}",
+                            "wrong": f" {table[other]}",
+                            "relation": relation,
+                        }
+                    )
+                    break
+    return rows
+
+
+def sentiment_rows(rng: random.Random) -> tuple[list[dict], list[dict]]:
+    """Contrast pairs (same sentence, positive vs negative word) and held-out prompts."""
+    pairs = []
+    for _ in range(60):
+        noun = rng.choice(V.REVIEW_NOUNS)
+        pos, neg = rng.choice(V.POSITIVE), rng.choice(V.NEGATIVE)
+        pairs.append({"positive": f"The {noun} was {pos}.", "negative": f"The {noun} was {neg}."})
+    prompts = [{"text": t.format(n=n)} for t in SENTIMENT_TEST for n in V.REVIEW_NOUNS]
+    return pairs, prompts
+
+
+def concept_sets(rng: random.Random) -> dict[str, list[dict]]:
+    """Topic and sentiment concept sets, random sets of prose sentences, probe labels."""
+    sets: dict[str, list[dict]] = {}
+    for topic, words in V.TOPICS.items():
+        sets[f"concept_{topic}"] = [
+            {"text": rng.choice(TOPIC_TRAIN).format(a=a, b=b)}
+            for a, b in (rng.sample(words, 2) for _ in range(50))
+        ]
+    for name, adjs in (("positive", V.POSITIVE), ("negative", V.NEGATIVE)):
+        sets[f"concept_{name}"] = [
+            {"text": f"The {rng.choice(V.REVIEW_NOUNS)} was {rng.choice(adjs)}."} for _ in range(50)
+        ]
+    _, held = prose_paragraphs()
+    sentences = [s.strip() + "." for p in held for s in p.split(". ") if 20 < len(s) < 160]
+    for i in range(12):
+        sets[f"random_{i}"] = [{"text": s} for s in rng.sample(sentences, 50)]
+    labels = [{"text": r["text"], "label": 1} for r in sets["concept_positive"]]
+    labels += [{"text": r["text"], "label": 0} for r in sets["concept_negative"]]
+    rng.shuffle(labels)
+    sets["probe_sentiment"] = labels
+    return sets
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_task_data(out: Path, tokenizer, seed: int = 0) -> dict[str, int]:
+    """Write every task and concept file to ``out``; returns rows per file."""
+    rng = random.Random(seed + 7919)  # apart from the training corpus's generator
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "ioi": ioi_rows(rng, tokenizer, 200),
+        "induction": induction_rows(rng, tokenizer, 200),
+        "facts": fact_rows(tokenizer),
+    }
+    files["sentiment_pairs"], files["sentiment_prompts"] = sentiment_rows(rng)
+    files.update(concept_sets(rng))
+    for name, rows in files.items():
+        _write_jsonl(out / f"{name}.jsonl", rows)
+    words = {"positive": V.POSITIVE, "negative": V.NEGATIVE}
+    (out / "sentiment_words.json").write_text(json.dumps(words, indent=2) + "\n")
+    return {name: len(rows) for name, rows in files.items()}

@@ -1,0 +1,197 @@
+"""Train a reference model: the gated one (Qwen3-Next, every layer full attention, dense
+SwiGLU MLPs, elementwise output gate) or its ungated twin (Qwen3), same data, seed, steps.
+
+1. Build the corpus (``probe.reference.corpus``) and train the BPE tokenizer on it.
+2. Tokenize every document, join them with end-of-text tokens, cut 128-token windows.
+3. AdamW with linear warm-up and cosine decay; each step draws its windows from a generator
+   seeded by (seed, step), so a resumed run sees exactly the batches it would have seen.
+4. Every ``checkpoint_every`` steps save model + optimiser state (safetensors) and the step
+   (JSON), atomically; ``resume=True`` continues from there.
+5. Save the final model and tokenizer with ``save_pretrained`` (safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from probe.errors import GatescopeError
+from probe.reference.corpus import build_corpus, iter_task_words
+from probe.reference.tokenizer import check_single_tokens, train_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Sizes and optimisation of a reference model (the twins differ only in ``arch``)."""
+
+    arch: str = "gated"  # "gated" (Qwen3NextForCausalLM) or "plain" (Qwen3ForCausalLM)
+    seed: int = 0
+    steps: int = 2000
+    batch: int = 32  # windows per step
+    seq: int = 128  # tokens per window (also the context length)
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    d_head: int = 32
+    d_mlp: int = 384
+    vocab: int = 4096
+    lr: float = 3e-3
+    warmup: int = 100
+    weight_decay: float = 0.1
+    checkpoint_every: int = 250
+
+
+def model_config(cfg: TrainConfig, vocab_size: int):
+    """The transformers config of ``cfg.arch`` with the shared sizes."""
+    import transformers as tf
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=cfg.d_model,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads,
+        head_dim=cfg.d_head,
+        intermediate_size=cfg.d_mlp,
+        max_position_embeddings=cfg.seq,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        hidden_act="silu",
+    )
+    if cfg.arch == "gated":
+        return tf.Qwen3NextConfig(
+            **common,
+            layer_types=["full_attention"] * cfg.n_layers,
+            num_experts=0,
+            mlp_only_layers=list(range(cfg.n_layers)),
+            partial_rotary_factor=1.0,
+        )
+    if cfg.arch == "plain":
+        return tf.Qwen3Config(**common)
+    raise GatescopeError(f"--arch {cfg.arch}: expected 'gated' or 'plain'")
+
+
+def token_windows(documents: list[str], tokenizer, seq: int) -> torch.Tensor:
+    """All documents joined by end-of-text and cut into (N, seq) windows."""
+    ids = tokenizer(documents, add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    flat = [t for row in ids for t in (*row, eos)]
+    n = len(flat) // seq
+    return torch.tensor(flat[: n * seq], dtype=torch.long).view(n, seq)  # (N, seq)
+
+
+def _lr(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _save_checkpoint(model, opt, step: int, losses: list[float], folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state.get(p)
+            if state:
+                tensors[f"opt.{names[id(p)]}.exp_avg"] = state["exp_avg"]
+                tensors[f"opt.{names[id(p)]}.exp_avg_sq"] = state["exp_avg_sq"]
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / "checkpoint.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    os.replace(tmp, folder / "checkpoint.safetensors")
+    meta = folder / "checkpoint.json.tmp"
+    meta.write_text(json.dumps({"step": step, "losses": losses}))
+    os.replace(meta, folder / "checkpoint.json")
+
+
+def _load_checkpoint(model, opt, folder: Path) -> tuple[int, list[float]]:
+    from safetensors.torch import load_file
+
+    meta = json.loads((folder / "checkpoint.json").read_text())
+    tensors = load_file(str(folder / "checkpoint.safetensors"))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    for name, p in model.named_parameters():
+        if f"opt.{name}.exp_avg" in tensors:
+            opt.state[p] = {
+                "step": torch.tensor(float(meta["step"])),
+                "exp_avg": tensors[f"opt.{name}.exp_avg"],
+                "exp_avg_sq": tensors[f"opt.{name}.exp_avg_sq"],
+            }
+    return meta["step"], meta["losses"]
+
+
+def train_reference(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True):
+    """Train one reference model into ``out``; returns the final model directory."""
+    import transformers as tf
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    start_time = time.time()
+    torch.manual_seed(cfg.seed)
+    corpus = build_corpus(cfg.seed)
+    tokenizer = train_tokenizer(corpus.documents, cfg.vocab)
+    check_single_tokens(tokenizer, iter_task_words())
+    windows = token_windows(corpus.documents, tokenizer, cfg.seq)
+    model = (tf.Qwen3NextForCausalLM if cfg.arch == "gated" else tf.Qwen3ForCausalLM)(
+        model_config(cfg, len(tokenizer))
+    )
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0},
+        ],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+    )
+    ckpt = out / "checkpoint"
+    step, losses = 0, []
+    if resume and (ckpt / "checkpoint.json").is_file():
+        step, losses = _load_checkpoint(model, opt, ckpt)
+        log.info("resumed from step %d", step)
+    model.train()
+    bar = tqdm(range(step, cfg.steps), desc=f"train {cfg.arch}", disable=not progress)
+    for step in bar:
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        batch = windows[torch.randint(0, len(windows), (cfg.batch,), generator=g)]
+        for group in opt.param_groups:
+            group["lr"] = _lr(cfg, step)
+        loss = model(batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(round(float(loss), 4))
+        bar.set_postfix(loss=f"{float(loss):.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            _save_checkpoint(model, opt, step + 1, losses, ckpt)
+    model.eval()
+    final = out / "model"
+    model.save_pretrained(final, safe_serialization=True)
+    tokenizer.save_pretrained(final)
+    info = {
+        "config": asdict(cfg),
+        "corpus_sha256": corpus.sha256(),
+        "documents": len(corpus.documents),
+        "windows": len(windows),
+        "final_loss_mean_last_50": sum(losses[-50:]) / max(1, len(losses[-50:])),
+        "losses_every_50": losses[::50],
+        "train_seconds": round(time.time() - start_time, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    (final / "training.json").write_text(json.dumps(info, indent=2))
+    return final
