@@ -100,7 +100,11 @@ def _lr(cfg: TrainConfig, step: int) -> float:
 def _save_checkpoint(model, opt, step: int, losses: list[float], folder: Path) -> None:
     from safetensors.torch import save_file
 
-    tensors = {f"model.{k}": v.contiguous() for k, v in model.state_dict().items()}
+    tensors, seen = {}, set()
+    for k, v in model.state_dict().items():  # tied embeddings: store the shared tensor once
+        if v.data_ptr() not in seen:
+            seen.add(v.data_ptr())
+            tensors[f"model.{k}"] = v.contiguous()
     names = {id(p): n for n, p in model.named_parameters()}
     for group in opt.param_groups:
         for p in group["params"]:
@@ -122,7 +126,11 @@ def _load_checkpoint(model, opt, folder: Path) -> tuple[int, list[float]]:
 
     meta = json.loads((folder / "checkpoint.json").read_text())
     tensors = load_file(str(folder / "checkpoint.safetensors"))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise GatescopeError(f"checkpoint in {folder} does not match the model: {missing}")
     for name, p in model.named_parameters():
         if f"opt.{name}.exp_avg" in tensors:
             opt.state[p] = {
@@ -175,8 +183,8 @@ def train_reference(cfg: TrainConfig, out: Path, resume: bool = False, progress:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(round(float(loss), 4))
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        losses.append(round(loss.item(), 4))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             _save_checkpoint(model, opt, step + 1, losses, ckpt)
     model.eval()
