@@ -52,3 +52,19 @@ def evaluate(
         elif isinstance(value, list):
             value = " ".join(f"{v:.3f}" for v in value)
         typer.echo(f"{key:>26}: {value}")
+
+
+@reference_app.command("tasks")
+@user_errors
+def tasks(
+    out: Path = typer.Option(Path("data/tasks"), "--out", help="directory for the JSONL files"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Regenerate the task, steering and concept data (held-out prompts) from the seed."""
+    from probe.reference.corpus import build_corpus
+    from probe.reference.task_data import write_task_data
+    from probe.reference.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(build_corpus(seed).documents)
+    for name, rows in write_task_data(out, tokenizer, seed).items():
+        typer.echo(f"{name}.jsonl\t{rows} rows")
