@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+from tiny import prompts, tiny_hf, tiny_tokenizer
+
+from interventions.edits import (
+    Ablate,
+    Add,
+    ClampGate,
+    Patch,
+    ProjectOut,
+    Rotate,
+    ScaleGate,
+    intervene,
+)
+from probe import GatescopeError, Site, Tracer, load_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
+
+
+def test_patch_clean_into_clean_changes_nothing(model):
+    batch = model.tokenize(prompts(3, seed=4))
+    with Tracer(model, ["resid_mid.1", "head_out.0", "attn_gate.1"]) as tr:
+        clean = model.run(batch)
+    edits = [Patch(s, source=tr[s]) for s in ("resid_mid.1", "head_out.0", "attn_gate.1")]
+    with intervene(model, edits):
+        assert torch.equal(model.run(batch), clean)
+
+
+def test_clamping_a_gate_to_zero_equals_zeroing_the_head(model):
+    batch = model.tokenize(prompts(2))
+    with intervene(model, ClampGate("attn_gate.1.2", value=0.0)):
+        clamped = model.run(batch)
+    with intervene(model, Ablate("head_out.1.2")):
+        zeroed = model.run(batch)
+    assert torch.equal(clamped, zeroed)
+    with (
+        intervene(model, ClampGate("attn_gate.1.2", value=1.0)),
+        Tracer(model, "attn_gate.1") as tr,
+    ):
+        model.run(batch)
+    assert torch.equal(tr["attn_gate.1"][:, :, 2], torch.ones_like(tr["attn_gate.1"][:, :, 2]))
+    with intervene(model, ScaleGate("attn_gate.0", factor=1.0)):
+        assert torch.allclose(model.run(batch), model.run(batch))
+
+
+def test_add_respects_positions_and_zero_is_identity(model):
+    batch = model.tokenize(prompts(1))
+    base = model.run(batch)
+    vec = torch.randn(model.dims.d_model)
+    with intervene(model, Add("resid_post.0", vector=vec, coef=0.0)):
+        assert torch.equal(model.run(batch), base)
+    with intervene(model, Add("resid_post.0", vector=vec, coef=3.0, positions=[-1])):
+        moved = model.run(batch)
+    assert torch.equal(moved[:, :-1], base[:, :-1]) and not torch.equal(moved[:, -1], base[:, -1])
+    with pytest.raises(GatescopeError, match="not a finite number"):
+        Add("resid_post.0", vector=vec, coef=math.nan)
+    with pytest.raises(GatescopeError, match="width"):
+        with intervene(model, Add("resid_post.0", vector=torch.ones(3))):
+            model.run(batch)
+    with pytest.raises(GatescopeError, match="out of range"):
+        with intervene(model, Add("resid_post.0", vector=vec, positions=[99])):
+            model.run(batch)
+
+
+def test_project_out_and_rotation(model):
+    batch = model.tokenize(prompts(2))
+    r = torch.randn(model.dims.d_model)
+    with (
+        intervene(model, ProjectOut("resid_post.0", direction=r)),
+        Tracer(model, "resid_post.0") as tr,
+    ):
+        model.run(batch)
+    assert (tr["resid_post.0"] @ (r / r.norm())).abs().max() < 1e-5
+    u, v = torch.randn(model.dims.d_model), torch.randn(model.dims.d_model)
+    with Tracer(model, "resid_mid.1") as before:
+        model.run(batch)
+    with (
+        intervene(model, Rotate("resid_mid.1", u=u, v=v, angle=0.7)),
+        Tracer(model, "resid_mid.1") as after,
+    ):
+        model.run(batch)
+    torch.testing.assert_close(
+        before["resid_mid.1"].norm(dim=-1), after["resid_mid.1"].norm(dim=-1)
+    )
+    assert not torch.allclose(before["resid_mid.1"], after["resid_mid.1"])
+
+
+def test_edits_are_removed_on_error(model):
+    batch = model.tokenize(prompts(1))
+    base = model.run(batch)
+    with pytest.raises(RuntimeError):
+        with intervene(model, Ablate("mlp_out.0")):
+            raise RuntimeError("x")
+    assert torch.equal(model.run(batch), base)
+    with pytest.raises(GatescopeError, match="attn_gate site"):
+        ClampGate(Site("head_out", 0), value=0)

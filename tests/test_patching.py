@@ -1,0 +1,80 @@
+import json
+
+import pytest
+import torch
+from tiny import tiny_hf, tiny_tokenizer
+
+from interventions.edits import Patch, intervene
+from interventions.patching import activation_patching
+from probe import GatescopeError, Tracer, load_model
+from probe.tasks import Task, logit_diff
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
+
+
+def _task(n=4):
+    g = torch.Generator().manual_seed(3)
+    clean, corrupt, ans, wrong = [], [], [], []
+    for _ in range(n):
+        w = [f"w{int(i)}" for i in torch.randint(10, 200, (6,), generator=g)]
+        clean.append(" ".join(w))
+        corrupt.append(" ".join([w[1], w[0], *w[2:]]))
+        ans.append(f"w{int(torch.randint(10, 200, (1,), generator=g))}")
+        wrong.append(f"w{int(torch.randint(10, 200, (1,), generator=g))}")
+    return Task("toy", clean, corrupt, ans, wrong)
+
+
+def test_patching_every_position_of_resid_pre_0_gives_the_corrupt_run(model):
+    task = _task()
+    batch = task.tokenize(model.tokenizer)
+    with Tracer(model, "resid_pre.0") as tr:
+        corrupt = model.forward(batch.corrupt_ids, batch.attention_mask)
+    with intervene(model, Patch("resid_pre.0", source=tr["resid_pre.0"])):
+        patched = model.forward(batch.clean_ids, batch.attention_mask)
+    assert torch.equal(patched, corrupt)
+    noise = activation_patching(model, task, "resid_pre.0", mode="noise", progress=False)
+    assert noise.components[0].effect == pytest.approx(-1.0, abs=1e-5)
+    denoise = activation_patching(model, task, "resid_pre.0", progress=False)
+    assert denoise.components[0].effect == pytest.approx(1.0, abs=1e-5)
+
+
+def test_batched_sweep_equals_one_by_one(model):
+    task = _task()
+    sites = "head_out.*,attn_gate.1,mlp_out.0"
+    batched = activation_patching(model, task, sites, positions="each", progress=False)
+    single = activation_patching(model, task, sites, positions="each", batch_rows=1, progress=False)
+    assert len(batched.components) == 2 * 4 * 6 + 4 * 6 + 6
+    for a, b in zip(batched.components, single.components, strict=True):
+        assert a.label == b.label and a.effect == pytest.approx(b.effect, abs=1e-5)
+
+
+def test_head_effects_match_a_direct_patch(model):
+    task = _task()
+    result = activation_patching(model, task, "head_out.1", progress=False)
+    batch = task.tokenize(model.tokenizer)
+    with Tracer(model, "head_out.1.3") as tr:
+        model.forward(batch.clean_ids, batch.attention_mask)
+    with torch.no_grad(), intervene(model, Patch("head_out.1.3", source=tr["head_out.1.3"])):
+        ld = logit_diff(model.forward(batch.corrupt_ids, batch.attention_mask), batch).mean()
+    c = result.components[3]
+    expected = (float(ld) - result.corrupt_logit_diff) / (
+        result.clean_logit_diff - result.corrupt_logit_diff
+    )
+    assert c.head == 3 and c.effect == pytest.approx(expected, abs=1e-5)
+    rows, cols, values = result.grid("head_out")
+    assert rows == ["L1"] and len(cols) == 4 and values[0][3] == c.effect
+    assert json.loads(result.to_json())["mode"] == "denoise"
+    assert result.figure("head_out").data[0].type == "heatmap"
+
+
+def test_bad_input(model):
+    with pytest.raises(GatescopeError, match="choose one of denoise, noise"):
+        activation_patching(model, _task(), "resid_pre.0", mode="sideways")
+    with pytest.raises(GatescopeError, match="read-only"):
+        activation_patching(model, _task(), "attn_pattern.0")
+    same = Task("same", ["w1 w2"], ["w1 w2"], ["w3"], ["w4"])
+    with pytest.raises(GatescopeError, match="same logit difference"):
+        activation_patching(model, same, "resid_pre.0")
