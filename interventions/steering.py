@@ -1,0 +1,292 @@
+"""Steering vectors: build, save/load, generate with them, ablate them, evaluate them.
+
+1. Build from contrast pairs at a site, reading each text's last token (METHODS.md):
+   ActAdd (one pair's difference), CAA (mean difference over pairs), PCA (first principal
+   component of the differences, sign fixed so positive examples project higher).
+   Any direction (an SAE decoder row, a CAV) becomes a vector with :func:`from_direction`.
+2. Steer: add ``coef * direction`` at the site (:class:`~interventions.edits.Add`), at all
+   positions, the prompt only, or generated tokens only (correct under the KV cache).
+3. Directional ablation (Arditi et al.): project the direction out of the embeddings and of
+   every attention and MLP output, so no residual stream activation has a component along it.
+4. Evaluate: a behaviour metric on held-out prompts over a range of coefficients, for the
+   vector and for random vectors of equal norm (the Rogue Scalpel control).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from interventions.edits import Add, ProjectOut, intervene
+from probe.errors import GatescopeError
+from probe.model import Model
+from probe.sites import Site
+from probe.tracer import Tracer
+
+log = logging.getLogger(__name__)
+METHODS = ("actadd", "caa", "pca")
+
+
+@dataclass
+class SteeringVector:
+    """A direction at a site with its default coefficient and where it came from."""
+
+    direction: torch.Tensor
+    site: Site
+    coef: float = 1.0
+    method: str = "direction"
+    provenance: dict = field(default_factory=dict)
+
+    def edit(self, coef: float | None = None, positions=None) -> Add:
+        return Add(
+            self.site,
+            positions=positions,
+            vector=self.direction,
+            coef=self.coef if coef is None else coef,
+        )
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``NAME.safetensors`` (the direction) and ``NAME.json`` (site, provenance)."""
+        from safetensors.torch import save_file
+
+        path = Path(path).with_suffix(".safetensors")
+        if not path.parent.is_dir():
+            raise GatescopeError(f"{path}: directory {path.parent} does not exist")
+        meta = {
+            "site": str(self.site),
+            "coef": self.coef,
+            "method": self.method,
+            "provenance": self.provenance,
+            "format": "gatescope.steering/1",
+        }
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({"direction": self.direction.detach().float().contiguous()}, str(tmp))
+        os.replace(tmp, path)
+        meta_path = path.with_suffix(".json")
+        tmp = meta_path.with_name(f".{meta_path.name}.tmp")
+        tmp.write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, meta_path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model: Model | None = None) -> SteeringVector:
+        """Load; with ``model``, refuse a width mismatch and warn on another model's vector."""
+        from safetensors.torch import load_file
+
+        path = Path(path).with_suffix(".safetensors")
+        if not path.is_file() or not path.with_suffix(".json").is_file():
+            raise GatescopeError(f"{path}: expected NAME.safetensors and NAME.json beside it")
+        meta = json.loads(path.with_suffix(".json").read_text())
+        vec = cls(
+            load_file(str(path))["direction"],
+            Site.parse(meta["site"]),
+            meta["coef"],
+            meta["method"],
+            meta.get("provenance", {}),
+        )
+        if model is not None:
+            vec.check(model)
+        return vec
+
+    def check(self, model: Model) -> None:
+        model.check_site(self.site)
+        width = _site_width(model, self.site)
+        if tuple(self.direction.shape) != width:
+            raise GatescopeError(
+                f"steering vector of shape {tuple(self.direction.shape)} does not fit "
+                f"{self.site} of this model (per-token shape {width}); it was built for "
+                f"{self.provenance.get('model', 'another model')}"
+            )
+        made_for = self.provenance.get("model")
+        if made_for and made_for != model.name:
+            log.warning("steering vector was built on %s, applying it to %s", made_for, model.name)
+
+
+def _site_width(model: Model, site: Site) -> tuple[int, ...]:
+    with Tracer(model, site, positions=[0]) as tr, torch.no_grad():
+        model.run("a")
+    return tuple(tr[site].shape[2:])
+
+
+def last_token_acts(model: Model, texts: Sequence[str], site: Site) -> torch.Tensor:
+    """(N, ...) the site's value at each text's last token."""
+    with Tracer(model, site, positions=[-1], device="cpu", dtype=torch.float32) as tr:
+        with torch.no_grad():
+            for batch in model.batches(list(texts), 32):
+                model.forward(batch.input_ids, batch.attention_mask)
+    return tr[site][:, 0]
+
+
+def build_vector(
+    model: Model, method: str, positive: Sequence[str], negative: Sequence[str], site
+) -> SteeringVector:
+    """A steering vector from contrast pairs (``positive[i]`` vs ``negative[i]``)."""
+    site = Site.parse(site) if isinstance(site, str) else site
+    if method not in METHODS:
+        raise GatescopeError(f"method '{method}' is unknown; choose one of {', '.join(METHODS)}")
+    if len(positive) != len(negative) or not positive:
+        raise GatescopeError(
+            f"contrast pairs: {len(positive)} positive and {len(negative)} negative texts; "
+            "give the same number (at least one) of each"
+        )
+    if method == "actadd":
+        positive, negative = positive[:1], negative[:1]
+    pos = last_token_acts(model, positive, site)
+    neg = last_token_acts(model, negative, site)
+    diffs = pos - neg  # (N, ...)
+    if method in ("actadd", "caa"):
+        direction = diffs.mean(0)
+    else:
+        if len(diffs) < 2:
+            raise GatescopeError("PCA needs at least 2 contrast pairs")
+        flat = diffs.flatten(1)
+        _, _, v = torch.linalg.svd(flat - flat.mean(0), full_matrices=False)
+        pc = v[0] * flat.norm(dim=1).mean()  # scale: mean difference norm
+        if ((pos - neg).flatten(1) @ pc).mean() < 0:
+            pc = -pc
+        direction = pc.view(diffs.shape[1:])
+    prov = {"model": model.name, "pairs": len(positive), "family": model.family.name}
+    return SteeringVector(direction, site, 1.0, method, prov)
+
+
+def from_direction(direction: torch.Tensor, site, model: Model, source: str = "") -> SteeringVector:
+    """Any direction (SAE feature, CAV) as a steering vector at ``site``."""
+    site = Site.parse(site) if isinstance(site, str) else site
+    vec = SteeringVector(
+        direction.detach().float(), site, 1.0, "direction", {"model": model.name, "source": source}
+    )
+    vec.check(model)
+    return vec
+
+
+def directional_ablation(model: Model, direction: torch.Tensor) -> list[ProjectOut]:
+    """Edits removing ``direction`` from the whole residual stream (every layer)."""
+    edits = [ProjectOut(Site("resid_pre", 0), direction=direction)]
+    for layer in range(model.dims.n_layers):
+        edits.append(ProjectOut(Site("attn_out", layer), direction=direction))
+        edits.append(ProjectOut(Site("mlp_out", layer), direction=direction))
+    return edits
+
+
+@torch.no_grad()
+def generate(
+    model: Model,
+    prompt: str,
+    vector: SteeringVector | None = None,
+    coef: float | None = None,
+    max_new_tokens: int = 20,
+    positions: str | None = None,
+) -> str:
+    """Greedy continuation of ``prompt``, steered by ``vector`` (HF ``generate``)."""
+    if not hasattr(model.hf, "generate"):
+        raise GatescopeError(f"{type(model.hf).__name__} cannot generate; use a HF model")
+    batch = model.tokenize(prompt)
+    edits = [vector.edit(coef, positions)] if vector is not None else []
+    with intervene(model, edits):
+        out = model.hf.generate(
+            batch.input_ids.to(model.device),
+            attention_mask=batch.attention_mask.to(model.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=model.tokenizer.pad_token_id or model.tokenizer.eos_token_id,
+        )
+    return model.tokenizer.decode(out[0, batch.input_ids.shape[1] :], skip_special_tokens=True)
+
+
+def word_logit_metric(model: Model, positive: Sequence[str], negative: Sequence[str]) -> Callable:
+    """Metric: mean next-token logit of ``positive`` words minus that of ``negative`` ones."""
+    from probe.reference.tokenizer import single_token_id
+
+    def ids(words):
+        return [single_token_id(model.tokenizer, w) for w in words]
+
+    pos, neg = torch.tensor(ids(positive)), torch.tensor(ids(negative))
+
+    def metric(logits: torch.Tensor, lengths: torch.Tensor) -> float:
+        last = logits[torch.arange(len(lengths)), lengths - 1]  # (B, V)
+        return float((last[:, pos].mean(1) - last[:, neg].mean(1)).mean())
+
+    return metric
+
+
+@dataclass
+class SteeringEval:
+    """Behaviour metric per coefficient for the vector and for random vectors of equal norm."""
+
+    coefs: list[float]
+    vector: list[float]
+    random: list[list[float]]  # [random vector][coef]
+    site: str
+
+    def beats_random_at(self, coef: float) -> bool:
+        i = self.coefs.index(coef)
+        base = self.vector[self.coefs.index(0.0)] if 0.0 in self.coefs else 0.0
+        return all(abs(self.vector[i] - base) > abs(r[i] - base) for r in self.random)
+
+    def figure(self):
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        for k, scores in enumerate(self.random):
+            fig.add_trace(
+                go.Scatter(
+                    x=self.coefs,
+                    y=scores,
+                    mode="lines",
+                    name="random" if k == 0 else None,
+                    showlegend=k == 0,
+                    line={"color": "lightgray"},
+                )
+            )
+        fig.add_trace(
+            go.Scatter(x=self.coefs, y=self.vector, mode="lines+markers", name="steering vector")
+        )
+        fig.update_layout(
+            title=f"steering at {self.site} vs random vectors of equal norm",
+            xaxis_title="coefficient",
+            yaxis_title="behaviour metric",
+        )
+        return fig
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def evaluate_steering(
+    model: Model,
+    vector: SteeringVector,
+    prompts: Sequence[str],
+    metric: Callable[[torch.Tensor, torch.Tensor], float],
+    coefs: Sequence[float] = (-4, -2, -1, 0, 1, 2, 4),
+    n_random: int = 10,
+    seed: int = 0,
+) -> SteeringEval:
+    """The metric on ``prompts`` (steering at every position) per coefficient, for the vector
+    and ``n_random`` random directions of the same norm."""
+    batch = model.tokenize(list(prompts))
+    g = torch.Generator().manual_seed(seed)
+    norm = vector.direction.norm()
+    randoms = []
+    for _ in range(n_random):
+        r = torch.randn(vector.direction.shape, generator=g)
+        randoms.append(SteeringVector(r / r.norm() * norm, vector.site))
+
+    def curve(vec: SteeringVector) -> list[float]:
+        scores = []
+        for c in coefs:
+            with intervene(model, vec.edit(float(c))):
+                scores.append(
+                    metric(model.forward(batch.input_ids, batch.attention_mask), batch.lengths)
+                )
+        return scores
+
+    return SteeringEval(
+        [float(c) for c in coefs], curve(vector), [curve(r) for r in randoms], str(vector.site)
+    )
