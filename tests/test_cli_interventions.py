@@ -1,0 +1,176 @@
+import json
+
+import pytest
+from tiny import save_tiny
+from typer.testing import CliRunner
+
+from app.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return str(save_tiny(tmp_path_factory.mktemp("m") / "tiny", "qwen3_next"))
+
+
+@pytest.fixture()
+def files(tmp_path):
+    task = tmp_path / "task.jsonl"
+    task.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"clean": "w1 w2 w3", "corrupt": "w4 w2 w3", "answer": "w5", "wrong": "w6"},
+                {"clean": "w7 w8 w9", "corrupt": "w10 w8 w9", "answer": "w11", "wrong": "w12"},
+            ]
+        )
+    )
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(
+            json.dumps({"positive": f"w{i} w3", "negative": f"w{i} w9"}) + "\n"
+            for i in range(20, 25)
+        )
+    )
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("w1 w2\nw3 w4 w5\n")
+    return task, pairs, prompts
+
+
+def test_patch_json(model_dir, files, tmp_path):
+    task, _, _ = files
+    out = tmp_path / "p.json"
+    res = runner.invoke(
+        app,
+        [
+            "patch",
+            model_dir,
+            "--task",
+            str(task),
+            "--sites",
+            "head_out.*",
+            "--json",
+            "--out",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert len(data["components"]) == 8 and json.loads(out.read_text()) == data
+    res = runner.invoke(
+        app,
+        ["patch", model_dir, "--task", str(task), "--sites", "resid_pre.0", "--positions", "each"],
+    )
+    assert res.exit_code == 0 and "resid_pre.0@2" in res.stdout
+
+
+def test_steer_build_generate_eval(model_dir, files, tmp_path):
+    _, pairs, prompts = files
+    vec = tmp_path / "v.safetensors"
+    res = runner.invoke(
+        app,
+        [
+            "steer",
+            "build",
+            model_dir,
+            "--method",
+            "pca",
+            "--pairs",
+            str(pairs),
+            "--site",
+            "resid_post.1",
+            "--out",
+            str(vec),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert vec.is_file() and vec.with_suffix(".json").is_file()
+    res = runner.invoke(
+        app,
+        [
+            "steer",
+            "generate",
+            model_dir,
+            "--vector",
+            str(vec),
+            "--coef",
+            "4",
+            "--prompt",
+            "w1 w2",
+            "--max-new-tokens",
+            "3",
+        ],
+    )
+    assert res.exit_code == 0 and "unsteered:" in res.stdout and "steered (+4)" in res.stdout
+    res = runner.invoke(
+        app,
+        [
+            "steer",
+            "eval",
+            model_dir,
+            "--vector",
+            str(vec),
+            "--prompts",
+            str(prompts),
+            "--positive-words",
+            "w3",
+            "--negative-words",
+            "w9",
+            "--coefs",
+            "0,2",
+            "--random",
+            "2",
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)["random"]) == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["patch", "{m}", "--task", "nope", "--sites", "resid_pre.0"], "neither a JSONL file"),
+        (
+            ["patch", "{m}", "--task", "{t}", "--sites", "resid_pre.0", "--mode", "x"],
+            "choose one of",
+        ),
+        (
+            ["patch", "{m}", "--task", "{t}", "--sites", "resid_pre.0", "--positions", "a"],
+            "expected all",
+        ),
+        (
+            ["steer", "generate", "{m}", "--vector", "{v}", "--coef", "nan", "--prompt", "w1"],
+            "not a finite",
+        ),
+        (
+            ["steer", "build", "{m}", "--pairs", "{t}", "--site", "resid_post.0", "--out", "{v}"],
+            "'positive' and 'negative'",
+        ),
+    ],
+)
+def test_bad_input(model_dir, files, tmp_path, args, message):
+    task, pairs, _ = files
+    vec = tmp_path / "v.safetensors"
+    runner.invoke(
+        app,
+        [
+            "steer",
+            "build",
+            model_dir,
+            "--pairs",
+            str(pairs),
+            "--site",
+            "resid_post.0",
+            "--out",
+            str(tmp_path / "ok.safetensors"),
+        ],
+    )
+    (tmp_path / "ok.safetensors").rename(vec) if "generate" in args else None
+    if "generate" in args:
+        (tmp_path / "ok.json").rename(vec.with_suffix(".json"))
+    filled = [a.format(m=model_dir, t=task, v=vec) for a in args]
+    res = runner.invoke(app, filled)
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
