@@ -1,0 +1,95 @@
+"""Head-patching sweep speed vs TransformerLens (issue: interventions).
+
+In one run, on the same model (``reference`` by default, eager attention in both) and the
+same IOI prompts (one token length): gatescope's batched ``activation_patching`` over every
+head's output at all positions vs TransformerLens's
+``patching.get_act_patch_attn_head_out_all_pos`` through its ``TransformerBridge`` on the same
+weights. Both report the patched mean logit difference per (layer, head); the figures are the
+speed ratio and the largest difference between the two results.
+
+    .venv/bin/python bench/bench_patching.py [--model reference] [--prompts 24] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import tempfile
+import time
+
+import torch
+
+from interventions.patching import _select, activation_patching, equal_length_rows
+from probe import load_model
+from probe.tasks import Task, load_task
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="reference")
+    parser.add_argument("--prompts", type=int, default=24)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    from transformer_lens import patching
+    from transformer_lens.model_bridge import TransformerBridge
+
+    model = load_model(args.model, attn_implementation="eager")
+    task = load_task("ioi")
+    batch = task.tokenize(model.tokenizer)
+    rows = equal_length_rows(batch)[: args.prompts].tolist()
+    task = Task(
+        "ioi",
+        *[[getattr(task, f)[i] for i in rows] for f in ("clean", "corrupt", "answers", "wrongs")],
+    )
+    batch = _select(task.tokenize(model.tokenizer), torch.arange(len(task)))
+
+    folder = tempfile.mkdtemp()
+    model.hf.save_pretrained(folder)
+    bridge = TransformerBridge.boot_transformers(
+        folder, hf_model=copy.deepcopy(model.hf), tokenizer=model.tokenizer
+    )
+    rows_idx = torch.arange(len(task))
+
+    def metric(logits):
+        last = logits[:, -1]
+        return (last[rows_idx, batch.answer_ids] - last[rows_idx, batch.wrong_ids]).mean()
+
+    def ours():
+        return activation_patching(model, task, "head_out.*", progress=False)
+
+    def theirs():
+        with torch.no_grad():
+            _, cache = bridge.run_with_cache(batch.clean_ids)
+            return patching.get_act_patch_attn_head_out_all_pos(
+                bridge, batch.corrupt_ids, cache, metric
+            )
+
+    times = {"gatescope": [], "transformer_lens": []}
+    for _ in range(args.repeats):
+        for name, fn in (("gatescope", ours), ("transformer_lens", theirs)):
+            start = time.perf_counter()
+            out = fn()
+            times[name].append(time.perf_counter() - start)
+            if name == "gatescope":
+                result = out
+            else:
+                tl = out
+    span = result.clean_logit_diff - result.corrupt_logit_diff
+    mine = torch.tensor(result.grid("head_out")[2]) * span + result.corrupt_logit_diff
+    diff = float((mine - tl.float()).abs().max())
+    med = {k: statistics.median(v) for k, v in times.items()}
+    heads = model.dims.n_layers * model.dims.n_heads
+    print(
+        f"{args.model}: {len(task)} IOI prompts of {batch.clean_ids.shape[1]} tokens, {heads} heads"
+    )
+    print(
+        f"gatescope {med['gatescope']:.2f} s, TransformerLens bridge "
+        f"{med['transformer_lens']:.2f} s: gatescope is "
+        f"{med['transformer_lens'] / med['gatescope']:.1f}x faster"
+    )
+    print(f"largest difference in patched logit difference: {diff:.2e}")
+
+
+if __name__ == "__main__":
+    main()
