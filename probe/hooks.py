@@ -175,7 +175,8 @@ def _sum_write_plan(model: Model, site: Site, tap: Tap, fn: HookFn, info: Forwar
         if new is None:
             return None
         new = new.to(dtype=addend.dtype).expand_as(current)
-        return torch.where(new != current, new - base, addend)
+        # exact where nothing changed (adds 0), and differentiable with respect to ``new``
+        return addend + (new - current)
 
     return [
         _planned(model, site, tap.write_base, keep_base, info),
