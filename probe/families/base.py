@@ -66,6 +66,8 @@ class Family:
         embed / final_norm / unembed: candidate paths from the model root.
         norms: normalisation modules relative to a layer (for LRP rules).
         mlp_act: the GLU / MLP activation module relative to a layer, if it is a module.
+        attn_input / mlp_input: the norm whose input is what the attention / MLP block reads
+            from the residual stream (for edge attribution: gradients into one block only).
         refuse: config flag -> the values gatescope supports; any other value is refused.
         description: one line for listings and errors.
     """
@@ -79,6 +81,8 @@ class Family:
     unembed: tuple[str, ...] = ("lm_head",)
     norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
     mlp_act: str | None = "mlp.act_fn"
+    attn_input: str = "input_layernorm"
+    mlp_input: str = "post_attention_layernorm"
     refuse: Mapping[str, tuple] = field(default_factory=dict)
     description: str = ""
 

@@ -38,6 +38,7 @@ GEMMA2 = Family(
         "pre_feedforward_layernorm",
         "post_feedforward_layernorm",
     ),
+    mlp_input="pre_feedforward_layernorm",
     description="Gemma 2 / 3 text: GeGLU MLP with sandwich norms, ungated attention",
 )
 

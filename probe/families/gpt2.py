@@ -24,6 +24,8 @@ FAMILY = Family(
     final_norm=("transformer.ln_f",),
     norms=("ln_1", "ln_2"),
     mlp_act="mlp.act",
+    attn_input="ln_1",
+    mlp_input="ln_2",
     refuse={"add_cross_attention": (False,)},
     description="GPT-2: GELU MLP, no gates (the ungated control)",
 )

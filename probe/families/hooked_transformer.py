@@ -27,6 +27,8 @@ _COMMON = dict(
     unembed=("unembed",),
     norms=("ln1", "ln2"),
     mlp_act=None,
+    attn_input="ln1",
+    mlp_input="ln2",
 )
 
 PLAIN = Family(
