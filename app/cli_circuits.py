@@ -1,0 +1,112 @@
+"""``gatescope attribute``, ``gatescope circuit`` and ``gatescope agreement``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from app.cli_common import MODEL_HELP, check_out_path, echo_json, load, user_errors, write_json
+
+TASK_HELP = "bundled task (ioi, facts, induction) or a JSONL file"
+
+
+def _task(task: str, limit: int | None):
+    from probe.tasks import load_task
+
+    t = load_task(task)
+    return t.subset(limit) if limit else t
+
+
+def attribute_cmd(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    task: str = typer.Option(..., "--task", help=TASK_HELP),
+    method: str = typer.Option("relp", "--method", help="atp, relp or ig"),
+    sites: str = typer.Option(..., "--sites"),
+    positions: str = typer.Option(None, "--positions", help="all (default) or each"),
+    gate_rule: str = typer.Option("half", "--gate-rule", help="RelP rule for the gate"),
+    steps: int = typer.Option(5, "--steps", help="IG steps"),
+    limit: int = typer.Option(None, "--limit"),
+    json_: bool = typer.Option(False, "--json"),
+    out: Path = typer.Option(None, "--out"),
+) -> None:
+    """Attribution scores (AtP, RelP or IG) for every component of SITES."""
+    from circuits.attribution import attribute
+
+    check_out_path(out)
+    pos = None if positions in (None, "all") else positions
+    result = attribute(
+        load(model),
+        _task(task, limit),
+        sites,
+        method,
+        positions=pos,
+        gate_rule=gate_rule,
+        steps=steps,
+    )
+    if out is not None:
+        write_json(result.to_dict(), out)
+    if json_:
+        echo_json(result.to_dict())
+        return
+    for c in result.top(15):
+        typer.echo(f"{c.label:>24}  {c.effect:+.3f}")
+
+
+def circuit_cmd(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    task: str = typer.Option(..., "--task", help=TASK_HELP),
+    method: str = typer.Option("relp", "--method", help="atp, relp or ig"),
+    top_n: int = typer.Option(..., "--top-n", help="nodes to keep"),
+    gate_rule: str = typer.Option("half", "--gate-rule"),
+    limit: int = typer.Option(None, "--limit"),
+    json_: bool = typer.Option(False, "--json"),
+    out: Path = typer.Option(None, "--out"),
+) -> None:
+    """Build the circuit graph, keep the top-n nodes, print its faithfulness."""
+    from circuits.graph import build_graph, faithfulness
+
+    check_out_path(out)
+    m, t = load(model), _task(task, limit)
+    graph = build_graph(m, t, method, gate_rule).prune(top_n)
+    graph.faithfulness = faithfulness(m, t, graph.node_names())
+    if out is not None:
+        write_json(graph.to_dict(), out)
+    if json_:
+        echo_json(graph.to_dict())
+        return
+    typer.echo(f"{method} circuit, top {top_n} nodes: faithfulness {graph.faithfulness:.3f}")
+    for node in sorted(graph.nodes, key=lambda n: -abs(n.score)):
+        typer.echo(f"{node.name:>12}  {node.score:+.3f}")
+
+
+def agreement_cmd(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    task: str = typer.Option(..., "--task", help=TASK_HELP),
+    sites: str = typer.Option(
+        "resid_pre,attn_out,mlp_out,head_out", "--sites", help="site kinds, comma-separated"
+    ),
+    limit: int = typer.Option(None, "--limit"),
+    json_: bool = typer.Option(False, "--json"),
+) -> None:
+    """Pearson/Spearman r of AtP, RelP and IG against activation patching, per site kind."""
+    from circuits.agreement import agreement
+    from probe.errors import GatescopeError
+    from probe.sites import SITE_KINDS
+
+    kinds = [k.strip().split(".")[0] for k in sites.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in SITE_KINDS]
+    if bad:
+        raise GatescopeError(f"--sites: unknown site kinds {bad}; known: {', '.join(SITE_KINDS)}")
+    result = agreement(load(model), _task(task, limit), kinds, progress=not json_)
+    if json_:
+        echo_json({"pearson": result.pearson, "spearman": result.spearman})
+        return
+    typer.echo("Pearson r with activation patching")
+    typer.echo(result.table())
+
+
+def register(app: typer.Typer) -> None:
+    app.command("attribute")(user_errors(attribute_cmd))
+    app.command("circuit")(user_errors(circuit_cmd))
+    app.command("agreement")(user_errors(agreement_cmd))

@@ -1,0 +1,70 @@
+import json
+
+import pytest
+from test_cli_interventions import files, model_dir  # noqa: F401  (fixtures)
+from typer.testing import CliRunner
+
+from app.cli import app
+
+runner = CliRunner()
+
+
+def test_attribute_circuit_agreement(model_dir, files, tmp_path):  # noqa: F811
+    task = str(files[0])
+    res = runner.invoke(
+        app,
+        [
+            "attribute",
+            model_dir,
+            "--task",
+            task,
+            "--method",
+            "relp",
+            "--sites",
+            "head_out.*",
+            "--json",
+            "--out",
+            str(tmp_path / "a.json"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert len(json.loads(res.stdout)["components"]) == 8
+    res = runner.invoke(app, ["circuit", model_dir, "--task", task, "--top-n", "3"])
+    assert res.exit_code == 0, res.output
+    assert "faithfulness" in res.stdout
+    res = runner.invoke(
+        app, ["agreement", model_dir, "--task", task, "--sites", "mlp_out", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    assert set(json.loads(res.stdout)["pearson"]["mlp_out"]) >= {"atp", "ig"}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["attribute", "{m}", "--task", "{t}", "--method", "x", "--sites", "mlp_out.0"],
+            "valid methods",
+        ),
+        (
+            [
+                "attribute",
+                "{m}",
+                "--task",
+                "{t}",
+                "--method",
+                "ig",
+                "--steps",
+                "0",
+                "--sites",
+                "mlp_out.0",
+            ],
+            "at least 1",
+        ),
+        (["circuit", "{m}", "--task", "{t}", "--top-n", "99"], "outside 0-"),
+        (["agreement", "{m}", "--task", "{t}", "--sites", "mlp_outt"], "unknown site kinds"),
+    ],
+)
+def test_bad_input(model_dir, files, args, message):  # noqa: F811
+    res = runner.invoke(app, [a.format(m=model_dir, t=files[0]) for a in args])
+    assert res.exit_code == 2 and message in res.output, res.output
