@@ -1,0 +1,37 @@
+"""gatescope: explore a gated transformer. Pick a model; the pages show gates and circuits."""
+
+import streamlit as st
+
+from app.ui import pick_model
+from probe.sites import SITE_KINDS
+
+st.set_page_config(page_title="gatescope", layout="wide")
+st.title("gatescope")
+st.caption("Gates, circuits and steering for gated transformers")
+
+model = pick_model()
+if model is not None:
+    d = model.dims
+    cols = st.columns(5)
+    cols[0].metric("family", model.family.name)
+    cols[1].metric("layers", d.n_layers)
+    cols[2].metric("heads", f"{d.n_heads} x {d.d_head}")
+    cols[3].metric("d_model", d.d_model)
+    cols[4].metric("attention gate", "yes" if model.is_gated else "no")
+    st.write(model.family.description)
+    rows = []
+    for kind, meaning in SITE_KINDS.items():
+        rows.append(
+            {
+                "site kind": kind,
+                "here": "yes" if kind in model.kinds else "-",
+                "per token": meaning.split(":")[0],
+                "meaning": meaning.split(": ", 1)[1],
+            }
+        )
+    st.subheader("Sites")
+    st.dataframe(rows, hide_index=True, width="stretch")
+    st.markdown(
+        "Open **Gates** in the sidebar to see gate values per token, gate sparsity and "
+        "the attention sink of this model next to its ungated twin."
+    )

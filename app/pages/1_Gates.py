@@ -1,0 +1,146 @@
+"""Gates: per-token gate values, gate sparsity over a prompt set, and the attention sink and
+largest activation of the gated reference model next to its ungated twin."""
+
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+
+from app.ui import cached_model, pick_model
+from probe import Tracer
+from probe.errors import GatescopeError
+from probe.gates import gate_stats, token_gates
+
+st.set_page_config(page_title="gatescope: gates", layout="wide")
+st.title("Gates")
+DEFAULT_PROMPT = "When Mary and John went to the store, John gave a drink to"
+
+
+@st.cache_data(show_spinner="Computing gate statistics...")
+def prompt_set_report(model_name: str) -> dict:
+    return gate_stats(
+        cached_model(model_name), prompt_set(), batch_size=32, progress=False
+    ).to_dict()
+
+
+@st.cache_data(show_spinner="Collecting gate values...")
+def gate_values(model_name: str) -> list[float]:
+    model = cached_model(model_name)
+    with Tracer(model, "attn_gate.*", reducers=[], keep=True) as tr, torch.no_grad():
+        for batch in model.batches(prompt_set()[:24], 8):
+            model.forward(batch.input_ids, batch.attention_mask)
+            values = torch.cat([v.flatten() for v in tr.activations.values()])
+            break
+    step = max(1, values.numel() // 40000)
+    return values[::step].tolist()
+
+
+def prompt_set() -> list[str]:
+    try:
+        from probe.tasks import load_task, load_texts
+
+        texts = load_texts("random_0")[:20] + load_texts("concept_sport")[:10]
+        return texts + load_texts("concept_positive")[:10] + load_task("ioi").clean[:24]
+    except GatescopeError:
+        return [DEFAULT_PROMPT, "The weather today is cold and wet.", "I loved the film."]
+
+
+model = pick_model()
+if model is None:
+    st.stop()
+name = st.session_state.get("model_path") or st.session_state.get("model_choice", "reference")
+name = model.name if name.startswith("other") else name
+
+st.subheader("Per-token gate values")
+prompt = st.text_area("prompt", DEFAULT_PROMPT, key="prompt")
+layer = st.slider("layer", 0, model.dims.n_layers - 1, 0, key="layer")
+try:
+    tg = token_gates(model, prompt)
+except GatescopeError as exc:
+    st.error(str(exc))
+    tg = None
+if tg is not None:
+    labels = [f"{i}:{t}" for i, t in enumerate(tg.tokens)]
+    if tg.gates is not None:
+        fig = px.imshow(
+            tg.gates[layer],
+            x=[f"head {h}" for h in range(model.dims.n_heads)],
+            y=labels,
+            zmin=0,
+            zmax=1,
+            color_continuous_scale="Viridis",
+            aspect="auto",
+            title=f"mean gate per head, layer {layer} (0 = closed, 1 = open)",
+        )
+        st.plotly_chart(fig, width="stretch", key="token_gates")
+    else:
+        st.info("This model has no attention output gate; showing GLU gate activity instead.")
+    if tg.glu_active is not None:
+        glu = px.imshow(
+            [row for row in tg.glu_active],
+            x=labels,
+            y=[f"L{i}" for i in range(len(tg.glu_active))],
+            zmin=0,
+            zmax=1,
+            aspect="auto",
+            title="fraction of |mlp_gate| >= 0.01 per token",
+        )
+        st.plotly_chart(glu, width="stretch", key="token_glu")
+
+st.subheader("Over a prompt set")
+report = prompt_set_report(name)
+cols = st.columns(2)
+if report["mean_gate"] is not None:
+    heat = px.imshow(
+        report["mean_gate"],
+        zmin=0,
+        zmax=1,
+        aspect="auto",
+        labels={"x": "head", "y": "layer"},
+        title="mean gate (layer x head)",
+    )
+    cols[0].plotly_chart(heat, width="stretch", key="mean_gate")
+    hist = px.histogram(
+        x=gate_values(name),
+        nbins=50,
+        log_y=True,
+        title="distribution of gate values",
+        labels={"x": "gate value"},
+    )
+    cols[1].plotly_chart(hist, width="stretch", key="gate_hist")
+    below = go.Figure()
+    for t, table in report["gate_below"].items():
+        below.add_bar(
+            name=f"gate < {t}",
+            x=[f"L{i}" for i in range(len(table))],
+            y=[sum(r) / len(r) for r in table],
+        )
+    below.update_layout(barmode="group", title="fraction of gate values under thresholds")
+    st.plotly_chart(below, width="stretch", key="gate_below")
+if report["glu_below"] is not None:
+    glu = go.Figure()
+    for t, per_layer in report["glu_below"].items():
+        glu.add_bar(
+            name=f"|mlp_gate| < {t}", x=[f"L{i}" for i in range(len(per_layer))], y=per_layer
+        )
+    glu.update_layout(barmode="group", title="GLU gate sparsity per layer")
+    st.plotly_chart(glu, width="stretch", key="glu_sparsity")
+
+st.subheader("Attention sink and largest activation: gated vs ungated")
+pair = ["reference", "reference-plain"] if name in ("reference", "reference-plain") else [name]
+reports = {}
+for other in pair:
+    try:
+        reports[other] = report if other == name else prompt_set_report(other)
+    except GatescopeError as exc:
+        st.warning(f"{other}: {exc}")
+sink, act = go.Figure(), go.Figure()
+for other, rep in reports.items():
+    layers = [f"L{i}" for i in range(len(rep["sink"]))]
+    sink.add_bar(name=other, x=layers, y=[sum(r) / len(r) for r in rep["sink"]])
+    act.add_bar(name=other, x=layers, y=rep["max_activation"])
+sink.update_layout(barmode="group", title="attention on the first token (sink)")
+act.update_layout(barmode="group", title="largest |residual activation|")
+cols = st.columns(2)
+cols[0].plotly_chart(sink, width="stretch", key="sink")
+cols[1].plotly_chart(act, width="stretch", key="max_act")
