@@ -54,3 +54,11 @@ def pick_model():
 
 def show_error(exc: Exception) -> None:
     st.error(str(exc))
+
+
+def model_name(model) -> str:
+    """The name the current model was loaded under (the cache key for results)."""
+    choice = st.session_state.get("model_choice", default_model())
+    if choice in CHOICES[:2]:
+        return choice
+    return st.session_state.get("model_path") or model.name

@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from app.ui import cached_model, pick_model
+from app.ui import cached_model, model_name, pick_model
 from probe import Tracer
 from probe.errors import GatescopeError
 from probe.gates import gate_stats, token_gates
@@ -48,8 +48,7 @@ def prompt_set() -> list[str]:
 model = pick_model()
 if model is None:
     st.stop()
-name = st.session_state.get("model_path") or st.session_state.get("model_choice", "reference")
-name = model.name if name.startswith("other") else name
+name = model_name(model)
 
 st.subheader("Per-token gate values")
 prompt = st.text_area("prompt", DEFAULT_PROMPT, key="prompt")
