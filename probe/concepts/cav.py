@@ -1,0 +1,177 @@
+"""Concept activation vectors (TCAV, Kim et al. 2018, arXiv 1711.11279) and linear probes.
+
+1. Activations: a site's value per text, pooled over positions (``last`` token or ``mean``
+   over real tokens), flattened to one vector per text.
+2. CAV: a logistic-regression classifier (scikit-learn) separating concept activations from
+   random ones on a training split; the CAV is the unit normal of its decision boundary,
+   pointing towards the concept; its held-out accuracy is reported.
+3. Probe: a classifier for a labelled property at every layer of a site kind, with
+   cross-validated accuracy and a baseline trained on shuffled labels.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from probe.errors import GatescopeError
+from probe.model import Model
+from probe.sites import Site
+from probe.tracer import Tracer
+
+POOLING = ("last", "mean")
+MIN_PER_SET = 6
+
+
+def site_activations(model: Model, texts: Sequence[str], site: Site | str, pooling: str = "last"):
+    """(N, D) float32 numpy array: the site's pooled value per text."""
+    site = Site.parse(site) if isinstance(site, str) else site
+    if pooling not in POOLING:
+        raise GatescopeError(f"pooling '{pooling}' is unknown; choose {' or '.join(POOLING)}")
+    rows = []
+    with torch.no_grad():
+        for batch in model.batches(list(texts), 32):
+            positions = [-1] if pooling == "last" else None
+            with Tracer(model, site, positions=positions, device="cpu", dtype=torch.float32) as tr:
+                model.forward(batch.input_ids, batch.attention_mask)
+            value = tr[site].flatten(2)  # (B, T, D)
+            if pooling == "last":
+                rows.append(value[:, 0])
+            else:
+                mask = batch.attention_mask.float().unsqueeze(-1)  # (B, T, 1)
+                rows.append((value * mask).sum(1) / mask.sum(1))
+    return torch.cat(rows).numpy()
+
+
+@dataclass
+class CAV:
+    """A concept direction at a site: unit vector, held-out accuracy, provenance."""
+
+    site: str
+    direction: list[float]
+    accuracy: float
+    concept: str
+    random: str
+    pooling: str
+
+    def tensor(self, shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        t = torch.tensor(self.direction)
+        return t.view(shape) if shape else t
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps({k: v for k, v in self.to_dict().items() if k != "direction"})
+
+
+def _check_sets(concept: np.ndarray, random: np.ndarray) -> None:
+    for name, arr in (("concept", concept), ("random", random)):
+        if len(arr) < MIN_PER_SET:
+            raise GatescopeError(
+                f"the {name} set has {len(arr)} examples; a CAV needs at least {MIN_PER_SET} per "
+                "set to hold some out for its accuracy (30 or more is better)"
+            )
+    if concept.shape == random.shape and np.allclose(concept, random):
+        raise GatescopeError("the concept and random sets are identical; give different texts")
+
+
+def fit_cav(concept: np.ndarray, random: np.ndarray, seed: int = 0) -> tuple[np.ndarray, float]:
+    """(unit normal towards the concept, held-out accuracy) of a linear classifier."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+
+    _check_sets(concept, random)
+    x = np.concatenate([concept, random])
+    y = np.concatenate([np.ones(len(concept)), np.zeros(len(random))])
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, random_state=seed, stratify=y)
+    scale = x_tr.std(0) + 1e-6  # standardise for the solver, map the normal back after
+    clf = LogisticRegression(max_iter=2000, C=0.05).fit(x_tr / scale, y_tr)
+    normal = clf.coef_[0] / scale
+    return normal / np.linalg.norm(normal), float(clf.score(x_te / scale, y_te))
+
+
+def train_cav(
+    model: Model,
+    concept: Sequence[str],
+    random: Sequence[str],
+    site: Site | str,
+    pooling: str = "last",
+    seed: int = 0,
+    names: tuple[str, str] = ("concept", "random"),
+) -> CAV:
+    """The CAV of ``concept`` texts against ``random`` texts at ``site``."""
+    model.check_site(Site.parse(site) if isinstance(site, str) else site)
+    xc = site_activations(model, concept, site, pooling)
+    xr = site_activations(model, random, site, pooling)
+    normal, acc = fit_cav(xc, xr, seed)
+    return CAV(str(site), normal.tolist(), acc, names[0], names[1], pooling)
+
+
+@dataclass
+class ProbeResult:
+    """Cross-validated accuracy per layer, and the same with shuffled labels (the baseline)."""
+
+    kind: str
+    layers: list[int]
+    accuracy: list[float]
+    shuffled: list[float]
+
+    def figure(self):
+        import plotly.graph_objects as go
+
+        fig = go.Figure()
+        fig.add_trace(
+            go.Scatter(x=self.layers, y=self.accuracy, mode="lines+markers", name="probe")
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=self.layers,
+                y=self.shuffled,
+                mode="lines+markers",
+                name="shuffled labels",
+                line={"dash": "dot"},
+            )
+        )
+        fig.update_layout(
+            title=f"linear probe accuracy at {self.kind}",
+            xaxis_title="layer",
+            yaxis_title="accuracy",
+            yaxis_range=[0, 1.05],
+        )
+        return fig
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def probe_layers(
+    model: Model,
+    texts: Sequence[str],
+    labels: Sequence[int],
+    kind: str,
+    pooling: str = "last",
+    seed: int = 0,
+) -> ProbeResult:
+    """A linear probe for ``labels`` at every layer of ``kind`` (gate sites included)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    y = np.asarray(labels)
+    if len(set(y.tolist())) < 2 or np.bincount(y.astype(int)).min() < 5:
+        raise GatescopeError("a probe needs at least 5 examples of each of at least 2 labels")
+    rng = np.random.default_rng(seed)
+    acc, shuffled, layers = [], [], []
+    for site in model.sites(f"{kind}.*"):
+        x = site_activations(model, texts, site, pooling)
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        acc.append(float(cross_val_score(clf, x, y, cv=5).mean()))
+        shuffled.append(float(cross_val_score(clf, x, rng.permutation(y), cv=5).mean()))
+        layers.append(site.layer)
+    return ProbeResult(kind, layers, acc, shuffled)
