@@ -58,8 +58,9 @@ def test_cav_probe_and_concept_steering():
     cav = train_cav(model, concept, random, "resid_post.1")
     assert cav.accuracy >= 0.8 and abs(np.linalg.norm(cav.direction) - 1) < 1e-5
     labels = [1] * 16 + [0] * 16
-    result = probe_layers(model, concept + random, labels, "resid_post")
+    result = probe_layers(model, concept + random, labels, "resid_post", pooling="mean")
     assert len(result.accuracy) == 2 and max(result.accuracy) >= 0.8
+    assert max(result.accuracy) > max(result.shuffled) + 0.15
     gates = probe_layers(model, concept + random, labels, "attn_gate")
     assert gates.kind == "attn_gate" and all(0 <= a <= 1 for a in gates.accuracy)
     vec = cav_steering_vector(cav, model)
