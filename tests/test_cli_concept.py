@@ -1,0 +1,97 @@
+import json
+
+import pytest
+from test_cli_interventions import model_dir  # noqa: F401  (fixture)
+from test_concepts import _sentences
+from typer.testing import CliRunner
+
+from app.cli import app
+
+runner = CliRunner()
+
+
+def _set(path, texts):
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return str(path)
+
+
+def test_cav_tcav_probe(model_dir, tmp_path):  # noqa: F811
+    concept = _set(tmp_path / "c.jsonl", _sentences(1, 16, range(3, 20)))
+    randoms = [
+        _set(tmp_path / f"r{i}.jsonl", _sentences(10 + i, 16, range(100, 200))) for i in range(10)
+    ]
+    res = runner.invoke(
+        app,
+        [
+            "concept",
+            "cav",
+            model_dir,
+            "--concept",
+            concept,
+            "--random",
+            randoms[0],
+            "--site",
+            "resid_post.1",
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["cavs"][0]["accuracy"] > 0.5
+    res = runner.invoke(
+        app,
+        [
+            "concept",
+            "tcav",
+            model_dir,
+            "--concept",
+            concept,
+            "--random",
+            ",".join(randoms),
+            "--site",
+            "resid_post.1",
+            "--target",
+            "w7",
+            "--inputs",
+            randoms[1],
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert 0 <= json.loads(res.stdout)["p_value"] <= 1
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(
+        "".join(
+            json.dumps({"text": t, "label": i % 2}) + "\n" for i, t in enumerate(_sentences(3, 20))
+        )
+    )
+    res = runner.invoke(
+        app,
+        [
+            "concept",
+            "probe",
+            model_dir,
+            "--labels",
+            str(labels),
+            "--sites",
+            "attn_gate,resid_post",
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert [r["kind"] for r in json.loads(res.stdout)] == ["attn_gate", "resid_post"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--site", "resid_post.7"], "out of range"),
+        (["--site", "resid_post.0", "--pooling", "max"], "pooling 'max'"),
+    ],
+)
+def test_bad_input(model_dir, tmp_path, extra, message):  # noqa: F811
+    concept = _set(tmp_path / "c.jsonl", _sentences(1))
+    random = _set(tmp_path / "r.jsonl", _sentences(2))
+    res = runner.invoke(
+        app, ["concept", "cav", model_dir, "--concept", concept, "--random", random, *extra]
+    )
+    assert res.exit_code == 2 and message in res.output, res.output
