@@ -1,0 +1,82 @@
+"""Concepts: CAV accuracy per layer and TCAV scores with p-values against random CAVs."""
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from app.ui import cached_model, model_name, pick_model
+from probe.concepts import cross_layer
+from probe.errors import GatescopeError
+from probe.tasks import TASKS_DIR, load_texts
+
+st.set_page_config(page_title="gatescope: concepts", layout="wide")
+st.title("Concepts")
+
+
+@st.cache_data(show_spinner="Training CAVs and computing TCAV per layer...")
+def layers(name: str, concept: str, kind: str, target: str, n_random: int):
+    randoms = [load_texts(f"random_{i}") for i in range(n_random)]
+    return cross_layer(
+        cached_model(name),
+        load_texts(concept),
+        randoms,
+        kind,
+        target,
+        load_texts("sentiment_prompts"),
+    )
+
+
+model = pick_model()
+if model is None:
+    st.stop()
+concepts = sorted(p.stem for p in TASKS_DIR.glob("concept_*.jsonl"))
+if not concepts:
+    st.error("no concept sets found in data/tasks (run `gatescope reference tasks`)")
+    st.stop()
+cols = st.columns(4)
+concept = cols[0].selectbox(
+    "concept",
+    concepts,
+    index=concepts.index("concept_positive") if "concept_positive" in concepts else 0,
+    key="concept",
+)
+kinds = [
+    k for k in ("resid_post", "resid_mid", "attn_out", "mlp_out", "attn_gate") if k in model.kinds
+]
+kind = cols[1].selectbox("site kind", kinds, key="kind")
+target = cols[2].text_input("target word (its logit)", "wonderful", key="target")
+n_random = cols[3].slider("random sets", 10, 12, 10, key="n_random")
+try:
+    result = layers(model_name(model), concept, kind, target, n_random)
+except GatescopeError as exc:
+    st.error(str(exc))
+    st.stop()
+fig = go.Figure()
+fig.add_trace(go.Bar(x=[f"L{i}" for i in result.layers], y=result.accuracy, name="CAV accuracy"))
+fig.add_trace(
+    go.Scatter(
+        x=[f"L{i}" for i in result.layers], y=result.tcav, name="TCAV score", mode="lines+markers"
+    )
+)
+fig.update_layout(
+    title=f"{concept} at {kind}: CAV accuracy and TCAV on '{target}'", yaxis_range=[0, 1.05]
+)
+st.plotly_chart(fig, width="stretch", key="concept_layers")
+st.dataframe(
+    [
+        {
+            "layer": i,
+            "CAV accuracy": round(a, 3),
+            "TCAV": round(t, 3),
+            "p": p,
+            "significant": p < 0.05,
+        }
+        for i, a, t, p in zip(
+            result.layers, result.accuracy, result.tcav, result.p_values, strict=True
+        )
+    ],
+    hide_index=True,
+)
+st.caption(
+    f"variance of TCAV across layers: {result.tcav_variance:.3f}; cosine of CAVs "
+    f"between adjacent layers: {[round(c, 2) for c in result.adjacent_cosine]}"
+)
