@@ -59,7 +59,7 @@ def test_gates_page_on_the_reference_models(monkeypatch):
 
 PAGES = {
     name: str(ROOT / "app" / "pages" / f"{name}.py")
-    for name in ("2_Patching", "3_Circuits", "4_Steering")
+    for name in ("2_Patching", "3_Circuits", "4_Steering", "5_Concepts")
 }
 
 
