@@ -1,0 +1,208 @@
+"""Activation store: a site's activations over a token stream, in sharded safetensors files.
+
+1. ``harvest`` runs the model over texts in batches, keeps the site's value at every real
+   token (flattened per token: heads x d_head becomes one vector) and writes a shard each
+   ``shard_tokens`` tokens.
+2. Every shard is written to a temporary name and renamed, then the manifest (model, site,
+   dtype, width, tokens, shards, texts consumed, tokenizer) likewise: a crash leaves complete
+   shards and a valid manifest, and running ``harvest`` again resumes after the last shard.
+3. ``ActivationStore`` opens a store, checks every shard, refuses a store from another model
+   or site, and iterates shuffled batches one shard at a time (bounded memory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from probe.errors import GatescopeError
+from probe.model import Model
+from probe.sites import Site
+from probe.tracer import Tracer
+
+FORMAT = "gatescope.store/1"
+
+
+def _write_atomic_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _write_shard(folder: Path, index: int, acts: torch.Tensor) -> str:
+    from safetensors.torch import save_file
+
+    name = f"shard_{index:05d}.safetensors"
+    tmp = folder / f".{name}.tmp"
+    save_file({"activations": acts.contiguous()}, str(tmp))
+    os.replace(tmp, folder / name)
+    return name
+
+
+def harvest(
+    model: Model,
+    site: Site | str,
+    texts: Sequence[str],
+    tokens: int,
+    out: str | Path,
+    shard_tokens: int = 65536,
+    batch_size: int = 16,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+) -> Path:
+    """Harvest ``tokens`` activations of ``site`` into ``out`` (resuming a partial store)."""
+    site = Site.parse(site) if isinstance(site, str) else site
+    model.check_site(site)
+    if tokens < 1:
+        raise GatescopeError(f"--tokens {tokens}: expected a positive number of tokens")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.json"
+    if manifest_path.is_file():
+        manifest = ActivationStore(out).manifest
+        _same_source(manifest, model, site, out)
+    else:
+        manifest = {
+            "format": FORMAT,
+            "model": model.name,
+            "site": str(site),
+            "dtype": str(dtype).removeprefix("torch."),
+            "width": None,
+            "tokens": 0,
+            "shards": [],
+            "texts_done": 0,
+            "tokenizer": getattr(model.tokenizer, "name_or_path", ""),
+        }
+    buffer: list[torch.Tensor] = []
+    buffered = 0
+    start = manifest["texts_done"]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=tokens,
+        initial=manifest["tokens"],
+        unit="tok",
+        unit_scale=True,
+        desc=f"harvest {site}",
+        disable=not progress,
+    )
+    t0 = time.perf_counter()
+    i = start
+    while manifest["tokens"] + buffered < tokens and i < len(texts):
+        batch = model.tokenize(list(texts[i : i + batch_size]))
+        with Tracer(model, site) as tr, torch.no_grad():
+            model.forward(batch.input_ids, batch.attention_mask)
+        acts = tr[site][batch.attention_mask.bool().to(tr[site].device)]  # (n_tokens, ...)
+        acts = acts.flatten(1).to("cpu", dtype)
+        if torch.isnan(acts).any():
+            raise GatescopeError(
+                f"NaN activations at {site} in texts {i}-{i + len(batch.lengths) - 1}; "
+                "check the model's dtype (try float32) and those inputs"
+            )
+        buffer.append(acts)
+        buffered += len(acts)
+        i += len(batch.lengths)
+        bar.update(len(acts))
+        if buffered >= shard_tokens or manifest["tokens"] + buffered >= tokens:
+            _flush(out, manifest, buffer, i, tokens)
+            buffer, buffered = [], 0
+    if buffer:
+        _flush(out, manifest, buffer, i, tokens)
+    bar.close()
+    rate = (manifest["tokens"]) / max(1e-9, time.perf_counter() - t0)
+    if manifest["tokens"] < tokens:
+        raise GatescopeError(
+            f"the texts ran out after {manifest['tokens']} tokens (asked for {tokens}); "
+            "give more text or fewer tokens (the store so far is complete and resumable)"
+        )
+    manifest["tokens_per_second"] = round(rate, 1)
+    _write_atomic_json(manifest_path, manifest)
+    return out
+
+
+def _flush(out: Path, manifest: dict, buffer: list[torch.Tensor], texts_done: int, cap: int):
+    acts = torch.cat(buffer)[: cap - manifest["tokens"]]
+    name = _write_shard(out, len(manifest["shards"]), acts)
+    manifest["width"] = int(acts.shape[1])
+    manifest["shards"].append({"file": name, "tokens": int(len(acts))})
+    manifest["tokens"] += int(len(acts))
+    manifest["texts_done"] = texts_done
+    _write_atomic_json(out / "manifest.json", manifest)
+
+
+def _same_source(manifest: dict, model: Model, site: Site, path: Path) -> None:
+    if manifest["model"] != model.name or manifest["site"] != str(site):
+        raise GatescopeError(
+            f"store {path} holds {manifest['site']} of {manifest['model']}, not {site} of "
+            f"{model.name}; use another --out directory"
+        )
+
+
+@dataclass
+class ActivationStore:
+    """A harvested store: ``manifest`` plus shuffled batch iteration."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        manifest = self.path / "manifest.json"
+        if not manifest.is_file():
+            raise GatescopeError(f"{self.path} is not an activation store (no manifest.json)")
+        try:
+            self.manifest = json.loads(manifest.read_text())
+        except json.JSONDecodeError:
+            raise GatescopeError(f"{manifest} is not valid JSON") from None
+        if self.manifest.get("format") != FORMAT:
+            raise GatescopeError(f"{manifest}: unknown format {self.manifest.get('format')}")
+        for shard in self.manifest["shards"]:
+            self._check_shard(shard)
+
+    def _check_shard(self, shard: dict) -> None:
+        from safetensors import safe_open
+
+        path = self.path / shard["file"]
+        try:
+            with safe_open(str(path), "pt") as f:
+                shape = f.get_slice("activations").get_shape()
+        except Exception as exc:  # safetensors raises its own error types
+            raise GatescopeError(f"shard {path} is missing, empty or truncated ({exc})") from None
+        if shape[0] != shard["tokens"] or shape[1] != self.manifest["width"]:
+            raise GatescopeError(
+                f"shard {path} holds {shape[0]} x {shape[1]}, the manifest says "
+                f"{shard['tokens']} x {self.manifest['width']}; re-harvest it"
+            )
+
+    @property
+    def tokens(self) -> int:
+        return self.manifest["tokens"]
+
+    @property
+    def width(self) -> int:
+        return self.manifest["width"]
+
+    def check(self, model: Model, site: Site | str) -> None:
+        """Refuse a store harvested from another model or site."""
+        site = Site.parse(site) if isinstance(site, str) else site
+        _same_source(self.manifest, model, site, self.path)
+
+    def batches(
+        self, batch_size: int, shuffle: bool = True, seed: int = 0
+    ) -> Iterator[torch.Tensor]:
+        """(batch_size, width) batches; one shard in memory at a time."""
+        from safetensors.torch import load_file
+
+        g = torch.Generator().manual_seed(seed)
+        shards = list(self.manifest["shards"])
+        order = torch.randperm(len(shards), generator=g).tolist() if shuffle else range(len(shards))
+        for k in order:
+            acts = load_file(str(self.path / shards[k]["file"]))["activations"]
+            idx = torch.randperm(len(acts), generator=g) if shuffle else torch.arange(len(acts))
+            for s in range(0, len(acts) - batch_size + 1, batch_size):
+                yield acts[idx[s : s + batch_size]]

@@ -1,0 +1,120 @@
+import json
+
+import pytest
+import torch
+from tiny import prompts, tiny_hf, tiny_tokenizer
+
+from probe import GatescopeError, Tracer, load_model
+from probe.store import ActivationStore, harvest
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
+    m.name = "tiny"
+    return m
+
+
+TEXTS = prompts(40, length=10, seed=7)
+
+
+def test_round_trip(model, tmp_path):
+    out = harvest(
+        model,
+        "attn_gate.1",
+        TEXTS,
+        120,
+        tmp_path / "s",
+        shard_tokens=50,
+        batch_size=4,
+        progress=False,
+    )
+    store = ActivationStore(out)
+    assert store.tokens == 120 and store.width == model.dims.n_heads * model.dims.d_head
+    sizes = [s["tokens"] for s in store.manifest["shards"]]
+    assert sum(sizes) == 120 and len(sizes) == 3 and all(n >= 50 for n in sizes[:-1])
+    rows = torch.cat(list(store.batches(10, shuffle=False)))
+    with Tracer(model, "attn_gate.1") as tr:
+        model.run(TEXTS[:4])
+    batch = model.tokenize(TEXTS[:4])
+    first = tr["attn_gate.1"][batch.attention_mask.bool()].flatten(1)
+    assert torch.equal(rows[: len(first)], first)
+    every = torch.cat(list(store.batches(1, shuffle=False)))
+    shuffled = torch.cat(list(store.batches(1, seed=1)))
+    assert shuffled.shape == every.shape == (120, store.width)
+    assert not torch.equal(shuffled, every)
+    key = lambda t: t[t[:, 0].argsort()]  # noqa: E731
+    assert torch.equal(key(shuffled), key(every))
+
+
+def test_resume_after_a_crash(model, tmp_path, monkeypatch):
+    import probe.store as store_mod
+
+    calls = {"n": 0}
+    real = store_mod._write_shard
+
+    def crash_on_third(folder, index, acts):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real(folder, index, acts)
+
+    monkeypatch.setattr(store_mod, "_write_shard", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        harvest(
+            model,
+            "resid_post.0",
+            TEXTS,
+            150,
+            tmp_path / "s",
+            shard_tokens=40,
+            batch_size=4,
+            progress=False,
+        )
+    partial = ActivationStore(tmp_path / "s")  # complete shards, valid manifest
+    shards = partial.manifest["shards"]
+    assert len(shards) == 2 and partial.tokens == sum(s["tokens"] for s in shards) < 150
+    monkeypatch.setattr(store_mod, "_write_shard", real)
+    harvest(
+        model,
+        "resid_post.0",
+        TEXTS,
+        150,
+        tmp_path / "s",
+        shard_tokens=40,
+        batch_size=4,
+        progress=False,
+    )
+    whole = harvest(
+        model,
+        "resid_post.0",
+        TEXTS,
+        150,
+        tmp_path / "ref",
+        shard_tokens=40,
+        batch_size=4,
+        progress=False,
+    )
+    a = torch.cat(list(ActivationStore(tmp_path / "s").batches(10, shuffle=False)))
+    b = torch.cat(list(ActivationStore(whole).batches(10, shuffle=False)))
+    assert torch.equal(a, b)
+
+
+def test_bad_stores(model, tmp_path):
+    out = harvest(
+        model, "mlp_out.0", TEXTS, 30, tmp_path / "s", shard_tokens=20, batch_size=4, progress=False
+    )
+    with pytest.raises(GatescopeError, match="not mlp_out.1"):
+        ActivationStore(out).check(model, "mlp_out.1")
+    with pytest.raises(GatescopeError, match="holds mlp_out.0"):
+        harvest(model, "mlp_out.1", TEXTS, 30, out, progress=False)
+    shard = out / "shard_00000.safetensors"
+    shard.write_bytes(shard.read_bytes()[:40])
+    with pytest.raises(GatescopeError, match="truncated"):
+        ActivationStore(out)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(GatescopeError, match="no manifest.json"):
+        ActivationStore(tmp_path / "empty")
+    with pytest.raises(GatescopeError, match="ran out"):
+        harvest(model, "mlp_out.0", TEXTS[:2], 1000, tmp_path / "short", progress=False)
+    assert json.loads((tmp_path / "short" / "manifest.json").read_text())["tokens"] > 0
