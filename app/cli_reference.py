@@ -68,3 +68,20 @@ def tasks(
     tokenizer = train_tokenizer(build_corpus(seed).documents)
     for name, rows in write_task_data(out, tokenizer, seed).items():
         typer.echo(f"{name}.jsonl\t{rows} rows")
+
+
+@reference_app.command("bundle")
+@user_errors
+def bundle_cmd(
+    run: Path = typer.Argument(..., help="the --out directory of `reference train`"),
+    name: str = typer.Option(..., "--name", help="reference-gated or reference-plain"),
+) -> None:
+    """Evaluate a trained model and install it as a bundled reference model (with README)."""
+    from probe.model import load_model
+    from probe.reference.bundle import bundle
+    from probe.reference.evaluate import evaluate_reference
+
+    model = load_model(str(Path(run) / "model"))
+    model.name = name
+    dest = bundle(run, name, evaluate_reference(model))
+    typer.echo(f"installed {dest}")

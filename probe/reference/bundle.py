@@ -1,0 +1,102 @@
+"""Bundle a trained reference model into ``data/models/NAME`` with a README of its figures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from probe.errors import GatescopeError
+from probe.reference import DATA
+from probe.reference.evaluate import ReferenceEval
+
+ARCH_CLASS = {"gated": "Qwen3NextForCausalLM", "plain": "Qwen3ForCausalLM"}
+
+
+def _fmt(values: list[float] | None) -> str:
+    return "absent (no gate)" if values is None else ", ".join(f"{v:.3f}" for v in values)
+
+
+def readme(name: str, info: dict, ev: ReferenceEval, size_bytes: int) -> str:
+    cfg = info["config"]
+    arch = cfg["arch"]
+    rows = [
+        ("IOI accuracy (held-out templates)", f"{ev.ioi_accuracy:.3f} ({ev.n_ioi} prompts)"),
+        ("IOI mean logit difference", f"{ev.ioi_logit_diff:.2f}"),
+        (
+            "induction accuracy (repeated half)",
+            f"{ev.induction_accuracy:.3f} ({ev.n_induction} sequences)",
+        ),
+        (
+            "facts accuracy (held-out phrasing, top-1)",
+            f"{ev.facts_accuracy:.3f} ({ev.n_facts} facts)",
+        ),
+        ("held-out prose perplexity", f"{ev.prose_perplexity:.1f}"),
+        ("mean gate per layer", _fmt(ev.mean_gate_per_layer)),
+        ("attention on the first token per layer", _fmt(ev.sink_per_layer)),
+        ("largest |residual| per layer", _fmt(ev.max_activation_per_layer)),
+    ]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+    gate = (
+        "elementwise sigmoid output gate (q_proj emits [query | gate] per head)"
+        if arch == "gated"
+        else "no output gate"
+    )
+    return f"""# {name}
+
+`transformers.{ARCH_CLASS[arch]}`, {gate}; every layer full attention, dense SwiGLU MLPs,
+RMSNorm, rotary embeddings on the whole head, tied embeddings. Its twin differs only in the
+gate: same data, seed, steps and sizes.
+
+| size | |
+|---|---|
+| layers | {cfg["n_layers"]} |
+| d_model | {cfg["d_model"]} |
+| heads x d_head | {cfg["n_heads"]} x {cfg["d_head"]} ({cfg["n_kv_heads"]} key/value heads) |
+| d_mlp | {cfg["d_mlp"]} |
+| vocabulary | {cfg["vocab"]} (byte-level BPE trained on the corpus) |
+| context | {cfg["seq"]} tokens |
+| parameters | {info["parameters"]:,} |
+| weights file | {size_bytes / 1e6:.1f} MB (safetensors, float32) |
+
+**Data**: the reference corpus of `probe/reference/corpus.py`, seed {cfg["seed"]}
+({info["documents"]:,} documents: IOI from 18 templates, induction, facts in five phrasings,
+sentiment and topic sentences, Python's `pydoc_data` prose; sha256 `{info["corpus_sha256"][:16]}…`).
+**Training**: {cfg["steps"]} steps of {cfg["batch"]} x {cfg["seq"]} tokens, AdamW (lr {cfg["lr"]},
+betas 0.9/0.95, weight decay {cfg["weight_decay"]}, {cfg["warmup"]} warm-up steps, cosine to 10%),
+seed {cfg["seed"]}; {info["train_seconds"] / 60:.0f} minutes on 2 CPU cores (one thread, the
+twin trained alongside). Final training loss (mean of the last 50 steps):
+{info["final_loss_mean_last_50"]:.3f}.
+
+## Held-out figures (`gatescope reference eval {name.replace("-gated", "")}`)
+
+| figure | value |
+|---|---|
+{table}
+
+## Reproduce
+
+```bash
+gatescope reference train --arch {arch} --steps {cfg["steps"]} --seed {cfg["seed"]} \\
+    --out runs/{arch}
+gatescope reference bundle runs/{arch} --name {name}
+```
+"""
+
+
+def bundle(run_dir: str | Path, name: str, evaluation: ReferenceEval) -> Path:
+    """Copy ``run_dir/model`` to ``data/models/NAME`` and write its README."""
+    src = Path(run_dir) / "model"
+    if not (src / "model.safetensors").is_file():
+        raise GatescopeError(f"{src} has no trained model; run `gatescope reference train` first")
+    info = json.loads((src / "training.json").read_text())
+    dest = DATA / "models" / name
+    tmp = dest.with_name(f".{name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    size = (tmp / "model.safetensors").stat().st_size
+    (tmp / "README.md").write_text(readme(name, info, evaluation, size))
+    (tmp / "evaluation.json").write_text(evaluation.to_json())
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.rename(dest)
+    return dest
