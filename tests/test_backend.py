@@ -90,3 +90,23 @@ def test_load_model_selects_the_backend(tmp_path):
         load_model(tmp_path / "m", backend="jax")
     with pytest.raises(GatescopeError, match="needs backend='nnsight'"):
         load_model(tmp_path / "m", remote=True)
+
+
+def test_same_patching_and_relp_scores(pair):
+    from test_patching import _task
+
+    from circuits.attribution import attribute
+    from interventions.patching import activation_patching
+
+    local, nns = pair
+    task = _task()
+    for sites, pos in (("head_out.*", None), ("resid_pre.*", "each")):
+        a = activation_patching(local, task, sites, positions=pos, progress=False)
+        b = activation_patching(nns, task, sites, positions=pos, progress=False)
+        for x, y in zip(a.components, b.components, strict=True):
+            assert x.label == y.label and abs(x.effect - y.effect) < 1e-4
+    for rule in ("half", "constant"):
+        a = attribute(local, task, "mlp_out.*,head_out.*", "relp", gate_rule=rule)
+        b = attribute(nns, task, "mlp_out.*,head_out.*", "relp", gate_rule=rule)
+        for x, y in zip(a.components, b.components, strict=True):
+            assert abs(x.effect - y.effect) < 1e-4
