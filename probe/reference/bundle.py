@@ -34,7 +34,7 @@ def readme(name: str, info: dict, ev: ReferenceEval, size_bytes: int) -> str:
         ("held-out prose perplexity", f"{ev.prose_perplexity:.1f}"),
         ("mean gate per layer", _fmt(ev.mean_gate_per_layer)),
         ("attention on the first token per layer", _fmt(ev.sink_per_layer)),
-        ("largest |residual| per layer", _fmt(ev.max_activation_per_layer)),
+        ("largest absolute residual activation per layer", _fmt(ev.max_activation_per_layer)),
     ]
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     gate = (
