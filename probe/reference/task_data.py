@@ -101,7 +101,7 @@ def sentiment_rows(rng: random.Random) -> tuple[list[dict], list[dict]]:
     for _ in range(60):
         noun = rng.choice(V.REVIEW_NOUNS)
         pos, neg = rng.choice(V.POSITIVE), rng.choice(V.NEGATIVE)
-        pairs.append({"positive": f"The {noun} was {pos}.", "negative": f"The {noun} was {neg}."})
+        pairs.append({"positive": f"The {noun} was {pos}", "negative": f"The {noun} was {neg}"})
     prompts = [{"text": t.format(n=n)} for t in SENTIMENT_TEST for n in V.REVIEW_NOUNS]
     return pairs, prompts
 
