@@ -43,7 +43,7 @@ kinds = [
     k for k in ("resid_post", "resid_mid", "attn_out", "mlp_out", "attn_gate") if k in model.kinds
 ]
 kind = cols[1].selectbox("site kind", kinds, key="kind")
-target = cols[2].text_input("target word (its logit)", "wonderful", key="target")
+target = cols[2].text_input("target word (its logit)", "wonderful|terrible", key="target")
 n_random = cols[3].slider("random sets", 10, 12, 10, key="n_random")
 try:
     result = layers(model_name(model), concept, kind, target, n_random)

@@ -107,7 +107,12 @@ def sentiment_rows(rng: random.Random) -> tuple[list[dict], list[dict]]:
 
 
 def concept_sets(rng: random.Random) -> dict[str, list[dict]]:
-    """Topic and sentiment concept sets, random sets of prose sentences, probe labels."""
+    """Topic and sentiment concept sets, random sets, probe labels.
+
+    Sentiment sentences end at the sentiment word (so last-token CAVs read it). A random set
+    mixes held-out prose sentences, topic sentences and sentiment sentences of either
+    polarity, so a concept CAV must separate the concept, not merely the sentence form.
+    """
     sets: dict[str, list[dict]] = {}
     for topic, words in V.TOPICS.items():
         sets[f"concept_{topic}"] = [
@@ -116,14 +121,30 @@ def concept_sets(rng: random.Random) -> dict[str, list[dict]]:
         ]
     for name, adjs in (("positive", V.POSITIVE), ("negative", V.NEGATIVE)):
         sets[f"concept_{name}"] = [
-            {"text": f"The {rng.choice(V.REVIEW_NOUNS)} was {rng.choice(adjs)}."} for _ in range(50)
+            {"text": f"The {rng.choice(V.REVIEW_NOUNS)} was {rng.choice(adjs)}"} for _ in range(50)
         ]
     _, held = prose_paragraphs()
     sentences = [s.strip() + "." for p in held for s in p.split(". ") if 20 < len(s) < 160]
+    topic_words = [w for words in V.TOPICS.values() for w in words]
     for i in range(12):
-        sets[f"random_{i}"] = [{"text": s} for s in rng.sample(sentences, 50)]
-    labels = [{"text": r["text"], "label": 1} for r in sets["concept_positive"]]
-    labels += [{"text": r["text"], "label": 0} for r in sets["concept_negative"]]
+        prose = [{"text": s} for s in rng.sample(sentences, 20)]
+        topics = [
+            {"text": rng.choice(TOPIC_TRAIN).format(a=a, b=b)}
+            for a, b in (rng.sample(topic_words, 2) for _ in range(15))
+        ]
+        moods = [
+            {"text": f"The {rng.choice(V.REVIEW_NOUNS)} was {rng.choice(V.POSITIVE + V.NEGATIVE)}"}
+            for _ in range(15)
+        ]
+        mixed = prose + topics + moods
+        rng.shuffle(mixed)
+        sets[f"random_{i}"] = mixed
+    # probe sentences end with a full stop: the sentiment must be carried past its word
+    labels = [
+        {"text": f"The {rng.choice(V.REVIEW_NOUNS)} was {rng.choice(adjs)}.", "label": y}
+        for y, adjs in ((1, V.POSITIVE), (0, V.NEGATIVE))
+        for _ in range(50)
+    ]
     rng.shuffle(labels)
     sets["probe_sentiment"] = labels
     return sets
