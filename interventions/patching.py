@@ -157,6 +157,27 @@ def _patch_fn(jobs: list[tuple[int, Component]], cache: torch.Tensor, n: int):
     return fn
 
 
+def _patched_logit_diffs(model: Model, chunk: list[Component], cache, base, batch: TaskBatch):
+    """Mean logit difference with each component of ``chunk`` patched, in one forward pass:
+    the base prompts repeated once per component, block j of rows carrying patch j."""
+    n, k = len(batch), len(chunk)
+    jobs: dict[Site, list] = {}
+    for j, c in enumerate(chunk):
+        jobs.setdefault(_hook_site(c), []).append((j, c))
+    entries = [(s, _patch_fn(js, cache[s], n)) for s, js in jobs.items()]
+    expanded = TaskBatch(
+        base.repeat(k, 1),  # (k * n, T)
+        base.repeat(k, 1),
+        batch.attention_mask.repeat(k, 1),
+        batch.lengths.repeat(k),
+        batch.answer_ids.repeat(k),
+        batch.wrong_ids.repeat(k),
+    )
+    with hook_sites(model, entries, write=True):
+        logits = model.forward(expanded.clean_ids, expanded.attention_mask)
+    return logit_diff(logits, expanded).view(k, n).mean(1).tolist()
+
+
 @torch.no_grad()
 def activation_patching(
     model: Model,
@@ -207,25 +228,11 @@ def activation_patching(
         from tqdm.auto import tqdm
 
         chunks = tqdm(chunks, desc=f"{mode} patching", unit="pass")
+    ref = corrupt_ld if mode == "denoise" else clean_ld
     for chunk in chunks:
-        jobs: dict[Site, list] = {}
-        for j, c in enumerate(chunk):
-            jobs.setdefault(_hook_site(c), []).append((j, c))
-        entries = [(s, _patch_fn(js, cache[s], n)) for s, js in jobs.items()]
-        k = len(chunk)
-        expanded = TaskBatch(
-            base.repeat(k, 1),
-            base.repeat(k, 1),
-            mask.repeat(k, 1),
-            batch.lengths.repeat(k),
-            batch.answer_ids.repeat(k),
-            batch.wrong_ids.repeat(k),
-        )
-        with hook_sites(model, entries, write=True):
-            logits = model.forward(expanded.clean_ids, expanded.attention_mask)
-        ld = logit_diff(logits, expanded).view(k, n).mean(1)
-        for c, value in zip(chunk, ld.tolist(), strict=True):
-            ref = corrupt_ld if mode == "denoise" else clean_ld
+        for c, value in zip(
+            chunk, _patched_logit_diffs(model, chunk, cache, base, batch), strict=True
+        ):
             c.effect = (value - ref) / (clean_ld - corrupt_ld)
     tokens = [model.tokenizer.decode([t]) for t in batch.clean_ids[0][: int(batch.lengths[0])]]
     return PatchingResult(model.name, task.name, mode, n, clean_ld, corrupt_ld, comps, tokens)

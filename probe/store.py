@@ -64,21 +64,7 @@ def harvest(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
-    if manifest_path.is_file():
-        manifest = ActivationStore(out).manifest
-        _same_source(manifest, model, site, out)
-    else:
-        manifest = {
-            "format": FORMAT,
-            "model": model.name,
-            "site": str(site),
-            "dtype": str(dtype).removeprefix("torch."),
-            "width": None,
-            "tokens": 0,
-            "shards": [],
-            "texts_done": 0,
-            "tokenizer": getattr(model.tokenizer, "name_or_path", ""),
-        }
+    manifest = _open_manifest(out, model, site, dtype)
     buffer: list[torch.Tensor] = []
     buffered = 0
     start = manifest["texts_done"]
@@ -95,19 +81,11 @@ def harvest(
     t0 = time.perf_counter()
     i = start
     while manifest["tokens"] + buffered < tokens and i < len(texts):
-        batch = model.tokenize(list(texts[i : i + batch_size]))
-        with Tracer(model, site) as tr, torch.no_grad():
-            model.forward(batch.input_ids, batch.attention_mask)
-        acts = tr[site][batch.attention_mask.bool().to(tr[site].device)]  # (n_tokens, ...)
-        acts = acts.flatten(1).to("cpu", dtype)
-        if torch.isnan(acts).any():
-            raise GatescopeError(
-                f"NaN activations at {site} in texts {i}-{i + len(batch.lengths) - 1}; "
-                "check the model's dtype (try float32) and those inputs"
-            )
+        chunk = list(texts[i : i + batch_size])
+        acts = _capture(model, site, chunk, dtype, first=i)
         buffer.append(acts)
         buffered += len(acts)
-        i += len(batch.lengths)
+        i += len(chunk)
         bar.update(len(acts))
         if buffered >= shard_tokens or manifest["tokens"] + buffered >= tokens:
             _flush(out, manifest, buffer, i, tokens)
@@ -124,6 +102,40 @@ def harvest(
     manifest["tokens_per_second"] = round(rate, 1)
     _write_atomic_json(manifest_path, manifest)
     return out
+
+
+def _open_manifest(out: Path, model: Model, site: Site, dtype: torch.dtype) -> dict:
+    """The store's manifest to append to (checked against the source), or a new one."""
+    if (out / "manifest.json").is_file():
+        manifest = ActivationStore(out).manifest
+        _same_source(manifest, model, site, out)
+        return manifest
+    return {
+        "format": FORMAT,
+        "model": model.name,
+        "site": str(site),
+        "dtype": str(dtype).removeprefix("torch."),
+        "width": None,
+        "tokens": 0,
+        "shards": [],
+        "texts_done": 0,
+        "tokenizer": getattr(model.tokenizer, "name_or_path", ""),
+    }
+
+
+def _capture(model: Model, site: Site, texts: list[str], dtype, first: int) -> torch.Tensor:
+    """(n_tokens, width) the site's value at every real token of ``texts``."""
+    batch = model.tokenize(texts)
+    with Tracer(model, site) as tr, torch.no_grad():
+        model.forward(batch.input_ids, batch.attention_mask)
+    acts = tr[site][batch.attention_mask.bool().to(tr[site].device)]  # (n_tokens, ...)
+    acts = acts.flatten(1).to("cpu", dtype)
+    if torch.isnan(acts).any():
+        raise GatescopeError(
+            f"NaN activations at {site} in texts {first}-{first + len(texts) - 1}; "
+            "check the model's dtype (try float32) and those inputs"
+        )
+    return acts
 
 
 def _flush(out: Path, manifest: dict, buffer: list[torch.Tensor], texts_done: int, cap: int):
