@@ -26,7 +26,7 @@ import torch
 
 from probe.errors import GatescopeError
 from probe.hooks import hook_sites
-from probe.model import Model
+from probe.model import Model, resolve_path
 from probe.sites import HEADED_KINDS, Site
 from probe.tasks import Task, TaskBatch, logit_diff
 from probe.tracer import Tracer
@@ -157,7 +157,66 @@ def _patch_fn(jobs: list[tuple[int, Component]], cache: torch.Tensor, n: int):
     return fn
 
 
-def _patched_logit_diffs(model: Model, chunk: list[Component], cache, base, batch: TaskBatch):
+class _Stop(Exception):
+    """Raised by a read hook after the last layer, carrying the residual stream."""
+
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__("stop")
+        self.value = value
+
+
+class _Scorer:
+    """Per-row logit difference of forward passes with some hooks installed.
+
+    The fast path stops each pass after the last layer and computes only the two logits the
+    metric needs: ``unembed(final_norm(x_last))`` at the answer and wrong tokens. It is used
+    only after it reproduced the full forward's logit difference (within 1e-4) on a real
+    pass, so a model whose logits are more than that (softcapping, a non-linear head) or a
+    backend that cannot stop a pass simply keeps the full forward.
+    """
+
+    def __init__(self, model: Model, batch: TaskBatch, full_ld: torch.Tensor, ids) -> None:
+        self.model, self.batch, self.fast = model, batch, False
+        try:
+            got = self._fast(ids, batch.attention_mask, [], batch)
+            self.fast = bool(torch.allclose(got, full_ld, rtol=1e-4, atol=1e-4))
+        except Exception as exc:  # noqa: BLE001 -- any failure means: use the full forward
+            log.debug("patching: full forward (fast path unavailable: %s)", exc)
+        if not self.fast:
+            log.debug("patching: fast logit path disagrees with the full forward; not used")
+
+    def _fast(self, ids, mask, entries, batch: TaskBatch) -> torch.Tensor:
+        model = self.model
+        last = Site("resid_post", model.dims.n_layers - 1)
+
+        def stop(value, info):
+            raise _Stop(value)
+
+        try:
+            with hook_sites(model, [*entries, (last, stop)], write=True):
+                model.forward(ids, mask)
+            raise GatescopeError("the forward pass never reached the last layer")
+        except _Stop as caught:
+            hidden = caught.value
+        rows = torch.arange(len(batch.lengths), device=hidden.device)
+        x = hidden[rows, batch.lengths.to(hidden.device) - 1]  # (B, d_model)
+        h = resolve_path(model.hf, model.family.final_norm)(x)  # (B, d_model)
+        unembed = resolve_path(model.hf, model.family.unembed)
+        w_u = unembed.weight  # (V, d_model)
+        ans, wrong = batch.answer_ids.to(w_u.device), batch.wrong_ids.to(w_u.device)
+        ld = (h * (w_u[ans] - w_u[wrong])).sum(-1)  # (B,)
+        if getattr(unembed, "bias", None) is not None:
+            ld = ld + unembed.bias[ans] - unembed.bias[wrong]
+        return ld.float().cpu()
+
+    def __call__(self, ids, mask, entries, batch: TaskBatch) -> torch.Tensor:
+        if self.fast:
+            return self._fast(ids, mask, entries, batch)
+        with hook_sites(self.model, entries, write=True):
+            return logit_diff(self.model.forward(ids, mask), batch).float().cpu()
+
+
+def _patched_logit_diffs(chunk: list[Component], cache, base, batch: TaskBatch, score):
     """Mean logit difference with each component of ``chunk`` patched, in one forward pass:
     the base prompts repeated once per component, block j of rows carrying patch j."""
     n, k = len(batch), len(chunk)
@@ -173,9 +232,23 @@ def _patched_logit_diffs(model: Model, chunk: list[Component], cache, base, batc
         batch.answer_ids.repeat(k),
         batch.wrong_ids.repeat(k),
     )
-    with hook_sites(model, entries, write=True):
-        logits = model.forward(expanded.clean_ids, expanded.attention_mask)
-    return logit_diff(logits, expanded).view(k, n).mean(1).tolist()
+    ld = score(expanded.clean_ids, expanded.attention_mask, entries, expanded)
+    return ld.view(k, n).mean(1).tolist()  # (k,)
+
+
+def _prepare(model: Model, task: Task, positions) -> TaskBatch:
+    batch = task.tokenize(model.tokenizer)
+    if positions is None:
+        return batch
+    rows = equal_length_rows(batch)
+    if len(rows) < len(batch):
+        log.warning(
+            "per-position patching: using the %d of %d prompts with %d tokens",
+            len(rows),
+            len(batch),
+            int(batch.lengths[rows[0]]),
+        )
+    return _select(batch, rows)
 
 
 @torch.no_grad()
@@ -189,50 +262,51 @@ def activation_patching(
     batch_rows: int = 256,
     progress: bool = True,
 ) -> PatchingResult:
-    """Patch every component of ``sites`` (all positions at once, ``"each"`` position, or the
-    listed positions) and measure the normalised logit difference."""
+    """Patch every component of ``sites`` and measure the normalised logit difference.
+
+    Args:
+        sites: a site pattern (``"head_out.*"``, ``"attn_gate.1,mlp_out.0"``) or a list of
+            sites; ``head_out`` / ``attn_gate`` sites without a head are swept head by head.
+        positions: ``None`` patches all positions at once; ``"each"`` sweeps every position
+            (on the largest group of equal-length prompts); a list sweeps those positions.
+        mode: ``"denoise"`` (corrupt run, clean patch) or ``"noise"`` (clean run, corrupt
+            patch).
+        batch_rows: rows per forward pass; ``batch_rows // n_prompts`` patches ride in one
+            pass.
+    """
     if mode not in MODES:
         raise GatescopeError(f"mode '{mode}' is unknown; choose one of {', '.join(MODES)}")
-    batch = task.tokenize(model.tokenizer)
-    if positions is not None:
-        rows = equal_length_rows(batch)
-        if len(rows) < len(batch):
-            log.warning(
-                "per-position patching: using the %d of %d prompts with %d tokens",
-                len(rows),
-                len(batch),
-                int(batch.lengths[rows[0]]),
-            )
-        batch = _select(batch, rows)
-    n, length = len(batch), batch.clean_ids.shape[1]
-    mask = batch.attention_mask
-    clean_ld = float(logit_diff(model.forward(batch.clean_ids, mask), batch).mean())
-    corrupt_ld = float(logit_diff(model.forward(batch.corrupt_ids, mask), batch).mean())
-    if abs(clean_ld - corrupt_ld) < 1e-6:
-        raise GatescopeError(
-            "clean and corrupt runs give the same logit difference; "
-            "nothing to patch (check the corrupt prompts)"
-        )
+    batch = _prepare(model, task, positions)
+    n, length, mask = len(batch), batch.clean_ids.shape[1], batch.attention_mask
+    comps = _components(model, sites, positions, length)
     base, source = (
         (batch.corrupt_ids, batch.clean_ids)
         if mode == "denoise"
         else (batch.clean_ids, batch.corrupt_ids)
     )
-    comps = _components(model, sites, positions, length)
-    hook_sites_needed = sorted({_hook_site(c) for c in comps})
-    with Tracer(model, hook_sites_needed) as cache:
-        model.forward(source, mask)
+    with Tracer(model, sorted({_hook_site(c) for c in comps})) as cache:
+        source_ld = logit_diff(model.forward(source, mask), batch).float().cpu()
+    score = _Scorer(model, batch, source_ld, source)
+    base_ld = float(score(base, mask, [], batch).mean())
+    clean_ld, corrupt_ld = (
+        (float(source_ld.mean()), base_ld)
+        if mode == "denoise"
+        else (base_ld, float(source_ld.mean()))
+    )
+    if abs(clean_ld - corrupt_ld) < 1e-6:
+        raise GatescopeError(
+            "clean and corrupt runs give the same logit difference; "
+            "nothing to patch (check the corrupt prompts)"
+        )
     per_chunk = max(1, batch_rows // n)
     chunks = [comps[i : i + per_chunk] for i in range(0, len(comps), per_chunk)]
     if progress:
         from tqdm.auto import tqdm
 
         chunks = tqdm(chunks, desc=f"{mode} patching", unit="pass")
-    ref = corrupt_ld if mode == "denoise" else clean_ld
     for chunk in chunks:
-        for c, value in zip(
-            chunk, _patched_logit_diffs(model, chunk, cache, base, batch), strict=True
-        ):
-            c.effect = (value - ref) / (clean_ld - corrupt_ld)
+        values = _patched_logit_diffs(chunk, cache, base, batch, score)
+        for c, value in zip(chunk, values, strict=True):
+            c.effect = (value - base_ld) / (clean_ld - corrupt_ld)
     tokens = [model.tokenizer.decode([t]) for t in batch.clean_ids[0][: int(batch.lengths[0])]]
     return PatchingResult(model.name, task.name, mode, n, clean_ld, corrupt_ld, comps, tokens)
