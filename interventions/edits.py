@@ -4,10 +4,18 @@ An :class:`Edit` names a site, the positions it touches and what it does to the 
 :func:`intervene` applies any combination of edits for the forward passes run inside it
 (through ``probe.hook_sites(..., write=True)``) and removes them on exit, also on error.
 
-Positions are ``None`` (all), ``"prompt"`` / ``"generated"`` (under a KV cache: tokens before
-/ after the prompt, whose length is taken from the first pass), or a list of absolute token
-indices (negative ones count from the end of the current pass). Gate edits write the gate
-logits, so gate values 0 and 1 are exact.
+Positions are ``None`` (all), ``"prompt"`` / ``"generated"`` (tokens before / after the
+prompt: the prompt length is ``prompt_len`` if given, else the length of the latest pass that
+starts at position 0, which under a KV cache is the prompt pass), or a list of absolute token
+indices (negative ones count from the end of the sequence so far). Absolute positions come
+from ``info.offset``, so they stay right under a KV cache. Gate edits write the gate logits,
+so gate values 0 and 1 are exact.
+
+Example::
+
+    with intervene(model, [Add("resid_post.2", vector=v, coef=4.0, positions="generated"),
+                           ClampGate("attn_gate.1.3", value=0.0)]):
+        model.hf.generate(...)
 """
 
 from __future__ import annotations
@@ -34,11 +42,19 @@ def _parse_site(site: Site | str) -> Site:
 @dataclass
 class Edit:
     """Base class: ``site``, ``positions``, and ``transform(value) -> new value`` on the
-    selected positions. Subclasses define ``transform``."""
+    selected positions. Subclasses define ``transform``.
+
+    Attributes:
+        site: where (a :class:`Site` or its text form, e.g. ``"head_out.2.1"``).
+        positions: ``None`` (all), ``"prompt"``, ``"generated"`` or a list of token indices.
+        prompt_len: the prompt length for ``"prompt"`` / ``"generated"`` (default: taken from
+            the pass that starts at position 0; give it when generating without a KV cache).
+    """
 
     site: Site | str
     positions: Positions = None
-    _prompt_len: int | None = field(default=None, init=False, repr=False)
+    prompt_len: int | None = None
+    _seen_len: int | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.site = _parse_site(self.site)
@@ -59,8 +75,8 @@ class Edit:
         absolute = torch.arange(info.offset, info.offset + length, device=value.device)
         if isinstance(self.positions, str):
             if info.offset == 0:
-                self._prompt_len = length
-            prompt_len = self._prompt_len if self._prompt_len is not None else 0
+                self._seen_len = length
+            prompt_len = self.prompt_len if self.prompt_len is not None else self._seen_len or 0
             prompt = absolute < prompt_len
             return prompt if self.positions == "prompt" else ~prompt
         total = info.offset + length
@@ -92,6 +108,24 @@ def _check_vector(vec: torch.Tensor, value: torch.Tensor, site: Site) -> torch.T
     return vec.to(device=value.device, dtype=value.dtype)
 
 
+def _check_finite(number, what: str) -> None:
+    try:
+        ok = math.isfinite(float(number))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise GatescopeError(f"{what} {number!r} is not a finite number; give a real number")
+
+
+def _check_direction(vec: torch.Tensor | None, site: Site, what: str, nonzero=False) -> None:
+    if not isinstance(vec, torch.Tensor):
+        raise GatescopeError(f"{what} at {site}: expected a vector (torch.Tensor), got {vec!r}")
+    if not bool(torch.isfinite(vec).all()):
+        raise GatescopeError(f"{what} at {site}: the vector has NaN or infinite entries")
+    if nonzero and float(vec.norm()) == 0.0:
+        raise GatescopeError(f"{what} at {site}: the direction is the zero vector")
+
+
 @dataclass
 class Patch(Edit):
     """Replace the value by ``source`` (a tensor shaped like the value, e.g. from another run
@@ -115,14 +149,18 @@ class Add(Edit):
 
     vector: torch.Tensor | None = None
     coef: float = 1.0
+    _delta: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not math.isfinite(self.coef):
-            raise GatescopeError(f"coefficient {self.coef} is not a finite number")
+        _check_finite(self.coef, "coefficient")
+        _check_direction(self.vector, self.site, "add")
 
     def transform(self, value):
-        return value + self.coef * _check_vector(self.vector, value, self.site)
+        delta = self._delta
+        if delta is None or delta.device != value.device or delta.dtype != value.dtype:
+            delta = self._delta = self.coef * _check_vector(self.vector, value, self.site)
+        return value + delta
 
 
 @dataclass
@@ -152,8 +190,9 @@ class ClampGate(Edit):
     def __post_init__(self) -> None:
         super().__post_init__()
         _gate_site(self.site)
+        _check_finite(self.value, "gate value")
         if not 0.0 <= self.value <= 1.0:
-            raise GatescopeError(f"gate value {self.value} is outside [0, 1]")
+            raise GatescopeError(f"gate value {self.value} is outside [0, 1]; 0 closes the gate")
 
     def transform(self, value):
         return torch.full_like(value, self.value)
@@ -168,6 +207,9 @@ class ScaleGate(Edit):
     def __post_init__(self) -> None:
         super().__post_init__()
         _gate_site(self.site)
+        _check_finite(self.factor, "gate scale factor")
+        if self.factor < 0:
+            raise GatescopeError(f"gate scale factor {self.factor} is negative; use >= 0")
 
     def transform(self, value):
         return (value * self.factor).clamp(0.0, 1.0)
@@ -178,6 +220,10 @@ class ProjectOut(Edit):
     """Remove the component along ``direction``: ``x - (x . r) r`` with r normalised."""
 
     direction: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_direction(self.direction, self.site, "project-out", nonzero=True)
 
     def transform(self, value):
         r = _check_vector(self.direction, value, self.site)
@@ -192,6 +238,12 @@ class Rotate(Edit):
     u: torch.Tensor | None = None
     v: torch.Tensor | None = None
     angle: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_direction(self.u, self.site, "rotation", nonzero=True)
+        _check_direction(self.v, self.site, "rotation", nonzero=True)
+        _check_finite(self.angle, "rotation angle")
 
     def transform(self, value):
         e1 = _check_vector(self.u, value, self.site)

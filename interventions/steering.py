@@ -43,10 +43,13 @@ class SteeringVector:
     method: str = "direction"
     provenance: dict = field(default_factory=dict)
 
-    def edit(self, coef: float | None = None, positions=None) -> Add:
+    def edit(self, coef: float | None = None, positions=None, prompt_len=None) -> Add:
+        """The :class:`~interventions.edits.Add` edit of ``coef * direction`` (default: the
+        vector's own coefficient) at ``positions`` (None, "prompt", "generated", a list)."""
         return Add(
             self.site,
             positions=positions,
+            prompt_len=prompt_len,
             vector=self.direction,
             coef=self.coef if coef is None else coef,
         )
@@ -187,7 +190,8 @@ def generate(
     if not hasattr(model.hf, "generate"):
         raise GatescopeError(f"{type(model.hf).__name__} cannot generate; use a HF model")
     batch = model.tokenize(prompt)
-    edits = [vector.edit(coef, positions)] if vector is not None else []
+    n_prompt = batch.input_ids.shape[1]
+    edits = [vector.edit(coef, positions, n_prompt)] if vector is not None else []
     with intervene(model, edits):
         out = model.hf.generate(
             batch.input_ids.to(model.device),
@@ -196,7 +200,7 @@ def generate(
             do_sample=False,
             pad_token_id=model.tokenizer.pad_token_id or model.tokenizer.eos_token_id,
         )
-    return model.tokenizer.decode(out[0, batch.input_ids.shape[1] :], skip_special_tokens=True)
+    return model.tokenizer.decode(out[0, n_prompt:], skip_special_tokens=True)
 
 
 def word_logit_metric(model: Model, positive: Sequence[str], negative: Sequence[str]) -> Callable:

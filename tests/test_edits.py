@@ -99,3 +99,48 @@ def test_edits_are_removed_on_error(model):
     assert torch.equal(model.run(batch), base)
     with pytest.raises(GatescopeError, match="attn_gate site"):
         ClampGate(Site("head_out", 0), value=0)
+
+
+def test_gate_patch_per_head_from_another_run(model):
+    clean, other = model.tokenize(prompts(2, seed=1)), model.tokenize(prompts(2, seed=2))
+    with Tracer(model, ["attn_gate.1", "head_out.1"]) as src:
+        model.run(other)
+    with (
+        intervene(model, Patch("attn_gate.1.2", source=src["attn_gate.1"][:, :, 2])),
+        Tracer(model, "attn_gate.1") as tr,
+    ):
+        model.run(clean)
+    torch.testing.assert_close(tr["attn_gate.1"][:, :, 2], src["attn_gate.1"][:, :, 2])
+    with Tracer(model, "attn_gate.1") as base:
+        model.run(clean)
+    assert torch.equal(tr["attn_gate.1"][:, :, :2], base["attn_gate.1"][:, :, :2])
+
+
+def test_prompt_and_generated_positions_without_a_cache(model):
+    """No KV cache: every pass starts at 0, so the prompt length must be given."""
+    batch = model.tokenize(prompts(1, length=6))
+    base = model.run(batch)
+    vec = torch.randn(model.dims.d_model) * 5
+    with intervene(model, Add("resid_post.0", vector=vec, positions="generated", prompt_len=4)):
+        out = model.run(batch)
+    assert torch.equal(out[:, :4], base[:, :4]) and not torch.allclose(out[:, 4:], base[:, 4:])
+    with intervene(model, Add("resid_post.0", vector=vec, positions="prompt", prompt_len=4)):
+        out = model.run(batch)
+    assert not torch.allclose(out[:, :4], base[:, :4])
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda d: Add("resid_post.0", vector=torch.ones(d), coef=math.inf), "not a finite"),
+        (lambda d: Add("resid_post.0", vector=torch.full((d,), math.nan)), "NaN"),
+        (lambda d: Add("resid_post.0"), "expected a vector"),
+        (lambda d: ProjectOut("resid_post.0", direction=torch.zeros(d)), "zero vector"),
+        (lambda d: ClampGate("attn_gate.0", value=1.5), r"outside \[0, 1\]"),
+        (lambda d: ScaleGate("attn_gate.0", factor=-1.0), "negative"),
+        (lambda d: Add("resid_post.0", vector=torch.ones(d), positions="later"), "expected None"),
+    ],
+)
+def test_bad_edits_are_refused(model, make, match):
+    with pytest.raises(GatescopeError, match=match):
+        make(model.dims.d_model)

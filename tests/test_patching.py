@@ -2,12 +2,28 @@ import json
 
 import pytest
 import torch
+from conftest import ROOT, needs_reference
 from tiny import tiny_hf, tiny_tokenizer
 
 from interventions.edits import Patch, intervene
 from interventions.patching import activation_patching
 from probe import GatescopeError, Tracer, load_model
 from probe.tasks import Task, logit_diff
+
+
+def run_notebook(path):
+    """Execute a notebook top to bottom with nbclient; fail on any error output."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    )
+    client.execute()
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, errors
+    return nb
 
 
 @pytest.fixture(scope="module")
@@ -78,3 +94,28 @@ def test_bad_input(model):
     same = Task("same", ["w1 w2"], ["w1 w2"], ["w3"], ["w4"])
     with pytest.raises(GatescopeError, match="same logit difference"):
         activation_patching(model, same, "resid_pre.0")
+
+
+def test_noising_batched_equals_one_by_one_and_effects_are_normalised(model):
+    task = _task()
+    a = activation_patching(model, task, "attn_gate.*", mode="noise", progress=False)
+    b = activation_patching(model, task, "attn_gate.*", mode="noise", batch_rows=4, progress=False)
+    assert [c.effect for c in a.components] == pytest.approx([c.effect for c in b.components])
+    full = activation_patching(model, task, "resid_post.1", mode="noise", progress=False)
+    assert full.components[0].effect == pytest.approx(-1.0, abs=1e-4)
+
+
+def test_unequal_lengths_and_bad_answers_are_refused(model):
+    uneven = Task("uneven", ["w1 w2 w3"], ["w1 w2"], ["w4"], ["w5"])
+    with pytest.raises(GatescopeError, match="equal lengths"):
+        activation_patching(model, uneven, "resid_pre.0", progress=False)
+    multi = Task("multi", ["w1 w2"], ["w2 w1"], ["w4 w5"], ["w6"])
+    with pytest.raises(GatescopeError, match="single token|one token"):
+        activation_patching(model, multi, "resid_pre.0", progress=False)
+    with pytest.raises(GatescopeError, match="out of range"):
+        activation_patching(model, _task(), "resid_pre.0", positions=[40], progress=False)
+
+
+@needs_reference
+def test_patching_notebook_runs():
+    run_notebook(ROOT / "notebooks" / "patching.ipynb")

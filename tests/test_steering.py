@@ -1,5 +1,7 @@
 import pytest
 import torch
+from conftest import ROOT, needs_reference
+from test_patching import run_notebook
 from tiny import prompts, tiny_hf, tiny_tokenizer
 
 from interventions.edits import intervene
@@ -99,3 +101,40 @@ def test_evaluation_against_random_vectors(model):
     assert len(result.random) == 3 and len(result.vector) == 3
     assert result.vector[0] == pytest.approx(result.random[0][0])
     assert len(result.figure().data) == 4
+
+
+def test_generation_without_a_cache_matches_the_cached_one(model):
+    """'generated' positions are found from the prompt length, with or without a KV cache."""
+    vec = SteeringVector(torch.randn(model.dims.d_model) * 20, Site("resid_post", 0))
+    batch = model.tokenize("w1 w2 w3")
+    outs = []
+    for cache in (True, False):
+        with intervene(model, vec.edit(1.0, "generated", batch.input_ids.shape[1])):
+            outs.append(
+                model.hf.generate(
+                    batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    max_new_tokens=5,
+                    do_sample=False,
+                    use_cache=cache,
+                    pad_token_id=0,
+                )
+            )
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_bad_vectors_are_refused(model):
+    with pytest.raises(GatescopeError, match="not a finite"):
+        generate(
+            model,
+            "w1 w2",
+            SteeringVector(torch.ones(model.dims.d_model), "resid_post.0"),
+            coef=float("nan"),
+        )
+    with pytest.raises(GatescopeError, match="width"):
+        generate(model, "w1 w2", SteeringVector(torch.ones(5), Site("resid_post", 0)), coef=1.0)
+
+
+@needs_reference
+def test_steering_notebook_runs():
+    run_notebook(ROOT / "notebooks" / "steering.ipynb")
