@@ -21,6 +21,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -52,6 +53,18 @@ class Component:
         return f"{self.kind}.{self.layer}{head}{pos}"
 
 
+class Grid(NamedTuple):
+    """A table of effects: ``values[i][j]`` belongs to row ``rows[i]`` and column ``cols[j]``
+    (NaN where nothing was patched)."""
+
+    rows: list[str]
+    cols: list[str]
+    values: list[list[float]]
+
+    def to_dict(self) -> dict:
+        return self._asdict()
+
+
 @dataclass
 class PatchingResult:
     """Normalised effect of patching each component (see the module docstring)."""
@@ -68,28 +81,53 @@ class PatchingResult:
     def top(self, n: int = 10) -> list[Component]:
         return sorted(self.components, key=lambda c: -abs(c.effect))[:n]
 
-    def grid(self, kind: str) -> tuple[list[str], list[str], list[list[float]]]:
-        """(row labels, column labels, values): layers x heads, or layers x positions."""
+    def grid(self, kind: str) -> Grid:
+        """The effects of ``kind`` as a table: layers x heads, layers x positions, or
+        (layer, head) x positions when both were swept; ``"all"`` is a patch of every
+        position at once."""
         comps = [c for c in self.components if c.kind == kind]
         if not comps:
-            raise GatescopeError(f"no {kind} components in this result")
+            kinds = sorted({c.kind for c in self.components})
+            raise GatescopeError(f"no {kind} components in this result; it has {kinds}")
         by_head = any(c.head is not None for c in comps)
-        layers = sorted({c.layer for c in comps})
-        cols = sorted({(c.head if by_head else c.position) or 0 for c in comps})
-        values = [[float("nan")] * len(cols) for _ in layers]
+        by_pos = any(c.position is not None for c in comps)
+
+        def row(c: Component):
+            return (c.layer, c.head) if by_head and by_pos else c.layer
+
+        def col(c: Component):
+            return c.position if by_pos else c.head
+
+        rows = sorted({row(c) for c in comps}, key=lambda r: r if isinstance(r, tuple) else (r,))
+        cols = sorted({col(c) for c in comps}, key=lambda x: -1 if x is None else x)
+        values = [[float("nan")] * len(cols) for _ in rows]
         for c in comps:
-            col = cols.index((c.head if by_head else c.position) or 0)
-            values[layers.index(c.layer)][col] = c.effect
-        name = "head" if by_head else "pos"
-        return [f"L{i}" for i in layers], [f"{name} {j}" for j in cols], values
+            values[rows.index(row(c))][cols.index(col(c))] = c.effect
+        row_labels = [f"L{r[0]}.H{r[1]}" if isinstance(r, tuple) else f"L{r}" for r in rows]
+        name = "pos" if by_pos else "head"
+        col_labels = ["all" if x is None else f"{name} {x}" for x in cols]
+        return Grid(row_labels, col_labels, values)
 
     def figure(self, kind: str):
         """A Plotly heatmap of ``grid(kind)``."""
         import plotly.graph_objects as go
 
         rows, cols, values = self.grid(kind)
-        fig = go.Figure(go.Heatmap(z=values, x=cols, y=rows, colorscale="RdBu", zmid=0))
-        fig.update_layout(title=f"{self.mode} patching of {kind} on {self.task}")
+        fig = go.Figure(
+            go.Heatmap(
+                z=values,
+                x=cols,
+                y=rows,
+                colorscale="RdBu",
+                zmid=0,
+                colorbar={"title": "effect"},
+                hovertemplate="%{y} %{x}: %{z:.3f}<extra></extra>",
+            )
+        )
+        fig.update_layout(
+            title=f"{self.mode} patching of {kind} on {self.task} ({self.n_prompts} prompts)",
+            yaxis={"autorange": "reversed"},
+        )
         return fig
 
     def to_dict(self) -> dict:

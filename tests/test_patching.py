@@ -119,3 +119,15 @@ def test_unequal_lengths_and_bad_answers_are_refused(model):
 @needs_reference
 def test_patching_notebook_runs():
     run_notebook(ROOT / "notebooks" / "patching.ipynb")
+
+
+def test_grid_of_heads_by_position(model):
+    task = _task(2)
+    result = activation_patching(model, task, "head_out.1", positions=[0, -1], progress=False)
+    grid = result.grid("head_out")
+    assert grid.rows == [f"L1.H{h}" for h in range(4)] and grid.cols == ["pos 0", "pos 5"]
+    by_label = {c.label: c.effect for c in result.components}
+    assert grid.values[2][1] == by_label["head_out.1.2@5"]
+    assert json.loads(json.dumps(grid.to_dict()))["cols"] == grid.cols
+    with pytest.raises(GatescopeError, match="no mlp_out components"):
+        result.grid("mlp_out")
