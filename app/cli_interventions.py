@@ -83,8 +83,7 @@ def build(
 
     check_out_path(out)
     pos, neg = _pairs(pairs)
-    vec = build_vector(load(model), method, pos, neg, site)
-    vec.provenance["data"] = str(pairs)
+    vec = build_vector(load(model), method, pos, neg, site, data=Path(pairs).name)
     path = vec.save(out)
     typer.echo(
         f"saved {method} vector at {vec.site} (norm {float(vec.direction.norm()):.3f}) to {path}"

@@ -85,14 +85,20 @@ class SteeringVector:
         path = Path(path).with_suffix(".safetensors")
         if not path.is_file() or not path.with_suffix(".json").is_file():
             raise GatescopeError(f"{path}: expected NAME.safetensors and NAME.json beside it")
-        meta = json.loads(path.with_suffix(".json").read_text())
-        vec = cls(
-            load_file(str(path))["direction"],
-            Site.parse(meta["site"]),
-            meta["coef"],
-            meta["method"],
-            meta.get("provenance", {}),
-        )
+        try:
+            meta = json.loads(path.with_suffix(".json").read_text())
+            vec = cls(
+                load_file(str(path))["direction"],
+                Site.parse(meta["site"]),
+                float(meta.get("coef", 1.0)),
+                meta.get("method", "direction"),
+                meta.get("provenance", {}),
+            )
+        except (KeyError, ValueError, TypeError, OSError) as exc:
+            raise GatescopeError(
+                f"{path}: not a gatescope steering vector ({type(exc).__name__}: {exc}); "
+                "expected NAME.safetensors with a 'direction' tensor and NAME.json with 'site'"
+            ) from None
         if model is not None:
             vec.check(model)
         return vec
@@ -106,9 +112,32 @@ class SteeringVector:
                 f"{self.site} of this model (per-token shape {width}); it was built for "
                 f"{self.provenance.get('model', 'another model')}"
             )
-        made_for = self.provenance.get("model")
-        if made_for and made_for != model.name:
+        made_for = self.provenance.get("model", "an unknown model")
+        stamp = self.provenance.get("fingerprint")
+        if stamp is not None and stamp != model_fingerprint(model):
+            log.warning(
+                "steering vector was built on %s (fingerprint %s), but this is %s "
+                "(fingerprint %s): other weights, so its direction may mean nothing here",
+                made_for,
+                stamp,
+                model.name,
+                model_fingerprint(model),
+            )
+        elif stamp is None and made_for != model.name:
             log.warning("steering vector was built on %s, applying it to %s", made_for, model.name)
+
+
+def model_fingerprint(model: Model) -> str:
+    """A short hash of the family, the dimensions and a few embedding rows: equal for the
+    same weights loaded twice, different for another model of the same shape."""
+    import hashlib
+
+    from probe.model import resolve_path
+
+    emb = resolve_path(model.hf, model.family.embed)
+    rows = emb.weight[:4].detach().float().cpu()  # (4, d_model)
+    text = f"{model.family.name}|{model.dims}|{[round(float(v), 3) for v in rows.sum(1)]}"
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def _site_width(model: Model, site: Site) -> tuple[int, ...]:
@@ -127,9 +156,15 @@ def last_token_acts(model: Model, texts: Sequence[str], site: Site) -> torch.Ten
 
 
 def build_vector(
-    model: Model, method: str, positive: Sequence[str], negative: Sequence[str], site
+    model: Model,
+    method: str,
+    positive: Sequence[str],
+    negative: Sequence[str],
+    site,
+    data: str = "",
 ) -> SteeringVector:
-    """A steering vector from contrast pairs (``positive[i]`` vs ``negative[i]``)."""
+    """A steering vector from contrast pairs (``positive[i]`` vs ``negative[i]``), read at
+    each text's last token; ``data`` names where the pairs came from (kept in provenance)."""
     site = Site.parse(site) if isinstance(site, str) else site
     if method not in METHODS:
         raise GatescopeError(f"method '{method}' is unknown; choose one of {', '.join(METHODS)}")
@@ -154,16 +189,27 @@ def build_vector(
         if ((pos - neg).flatten(1) @ pc).mean() < 0:
             pc = -pc
         direction = pc.view(diffs.shape[1:])
-    prov = {"model": model.name, "pairs": len(positive), "family": model.family.name}
-    return SteeringVector(direction, site, 1.0, method, prov)
+    prov = {
+        "model": model.name,
+        "fingerprint": model_fingerprint(model),
+        "family": model.family.name,
+        "data": data,
+        "pairs": len(positive),
+    }
+    vec = SteeringVector(direction, site, 1.0, method, prov)
+    if not bool(torch.isfinite(direction).all()) or float(direction.norm()) == 0.0:
+        raise GatescopeError(
+            f"the {method} vector at {site} is zero or not finite: the positive and negative "
+            "texts give the same activations there; use contrasting texts or another site"
+        )
+    return vec
 
 
 def from_direction(direction: torch.Tensor, site, model: Model, source: str = "") -> SteeringVector:
     """Any direction (SAE feature, CAV) as a steering vector at ``site``."""
     site = Site.parse(site) if isinstance(site, str) else site
-    vec = SteeringVector(
-        direction.detach().float(), site, 1.0, "direction", {"model": model.name, "source": source}
-    )
+    prov = {"model": model.name, "fingerprint": model_fingerprint(model), "data": source}
+    vec = SteeringVector(direction.detach().float(), site, 1.0, "direction", prov)
     vec.check(model)
     return vec
 
@@ -260,6 +306,9 @@ class SteeringEval:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
 
 
 @torch.no_grad()

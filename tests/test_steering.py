@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from conftest import ROOT, needs_reference
@@ -138,3 +140,27 @@ def test_bad_vectors_are_refused(model):
 @needs_reference
 def test_steering_notebook_runs():
     run_notebook(ROOT / "notebooks" / "steering.ipynb")
+
+
+def test_provenance_fingerprint(model, tmp_path, caplog):
+    vec = build_vector(model, "caa", POS, NEG, "resid_post.1", data="pairs.jsonl")
+    assert vec.provenance["data"] == "pairs.jsonl" and vec.provenance["fingerprint"]
+    path = vec.save(tmp_path / "v")
+    same = load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
+    same.name = "renamed"
+    with caplog.at_level("WARNING"):
+        SteeringVector.load(path, same)  # same weights under another name: no warning
+    assert "built on" not in caplog.text
+    other = load_model(tiny_hf("qwen3_next", seed=5), tokenizer=tiny_tokenizer())
+    with caplog.at_level("WARNING"):
+        SteeringVector.load(path, other)
+    assert "other weights" in caplog.text
+    path.with_suffix(".json").write_text("{}")
+    with pytest.raises(GatescopeError, match="not a gatescope steering vector"):
+        SteeringVector.load(path)
+    with pytest.raises(GatescopeError, match="zero or not finite"):
+        build_vector(model, "caa", POS[:1], POS[:1], "resid_post.0")
+    result = evaluate_steering(
+        model, vec, prompts(2), word_logit_metric(model, ["w3"], ["w9"]), (0, 1), n_random=2
+    )
+    assert json.loads(result.to_json())["site"] == "resid_post.1"
