@@ -1,9 +1,12 @@
 """Per-head tests: direct logit attribution and the interchange test with a permutation null.
 
-Direct logit attribution (DLA) of head h at the last token: its output through its slice of
-``o_proj`` (the module the family's ``head_out`` tap feeds), scaled elementwise by the final
-norm with its scale frozen at the clean run (``norm(x) / x``, exact for RMSNorm), projected on
-``W_U[answer] - W_U[wrong]``, averaged over prompts.
+Direct logit attribution (DLA) of head h at the last token:
+1. its output through ``o_proj`` (the module the family's ``head_out`` tap feeds, called with
+   every other head zeroed, minus its bias);
+2. through the final norm with its scale frozen at the clean run (a linear map probed from the
+   norm itself: RMSNorm scales, LayerNorm also centres);
+3. projected on ``W_U[answer] - W_U[wrong]``, averaged over prompts.
+The heads of a layer sum to the attention output's direct effect (without o_proj's bias).
 
 Interchange test (How Alignment Routes, 2025): swap one head's ``o_proj`` input between the
 clean and corrupt runs, in both directions; the effect is the mean absolute change of the
@@ -50,28 +53,48 @@ class HeadScores:
         return json.dumps(self.to_dict())
 
 
+def _frozen_norm(norm: torch.nn.Module, x: torch.Tensor):
+    """The final norm at ``x`` with its scale frozen, as a linear map of a contribution c.
+
+    Probed from the module itself (no architecture switch): ``norm(0)`` is its bias; a norm
+    that ignores a constant shift (LayerNorm) centres c first. Exact for RMSNorm and LayerNorm.
+    """
+    bias = norm(torch.zeros_like(x[:1]))  # (1, d_model)
+    centred = torch.allclose(norm(x + 1.0), norm(x), atol=1e-4)
+    xc = x - x.mean(-1, keepdim=True) if centred else x
+    scale = (norm(x) - bias) / xc  # (N, d_model)
+
+    def apply(c: torch.Tensor) -> torch.Tensor:
+        return scale * (c - c.mean(-1, keepdim=True) if centred else c)
+
+    return apply
+
+
 @torch.no_grad()
 def direct_logit_attribution(model: Model, task: Task) -> HeadScores:
-    """DLA of every head on ``logit(answer) - logit(wrong)`` (clean prompts, last token)."""
+    """DLA of every head on ``logit(answer) - logit(wrong)`` (clean prompts, last token).
+
+    Head h's contribution is ``o_proj(z with every other head zeroed) - o_proj(0)``, computed
+    by calling the module the ``head_out`` tap feeds (so Linear and Conv1D layouts alike)."""
     batch = task.tokenize(model.tokenizer)
     last_layer = model.dims.n_layers - 1
     with Tracer(model, ["head_out.*", f"resid_post.{last_layer}"], positions=[-1]) as tr:
         model.forward(batch.clean_ids, batch.attention_mask)
     x = tr[Site("resid_post", last_layer)][:, 0]  # (N, d_model)
-    norm = resolve_path(model.hf, model.family.final_norm)
-    scale = norm(x) / x  # (N, d_model), the frozen final-norm scale
+    frozen = _frozen_norm(resolve_path(model.hf, model.family.final_norm), x)
     unembed = resolve_path(model.hf, model.family.unembed).weight  # (V, d_model)
     direction = unembed[batch.answer_ids] - unembed[batch.wrong_ids]  # (N, d_model)
-    d_head = model.dims.d_head
     scores = []
     for layer in range(model.dims.n_layers):
         o_proj = locate(model, Site("head_out", layer))
         z = tr[Site("head_out", layer)][:, 0]  # (N, H, d_head)
-        weight = o_proj.weight if o_proj.weight.shape[1] == z.shape[1] * d_head else o_proj.weight.T
+        zero = o_proj(torch.zeros_like(z.flatten(1)))  # (N, d_model): the bias, if any
         row = []
         for h in range(model.dims.n_heads):
-            out = z[:, h] @ weight[:, h * d_head : (h + 1) * d_head].T  # (N, d_model)
-            row.append(float((out * scale * direction).sum(-1).mean()))
+            only = torch.zeros_like(z)
+            only[:, h] = z[:, h]
+            out = o_proj(only.flatten(1)) - zero  # (N, d_model)
+            row.append(float((frozen(out) * direction).sum(-1).mean()))
         scores.append(row)
     return HeadScores("direct logit attribution", scores)
 

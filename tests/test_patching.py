@@ -131,3 +131,27 @@ def test_grid_of_heads_by_position(model):
     assert json.loads(json.dumps(grid.to_dict()))["cols"] == grid.cols
     with pytest.raises(GatescopeError, match="no mlp_out components"):
         result.grid("mlp_out")
+
+
+def test_head_dla_on_a_layernorm_conv1d_model():
+    """GPT-2: o_proj is a Conv1D (weight stored transposed) and the final norm centres."""
+    from interventions.heads import direct_logit_attribution
+
+    gpt2 = load_model(tiny_hf("gpt2"), tokenizer=tiny_tokenizer())
+    task = _task()
+    dla = direct_logit_attribution(gpt2, task)
+    batch = task.tokenize(gpt2.tokenizer)
+    last = gpt2.dims.n_layers - 1
+    with (
+        torch.no_grad(),
+        Tracer(gpt2, [f"attn_out.{last}", f"resid_post.{last}"], positions=[-1]) as tr,
+    ):
+        gpt2.forward(batch.clean_ids, batch.attention_mask)
+    x, attn = tr[f"resid_post.{last}"][:, 0], tr[f"attn_out.{last}"][:, 0]
+    ln, c_proj = gpt2.hf.transformer.ln_f, gpt2.hf.transformer.h[last].attn.c_proj
+    c = attn - c_proj.bias
+    std = (x.var(-1, unbiased=False, keepdim=True) + ln.eps).sqrt()
+    w_u = gpt2.hf.lm_head.weight
+    direction = w_u[batch.answer_ids] - w_u[batch.wrong_ids]
+    expected = ((ln.weight * (c - c.mean(-1, keepdim=True)) / std) * direction).sum(-1).mean()
+    assert sum(dla.scores[last]) == pytest.approx(float(expected), abs=1e-4)
