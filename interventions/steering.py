@@ -2,7 +2,8 @@
 
 1. Build from contrast pairs at a site, reading each text's last token (METHODS.md):
    ActAdd (one pair's difference), CAA (mean difference over pairs), PCA (first principal
-   component of the differences, sign fixed so positive examples project higher).
+   direction of the uncentred differences, sign fixed so positive examples project higher,
+   scaled to the mean difference norm; RepE, arXiv 2310.01405).
    Any direction (an SAE decoder row, a CAV) becomes a vector with :func:`from_direction`.
 2. Steer: add ``coef * direction`` at the site (:class:`~interventions.edits.Add`), at all
    positions, the prompt only, or generated tokens only (correct under the KV cache).
@@ -184,7 +185,9 @@ def build_vector(
         if len(diffs) < 2:
             raise GatescopeError("PCA needs at least 2 contrast pairs")
         flat = diffs.flatten(1)
-        _, _, v = torch.linalg.svd(flat - flat.mean(0), full_matrices=False)
+        # uncentred: the concept is the differences' common direction, which centring would
+        # remove (RepE randomly flips pair order and then centres, the same in expectation)
+        _, _, v = torch.linalg.svd(flat, full_matrices=False)  # v: (N, d)
         pc = v[0] * flat.norm(dim=1).mean()  # scale: mean difference norm
         if ((pos - neg).flatten(1) @ pc).mean() < 0:
             pc = -pc
