@@ -7,6 +7,12 @@ head's output at all positions vs TransformerLens's
 weights. Both report the patched mean logit difference per (layer, head); the figures are the
 speed ratio and the largest difference between the two results.
 
+Both do the same arithmetic per patched prompt (a full pass through the layers); gatescope
+rides ``batch_rows // n_prompts`` patches in one pass and skips the unembedding of every
+position but the answer and wrong logits of the last. On a CPU a pass costs in proportion to
+its rows, so batching saves only per-pass overhead there; on a GPU it is what removes the
+per-pass launch cost. The script prints the pass and row counts next to the times.
+
     .venv/bin/python bench/bench_patching.py [--model reference] [--prompts 24] [--repeats 3]
 """
 
@@ -89,6 +95,13 @@ def main() -> None:
         f"{med['transformer_lens'] / med['gatescope']:.1f}x faster"
     )
     print(f"largest difference in patched logit difference: {diff:.2e}")
+    n, per_pass = len(task), max(1, 256 // len(task))
+    ours_passes = 2 + -(-heads // per_pass)
+    print(
+        f"forward passes: gatescope {ours_passes} ({2 * n + heads * n} prompt rows, "
+        f"{per_pass} patches per pass), TransformerLens {1 + heads} ({(1 + heads) * n} rows); "
+        f"torch threads {torch.get_num_threads()}, device {model.device}"
+    )
 
 
 if __name__ == "__main__":

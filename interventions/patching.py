@@ -208,48 +208,52 @@ class _Scorer:
 
     The fast path stops each pass after the last layer and computes only the two logits the
     metric needs: ``unembed(final_norm(x_last))`` at the answer and wrong tokens. It is used
-    only after it reproduced the full forward's logit difference (within 1e-4) on a real
-    pass, so a model whose logits are more than that (softcapping, a non-linear head) or a
-    backend that cannot stop a pass simply keeps the full forward.
+    only if that formula reproduced the full forward's logit difference (within 1e-4) on the
+    source run, so a model whose logits are more than that (softcapping, a non-linear head)
+    keeps the full forward; so does a backend on which a pass cannot be stopped.
     """
 
-    def __init__(self, model: Model, batch: TaskBatch, full_ld: torch.Tensor, ids) -> None:
-        self.model, self.batch, self.fast = model, batch, False
+    def __init__(self, model: Model, batch: TaskBatch, hidden: torch.Tensor, full_ld) -> None:
+        self.model, self.fast = model, False
         try:
-            got = self._fast(ids, batch.attention_mask, [], batch)
+            got = self._from_hidden(hidden, batch)
             self.fast = bool(torch.allclose(got, full_ld, rtol=1e-4, atol=1e-4))
         except Exception as exc:  # noqa: BLE001 -- any failure means: use the full forward
-            log.debug("patching: full forward (fast path unavailable: %s)", exc)
-        if not self.fast:
-            log.debug("patching: fast logit path disagrees with the full forward; not used")
+            log.debug("patching: no fast logit path (%s)", exc)
 
-    def _fast(self, ids, mask, entries, batch: TaskBatch) -> torch.Tensor:
+    def _from_hidden(self, hidden: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
         model = self.model
-        last = Site("resid_post", model.dims.n_layers - 1)
-
-        def stop(value, info):
-            raise _Stop(value)
-
-        try:
-            with hook_sites(model, [*entries, (last, stop)], write=True):
-                model.forward(ids, mask)
-            raise GatescopeError("the forward pass never reached the last layer")
-        except _Stop as caught:
-            hidden = caught.value
         rows = torch.arange(len(batch.lengths), device=hidden.device)
         x = hidden[rows, batch.lengths.to(hidden.device) - 1]  # (B, d_model)
-        h = resolve_path(model.hf, model.family.final_norm)(x)  # (B, d_model)
         unembed = resolve_path(model.hf, model.family.unembed)
         w_u = unembed.weight  # (V, d_model)
+        h = resolve_path(model.hf, model.family.final_norm)(x.to(w_u.device))  # (B, d_model)
         ans, wrong = batch.answer_ids.to(w_u.device), batch.wrong_ids.to(w_u.device)
         ld = (h * (w_u[ans] - w_u[wrong])).sum(-1)  # (B,)
         if getattr(unembed, "bias", None) is not None:
             ld = ld + unembed.bias[ans] - unembed.bias[wrong]
         return ld.float().cpu()
 
+    def _fast(self, ids, mask, entries, batch: TaskBatch) -> torch.Tensor:
+        last = Site("resid_post", self.model.dims.n_layers - 1)
+
+        def stop(value, info):
+            raise _Stop(value)
+
+        try:
+            with hook_sites(self.model, [*entries, (last, stop)], write=True):
+                self.model.forward(ids, mask)
+        except _Stop as caught:
+            return self._from_hidden(caught.value, batch)
+        raise RuntimeError("the forward pass never reached the last layer")
+
     def __call__(self, ids, mask, entries, batch: TaskBatch) -> torch.Tensor:
         if self.fast:
-            return self._fast(ids, mask, entries, batch)
+            try:
+                return self._fast(ids, mask, entries, batch)
+            except Exception as exc:  # noqa: BLE001 -- a real error recurs on the full path
+                log.debug("patching: fast path failed (%s); using the full forward", exc)
+                self.fast = False
         with hook_sites(self.model, entries, write=True):
             return logit_diff(self.model.forward(ids, mask), batch).float().cpu()
 
@@ -322,9 +326,10 @@ def activation_patching(
         if mode == "denoise"
         else (batch.clean_ids, batch.corrupt_ids)
     )
-    with Tracer(model, sorted({_hook_site(c) for c in comps})) as cache:
+    last = Site("resid_post", model.dims.n_layers - 1)
+    with Tracer(model, sorted({_hook_site(c) for c in comps} | {last})) as cache:
         source_ld = logit_diff(model.forward(source, mask), batch).float().cpu()
-    score = _Scorer(model, batch, source_ld, source)
+    score = _Scorer(model, batch, cache[last], source_ld)
     base_ld = float(score(base, mask, [], batch).mean())
     clean_ld, corrupt_ld = (
         (float(source_ld.mean()), base_ld)
