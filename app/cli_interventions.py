@@ -22,7 +22,8 @@ def _positions(text: str | None):
         return [int(p) for p in text.split(",")]
     except ValueError:
         raise GatescopeError(
-            f"--positions {text}: expected all, each, or numbers like 0,3,-1"
+            f"--positions {text}: expected all, each, prompt/generated (steer), or numbers "
+            "like 0,3,-1"
         ) from None
 
 
@@ -98,14 +99,18 @@ def steer_generate(
     coef: float = typer.Option(..., "--coef"),
     prompt: str = typer.Option(..., "--prompt"),
     max_new_tokens: int = typer.Option(20, "--max-new-tokens"),
-    positions: str = typer.Option("all", "--positions", help="all, prompt or generated"),
+    positions: str = typer.Option(
+        "all", "--positions", help="all, prompt, generated, or token indices like 0,-1"
+    ),
 ) -> None:
     """Generate with and without the steering vector, side by side."""
     from interventions.steering import SteeringVector, generate
 
+    pos = positions if positions in ("prompt", "generated") else _positions(positions)
+    if pos == "each":
+        raise GatescopeError("--positions each: steering takes all, prompt, generated or indices")
     m = load(model)
     vec = SteeringVector.load(vector, m)
-    pos = None if positions == "all" else positions
     typer.echo(f"unsteered: {prompt}{generate(m, prompt, None, max_new_tokens=max_new_tokens)}")
     steered = generate(m, prompt, vec, coef, max_new_tokens, pos)
     typer.echo(f"steered ({coef:+g}): {prompt}{steered}")

@@ -1,11 +1,14 @@
 import json
 
 import pytest
+import typer
 from tiny import save_tiny
 from typer.testing import CliRunner
 
-from app.cli import app
+from app.cli_interventions import register
 
+app = typer.Typer()
+register(app)
 runner = CliRunner()
 
 
@@ -148,6 +151,30 @@ def test_steer_build_generate_eval(model_dir, files, tmp_path):
             ["steer", "build", "{m}", "--pairs", "{t}", "--site", "resid_post.0", "--out", "{v}"],
             "'positive' and 'negative'",
         ),
+        (
+            ["patch", "{m}", "--task", "{t}", "--sites", "resid_pre.0", "--positions", "0,9"],
+            "out of range",
+        ),
+        (
+            ["steer", "generate", "{w}", "--vector", "{v}", "--coef", "1", "--prompt", "w1"],
+            "does not fit",
+        ),
+        (
+            [
+                "steer",
+                "generate",
+                "{m}",
+                "--vector",
+                "{v}",
+                "--coef",
+                "1",
+                "--prompt",
+                "w1",
+                "--positions",
+                "later",
+            ],
+            "expected all, each, prompt/generated",
+        ),
     ],
 )
 def test_bad_input(model_dir, files, tmp_path, args, message):
@@ -170,7 +197,15 @@ def test_bad_input(model_dir, files, tmp_path, args, message):
     (tmp_path / "ok.safetensors").rename(vec) if "generate" in args else None
     if "generate" in args:
         (tmp_path / "ok.json").rename(vec.with_suffix(".json"))
-    filled = [a.format(m=model_dir, t=task, v=vec) for a in args]
+    wide = tmp_path / "wide"
+    if "{w}" in args:  # the same vocabulary, another width: a vector from another model
+        from tiny import CONFIGS, tiny_hf, tiny_tokenizer
+
+        cfg = CONFIGS["qwen3_next"]()
+        cfg.hidden_size = 2 * cfg.hidden_size
+        tiny_hf("qwen3_next", config=cfg).save_pretrained(wide)
+        tiny_tokenizer().save_pretrained(wide)
+    filled = [a.format(m=model_dir, t=task, v=vec, w=wide) for a in args]
     res = runner.invoke(app, filled)
     assert res.exit_code == 2, res.output
     assert message in res.output and "Traceback" not in res.output
