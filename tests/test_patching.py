@@ -155,3 +155,21 @@ def test_head_dla_on_a_layernorm_conv1d_model():
     direction = w_u[batch.answer_ids] - w_u[batch.wrong_ids]
     expected = ((ln.weight * (c - c.mean(-1, keepdim=True)) / std) * direction).sum(-1).mean()
     assert sum(dla.scores[last]) == pytest.approx(float(expected), abs=1e-4)
+
+
+@needs_reference
+def test_ioi_head_and_gate_patching_on_the_reference_model():
+    """The figure: some head restores most of the IOI behaviour; patching its gate alone
+    restores less than patching the whole head output."""
+    from probe.tasks import load_task
+
+    ref = load_model("reference")
+    task = load_task("ioi").subset(24)
+    heads = activation_patching(ref, task, "head_out.*", progress=False)
+    gates = activation_patching(ref, task, "attn_gate.*", progress=False)
+    assert heads.clean_logit_diff > 0 > heads.corrupt_logit_diff
+    top = heads.top(1)[0]
+    assert top.effect > 0.5, f"no head restores the behaviour: {top.label} {top.effect:.2f}"
+    gate = next(c for c in gates.components if (c.layer, c.head) == (top.layer, top.head))
+    assert abs(gate.effect) < top.effect
+    assert json.loads(gates.to_json())["components"][0]["kind"] == "attn_gate"
