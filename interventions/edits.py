@@ -1,5 +1,15 @@
 """Edits: the one mechanism that changes activations, for patching, steering and circuits.
 
+1. An :class:`Edit` says where (a :class:`~probe.sites.Site`), at which token positions, and
+   what: ``Patch`` (a value from another run or any tensor), ``Add`` (coef * vector),
+   ``Ablate`` (zero or mean), ``ClampGate`` / ``ScaleGate`` (attention output gates, per head
+   when the site names one; arXiv 2505.06708), ``ProjectOut`` (``x - (x.r) r``), ``Rotate``
+   (norm-preserving, in the plane of two directions), ``Apply`` (any function).
+2. On each forward pass the edit receives the site's value ``(B, T, ...)``, computes the new
+   value, and keeps the old one outside its positions (``torch.where`` over T).
+3. :func:`intervene` hands all edits to ``probe.hook_sites(..., write=True)`` in order (several
+   may share a site, each sees the previous one's result) and removes them on exit.
+
 An :class:`Edit` names a site, the positions it touches and what it does to the site's value;
 :func:`intervene` applies any combination of edits for the forward passes run inside it
 (through ``probe.hook_sites(..., write=True)``) and removes them on exit, also on error.

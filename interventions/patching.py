@@ -1,7 +1,8 @@
-"""Activation patching sweeps (METHODS.md, "Activation patching").
+"""Activation patching sweeps (METHODS.md, "Activation patching"; Zhang & Nanda, arXiv
+2309.16042; Heimersheim & Nanda, arXiv 2404.15255).
 
 1. Run the source prompts (clean for denoising, corrupt for noising) once and cache every
-   site involved.
+   site involved and the last layer's output.
 2. Enumerate components: sites x positions (x heads for ``head_out`` / ``attn_gate``).
 3. Batch many patches into one forward pass: the base prompts (corrupt for denoising, clean
    for noising) are repeated once per component in a chunk, and each block of rows carries a
@@ -9,6 +10,12 @@
 4. Metric: logit difference ``logit(answer) - logit(wrong)`` averaged over prompts,
    normalised: denoising ``(LD_patched - LD_corrupt) / (LD_clean - LD_corrupt)``, noising
    ``(LD_patched - LD_clean) / (LD_clean - LD_corrupt)``.
+5. Patched passes stop after the last layer and compute only the answer and wrong logits at
+   the last token (``unembed(final_norm(x))``), once that formula has reproduced the full
+   forward's logit difference on the source run; otherwise the full forward is used.
+
+Layout: the expanded batch is ``(k * n, T)``, block ``j`` (rows ``j*n .. (j+1)*n``) carrying
+component ``j`` of the pass; effects are ``(k, n)`` means over the prompts.
 
 ``attn_gate`` is patched through its logits (``attn_gate_logit``), so a patch is exact.
 Per-position sweeps need prompts of one length: the largest group of equal-length prompts

@@ -1,14 +1,16 @@
 """Steering vectors: build, save/load, generate with them, ablate them, evaluate them.
 
 1. Build from contrast pairs at a site, reading each text's last token (METHODS.md):
-   ActAdd (one pair's difference), CAA (mean difference over pairs), PCA (first principal
+   ActAdd (one pair's difference; arXiv 2308.10248), CAA (mean difference over pairs;
+   arXiv 2312.06681), PCA (first principal
    direction of the uncentred differences, sign fixed so positive examples project higher,
    scaled to the mean difference norm; RepE, arXiv 2310.01405).
    Any direction (an SAE decoder row, a CAV) becomes a vector with :func:`from_direction`.
 2. Steer: add ``coef * direction`` at the site (:class:`~interventions.edits.Add`), at all
    positions, the prompt only, or generated tokens only (correct under the KV cache).
-3. Directional ablation (Arditi et al.): project the direction out of the embeddings and of
-   every attention and MLP output, so no residual stream activation has a component along it.
+3. Directional ablation (Arditi et al., arXiv 2406.11717): project the direction out of the
+   embeddings and of every attention and MLP output, so no residual stream activation has a
+   component along it.
 4. Evaluate: a behaviour metric on held-out prompts over a range of coefficients, for the
    vector and for random vectors of equal norm (the Rogue Scalpel control).
 """
