@@ -48,16 +48,19 @@ def test_cav_tcav_probe(model_dir, tmp_path):  # noqa: F811
             "--random",
             ",".join(randoms),
             "--site",
-            "resid_post.1",
+            "resid_post.*",
             "--target",
             "w7",
             "--inputs",
             randoms[1],
-            "--json",
+            "--out",
+            str(tmp_path / "tcav.json"),
         ],
     )
     assert res.exit_code == 0, res.output
-    assert 0 <= json.loads(res.stdout)["p_value"] <= 1
+    assert res.output.count("TCAV") == 2  # one line per layer
+    layers = json.loads((tmp_path / "tcav.json").read_text())
+    assert layers["layers"] == [0, 1] and all(0 <= r["p_value"] <= 1 for r in layers["results"])
     labels = tmp_path / "labels.jsonl"
     labels.write_text(
         "".join(
@@ -86,6 +89,8 @@ def test_cav_tcav_probe(model_dir, tmp_path):  # noqa: F811
     [
         (["--site", "resid_post.7"], "out of range"),
         (["--site", "resid_post.0", "--pooling", "max"], "pooling 'max'"),
+        (["--site", "resid_post.*"], "not a pattern"),
+        (["--site", "attn_gates.0"], "attn_gate"),
     ],
 )
 def test_bad_input(model_dir, tmp_path, extra, message):  # noqa: F811

@@ -1,13 +1,29 @@
+import json
+
 import numpy as np
 import pytest
 import torch
 from test_attribution import _linear_model
 from tiny import tiny_hf, tiny_tokenizer
 
-from interventions.concept_steering import cav_steering_vector, remove_concept
+from interventions.concept_steering import (
+    cav_steering_vector,
+    evaluate_concept_steering,
+    remove_concept,
+)
 from interventions.edits import intervene
+from interventions.steering import word_logit_metric
 from probe import GatescopeError, Tracer, load_model
-from probe.concepts import CAV, fit_cav, probe_layers, tcav, tcav_score, train_cav
+from probe.concepts import (
+    CAV,
+    cross_layer,
+    fit_cav,
+    probe_layers,
+    site_gradients,
+    tcav,
+    tcav_score,
+    train_cav,
+)
 
 
 def _sentences(seed, n=12, words=range(3, 200)):
@@ -22,8 +38,9 @@ def test_planted_direction_is_recovered():
     direction /= np.linalg.norm(direction)
     random = rng.normal(size=(500, 32))
     concept = rng.normal(size=(500, 32)) + 3.0 * direction
-    normal, acc = fit_cav(concept, random)
-    assert normal @ direction >= 0.95 and acc > 0.9
+    cav = fit_cav(concept, random)
+    assert cav.array() @ direction >= 0.95 and cav.accuracy > 0.9
+    assert cav.gap == pytest.approx(3.0, abs=0.3)  # the planted shift along the direction
 
 
 def test_random_concept_is_not_significant_in_most_seeds():
@@ -39,6 +56,7 @@ def test_random_concept_is_not_significant_in_most_seeds():
         result = tcav(model, concept, randoms, "resid_post.0", "w7", inputs)
         significant += result.significant
         assert len(result.random_scores) == 10 and 0 <= result.score <= 1
+        assert result.p_value == max(result.p_tcav, result.p_accuracy)
     assert significant <= 2
 
 
@@ -65,9 +83,47 @@ def test_cav_probe_and_concept_steering():
     assert gates.kind == "attn_gate" and all(0 <= a <= 1 for a in gates.accuracy)
     vec = cav_steering_vector(cav, model)
     assert vec.direction.shape == (model.dims.d_model,) and vec.method == "cav"
+    assert vec.direction.norm() == pytest.approx(cav.gap, rel=1e-5) and cav.gap > 0
     with intervene(model, remove_concept(cav, model)), Tracer(model, "resid_post.1") as tr:
         model.run(concept[:2])
     assert (tr["resid_post.1"] @ torch.tensor(cav.direction)).abs().max() < 1e-4
+
+
+def test_concept_removal_at_a_headed_site_removes_the_whole_component():
+    model = load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
+    concept, random = _sentences(1, 16, range(3, 20)), _sentences(2, 16, range(100, 200))
+    cav = train_cav(model, concept, random, "head_out.1", pooling="mean")
+    with intervene(model, remove_concept(cav, model)), Tracer(model, "head_out.1") as tr:
+        model.run(concept[:2])
+    assert (tr["head_out.1"].flatten(2) @ torch.tensor(cav.direction)).abs().max() < 1e-4
+
+
+def test_concept_steering_goes_through_the_steering_evaluation():
+    model = load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
+    concept, random = _sentences(1, 16, range(3, 20)), _sentences(2, 16, range(100, 200))
+    cav = train_cav(model, concept, random, "resid_post.0")
+    metric = word_logit_metric(model, ["w7"], ["w150"])
+    res = evaluate_concept_steering(model, cav, random[:4], metric, (-1, 0, 1), n_random=3)
+    assert res.add.coefs == [-1.0, 0.0, 1.0] and len(res.add.random) == 3
+    assert res.add.vector[1] == pytest.approx(res.baseline, abs=1e-4)  # coef 0 is the identity
+    assert len(res.removed_random) == 3 and res.figure() is not None
+    assert json.loads(res.to_json())["removal_beats_random"] in (True, False)
+
+
+def test_gradients_and_cross_layer_share_one_pass():
+    model = load_model(tiny_hf("llama"), tokenizer=tiny_tokenizer())
+    inputs = _sentences(5, 6)
+    both = site_gradients(model, inputs, "resid_post.0,resid_post.1", "w7")
+    one = site_gradients(model, inputs, "resid_post.0", "w7")
+    assert np.allclose(both[next(iter(one))], next(iter(one.values())), atol=1e-6)
+    concept = _sentences(1, 16, range(3, 20))
+    randoms = [_sentences(10 + i, 16, range(100, 200)) for i in range(10)]
+    res = cross_layer(model, concept, randoms, "resid_post", "w7", inputs)
+    assert res.layers == [0, 1] and len(res.adjacent_cosine) == 1
+    assert -1 <= res.adjacent_cosine[0] <= 1 and res.tcav_variance >= 0
+    assert min(res.accuracy) > 0.65 and len(res.results[0].random_scores) == 10
+    assert all(r.p_accuracy < 0.05 for r in res.results)  # the word range is separable
+    assert json.loads(res.to_json())["kind"] == "resid_post" and res.figure() is not None
 
 
 def test_bad_input():

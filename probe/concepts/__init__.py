@@ -1,11 +1,20 @@
 """Concepts: CAVs, TCAV with significance testing, cross-layer consistency, linear probes."""
 
-from probe.concepts.cav import CAV, ProbeResult, fit_cav, probe_layers, site_activations, train_cav
+from probe.concepts.cav import (
+    CAV,
+    ProbeResult,
+    fit_cav,
+    pooled_activations,
+    probe_layers,
+    site_activations,
+    train_cav,
+)
 from probe.concepts.tcav import (
     CrossLayerResult,
     TCAVResult,
     cross_layer,
     directional_derivatives,
+    site_gradients,
     tcav,
     tcav_score,
 )
@@ -18,7 +27,9 @@ __all__ = [
     "cross_layer",
     "directional_derivatives",
     "fit_cav",
+    "pooled_activations",
     "probe_layers",
+    "site_gradients",
     "site_activations",
     "tcav",
     "tcav_score",

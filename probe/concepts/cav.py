@@ -27,29 +27,46 @@ POOLING = ("last", "mean")
 MIN_PER_SET = 6
 
 
-def site_activations(model: Model, texts: Sequence[str], site: Site | str, pooling: str = "last"):
-    """(N, D) float32 numpy array: the site's pooled value per text."""
-    site = Site.parse(site) if isinstance(site, str) else site
+def _sites(model: Model, sites) -> list[Site]:
+    """Sites (a Site, a pattern such as ``resid_post.*``, or a list) checked on the model."""
+    return model.sites([sites] if isinstance(sites, Site) else sites)
+
+
+def pooled_activations(
+    model: Model, texts: Sequence[str], sites, pooling: str = "last", progress: bool = False
+) -> dict[Site, np.ndarray]:
+    """Site -> (N, D) float32 array: each site's value per text, pooled over positions, in
+    one pass over the texts for all sites."""
+    sites = _sites(model, sites)
     if pooling not in POOLING:
         raise GatescopeError(f"pooling '{pooling}' is unknown; choose {' or '.join(POOLING)}")
-    rows = []
+    rows: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
+    positions = [-1] if pooling == "last" else None
     with torch.no_grad():
-        for batch in model.batches(list(texts), 32):
-            positions = [-1] if pooling == "last" else None
-            with Tracer(model, site, positions=positions, device="cpu", dtype=torch.float32) as tr:
+        for batch in model.batches(list(texts), 32, progress):
+            with Tracer(model, sites, positions=positions, device="cpu", dtype=torch.float32) as tr:
                 model.forward(batch.input_ids, batch.attention_mask)
-            value = tr[site].flatten(2)  # (B, T, D)
-            if pooling == "last":
-                rows.append(value[:, 0])
-            else:
-                mask = batch.attention_mask.float().unsqueeze(-1)  # (B, T, 1)
-                rows.append((value * mask).sum(1) / mask.sum(1))
-    return torch.cat(rows).numpy()
+            mask = batch.attention_mask.float().cpu().unsqueeze(-1)  # (B, T, 1)
+            for site in sites:
+                value = tr[site].flatten(2)  # (B, T, D)
+                if pooling == "last":
+                    rows[site].append(value[:, 0])
+                else:
+                    rows[site].append((value * mask).sum(1) / mask.sum(1))
+    return {s: torch.cat(r).numpy() for s, r in rows.items()}
+
+
+def site_activations(model: Model, texts: Sequence[str], site: Site | str, pooling: str = "last"):
+    """(N, D) float32 numpy array: the site's pooled value per text."""
+    return next(iter(pooled_activations(model, texts, site, pooling).values()))
 
 
 @dataclass
 class CAV:
-    """A concept direction at a site: unit vector, held-out accuracy, provenance."""
+    """A concept direction at a site: unit vector, held-out accuracy, provenance.
+
+    ``gap`` is how far apart the concept and random activations sit along the direction
+    (difference of their mean projections): the natural scale for steering with it."""
 
     site: str
     direction: list[float]
@@ -57,6 +74,10 @@ class CAV:
     concept: str
     random: str
     pooling: str
+    gap: float = float("nan")
+
+    def array(self) -> np.ndarray:
+        return np.asarray(self.direction, dtype=np.float64)
 
     def tensor(self, shape: tuple[int, ...] | None = None) -> torch.Tensor:
         t = torch.tensor(self.direction)
@@ -80,19 +101,30 @@ def _check_sets(concept: np.ndarray, random: np.ndarray) -> None:
         raise GatescopeError("the concept and random sets are identical; give different texts")
 
 
-def fit_cav(concept: np.ndarray, random: np.ndarray, seed: int = 0) -> tuple[np.ndarray, float]:
-    """(unit normal towards the concept, held-out accuracy) of a linear classifier."""
+def fit_cav(
+    concept: np.ndarray,
+    random: np.ndarray,
+    seed: int = 0,
+    site: str = "",
+    names: tuple[str, str] = ("concept", "random"),
+    pooling: str = "last",
+) -> CAV:
+    """The CAV of (N, D) concept activations against (M, D) random ones: unit normal of a
+    logistic regression towards the concept, accuracy on a held-out 30 %."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
 
     _check_sets(concept, random)
-    x = np.concatenate([concept, random])
+    x = np.concatenate([concept, random])  # (N + M, D)
     y = np.concatenate([np.ones(len(concept)), np.zeros(len(random))])
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, random_state=seed, stratify=y)
     scale = x_tr.std(0) + 1e-6  # standardise for the solver, map the normal back after
     clf = LogisticRegression(max_iter=2000, C=0.05).fit(x_tr / scale, y_tr)
     normal = clf.coef_[0] / scale
-    return normal / np.linalg.norm(normal), float(clf.score(x_te / scale, y_te))
+    normal = normal / np.linalg.norm(normal)
+    gap = float(concept.mean(0) @ normal - random.mean(0) @ normal)
+    acc = float(clf.score(x_te / scale, y_te))
+    return CAV(site, normal.tolist(), acc, names[0], names[1], pooling, gap)
 
 
 def train_cav(
@@ -105,11 +137,9 @@ def train_cav(
     names: tuple[str, str] = ("concept", "random"),
 ) -> CAV:
     """The CAV of ``concept`` texts against ``random`` texts at ``site``."""
-    model.check_site(Site.parse(site) if isinstance(site, str) else site)
     xc = site_activations(model, concept, site, pooling)
     xr = site_activations(model, random, site, pooling)
-    normal, acc = fit_cav(xc, xr, seed)
-    return CAV(str(site), normal.tolist(), acc, names[0], names[1], pooling)
+    return fit_cav(xc, xr, seed, str(site), names, pooling)
 
 
 @dataclass
@@ -164,14 +194,16 @@ def probe_layers(
     from sklearn.preprocessing import StandardScaler
 
     y = np.asarray(labels)
+    if len(y) != len(texts):
+        raise GatescopeError(f"{len(texts)} texts but {len(y)} labels; give one label per text")
     if len(set(y.tolist())) < 2 or np.bincount(y.astype(int)).min() < 5:
         raise GatescopeError("a probe needs at least 5 examples of each of at least 2 labels")
     rng = np.random.default_rng(seed)
-    acc, shuffled, layers = [], [], []
-    for site in model.sites(f"{kind}.*"):
-        x = site_activations(model, texts, site, pooling)
+    sites = model.sites(f"{kind}.*")
+    acts = pooled_activations(model, texts, sites, pooling)
+    acc, shuffled = [], []
+    for site in sites:
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-        acc.append(float(cross_val_score(clf, x, y, cv=5).mean()))
-        shuffled.append(float(cross_val_score(clf, x, rng.permutation(y), cv=5).mean()))
-        layers.append(site.layer)
-    return ProbeResult(kind, layers, acc, shuffled)
+        acc.append(float(cross_val_score(clf, acts[site], y, cv=5).mean()))
+        shuffled.append(float(cross_val_score(clf, acts[site], rng.permutation(y), cv=5).mean()))
+    return ProbeResult(kind, [s.layer for s in sites], acc, shuffled)

@@ -1,27 +1,39 @@
-"""TCAV with significance testing, and cross-layer consistency (Kim et al. 2018; GCAV).
+"""TCAV with significance testing, and cross-layer consistency (Kim et al. 2018, arXiv
+1711.11279; the GCAV paper's concern that CAVs trained per layer disagree).
 
-1. Directional derivative of a target (a token's logit at the last position, a logit
-   difference ``"A|B"``, or any function of the logits) along a CAV: the gradient of the
-   target with respect to the site's value (``last`` pooling: at the last token; ``mean``:
-   every real position moved along the CAV), dotted with the CAV.
-2. TCAV score: the fraction of inputs whose directional derivative is positive.
-3. Significance: CAVs of the concept against each of >= 10 random sets give concept scores;
-   CAVs of a random set against the others give random scores; a two-sided t-test
-   (scipy) compares the two distributions.
-4. Cross-layer consistency: CAV accuracy and TCAV score per layer side by side, the variance
-   of the scores across layers, and the cosine similarity of CAVs of adjacent layers.
+1. Gradient of a target (a token's logit at the last position, a logit difference
+   ``"A|B"``, or any function ``(logits, lengths) -> (N,)``) with respect to a site's value,
+   read through a zero tensor added to the site in a write hook; pooled like the CAV
+   (``last``: the last real token; ``mean``: the sum over real positions, i.e. every position
+   moved along the CAV). One backward pass per batch serves every CAV and every layer.
+2. Directional derivative: that gradient dotted with the CAV; TCAV score: the fraction of
+   inputs where it is positive.
+3. Significance over ``n >= 10`` random sets: concept scores from CAVs of the concept against
+   each random set; random scores from CAVs of random set i against random set i+1; a
+   two-sided Welch t-test (scipy) of the two (``p_tcav``). Because every concept CAV shares
+   the one concept sample, a random set that happens to lean along the target gradient
+   (more positive sentences than the others, say) gets consistent scores and a small
+   ``p_tcav`` although its CAVs are noise (held-out accuracy at chance). So the concept must
+   also separate from the random sets better than chance and better than they separate from
+   each other (one-sided t-tests of the held-out CAV accuracies against 0.5 and against the
+   random CAVs' accuracies, which fall below chance when there is nothing to learn; the larger
+   p is ``p_accuracy``); the reported ``p_value`` is the larger of ``p_tcav`` and
+   ``p_accuracy`` (an intersection-union test, valid at the same level).
+4. Cross-layer consistency: CAV accuracy, TCAV score and p-value per layer side by side, the
+   variance of the scores across layers, and the cosine of the (mean) CAVs of adjacent layers.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
-from probe.concepts.cav import CAV, fit_cav, site_activations
+from probe.concepts.cav import CAV, _sites, fit_cav, pooled_activations
 from probe.errors import GatescopeError
 from probe.hooks import hook_sites
 from probe.model import Model
@@ -33,7 +45,7 @@ Target = str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def target_function(model: Model, target: Target) -> Callable:
-    """``(logits, lengths) -> (N,)`` for a token (``" good"``), ``"A|B"`` or a function."""
+    """``(logits, lengths) -> (N,)`` for a token (``"good"``), ``"A|B"`` or a function."""
     if callable(target):
         return target
     from probe.reference.tokenizer import single_token_id
@@ -50,48 +62,81 @@ def target_function(model: Model, target: Target) -> Callable:
     return fn
 
 
+def _add_zero(store: dict, site: Site) -> Callable:
+    """A write hook adding a zero tensor that requires grad (its .grad is the site's)."""
+
+    def hook(value, info):
+        store[site] = torch.zeros_like(value, requires_grad=True)
+        return value + store[site]
+
+    return hook
+
+
+def site_gradients(
+    model: Model, inputs: Sequence[str], sites, target: Target, pooling: str = "last"
+) -> dict[Site, np.ndarray]:
+    """Site -> (N, D): gradient of the target w.r.t. each site's value per input, pooled."""
+    sites = _sites(model, sites)
+    fn = target_function(model, target)
+    out: dict[Site, list[np.ndarray]] = {s: [] for s in sites}
+    for batch in model.batches(list(inputs), 16):
+        zeros: dict[Site, torch.Tensor] = {}
+        hooks = [(s, _add_zero(zeros, s)) for s in sites]
+        with torch.enable_grad(), hook_sites(model, hooks, write=True):
+            logits = model.forward(batch.input_ids, batch.attention_mask)
+            fn(logits, batch.lengths).sum().backward()
+        mask = batch.attention_mask.float().cpu().unsqueeze(-1)  # (B, T, 1)
+        for site in sites:
+            grad = zeros[site].grad.detach().float().cpu().flatten(2)  # (B, T, D)
+            if pooling == "last":
+                g = grad[torch.arange(len(grad)), batch.lengths.cpu() - 1]  # (B, D)
+            else:
+                g = (grad * mask).sum(1)  # (B, D)
+            out[site].append(g.numpy())
+    return {s: np.concatenate(g) for s, g in out.items()}
+
+
 def directional_derivatives(
     model: Model, inputs: Sequence[str], cav: CAV, target: Target
 ) -> np.ndarray:
     """(N,) the derivative of the target along the CAV, per input."""
-    site = Site.parse(cav.site)
-    fn = target_function(model, target)
-    out = []
-    for batch in model.batches(list(inputs), 16):
-        store = {}
-
-        def add_zero(value, info, store=store):
-            store["z"] = torch.zeros_like(value, requires_grad=True)
-            return value + store["z"]
-
-        with torch.enable_grad(), hook_sites(model, [(site, add_zero)], write=True):
-            logits = model.forward(batch.input_ids, batch.attention_mask)
-            fn(logits, batch.lengths).sum().backward()
-        grad = store["z"].grad.flatten(2)  # (B, T, D)
-        direction = torch.tensor(cav.direction, dtype=grad.dtype)
-        if cav.pooling == "last":
-            rows = torch.arange(len(grad))
-            g = grad[rows, batch.lengths - 1]  # (B, D)
-        else:
-            g = (grad * batch.attention_mask.unsqueeze(-1)).sum(1)
-        out.append((g @ direction).numpy())
-    return np.concatenate(out)
+    grads = site_gradients(model, inputs, cav.site, target, cav.pooling)
+    return next(iter(grads.values())) @ cav.array()
 
 
 def tcav_score(model: Model, inputs: Sequence[str], cav: CAV, target: Target) -> float:
     return float((directional_derivatives(model, inputs, cav, target) > 0).mean())
 
 
+def _ttest(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided") -> float:
+    """Welch's t-test p-value; two constant samples: 1 if equal, else 0."""
+    from scipy.stats import ttest_ind
+
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        same = np.mean(a) == np.mean(b)
+        return 1.0 if same or (alternative == "greater" and np.mean(a) < np.mean(b)) else 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # near-constant samples
+        p = float(ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)
+    return 1.0 if np.isnan(p) else p
+
+
 @dataclass
 class TCAVResult:
-    """TCAV of one concept at one site, with its random distribution and p-value."""
+    """TCAV of one concept at one site, with its random distribution and p-values."""
 
     site: str
     target: str
     concept_scores: list[float]
     random_scores: list[float]
     cav_accuracy: list[float]
-    p_value: float
+    random_accuracy: list[float]
+    p_tcav: float
+    p_accuracy: float
+
+    @property
+    def p_value(self) -> float:
+        return max(self.p_tcav, self.p_accuracy)
 
     @property
     def score(self) -> float:
@@ -103,22 +148,63 @@ class TCAVResult:
 
     def figure(self):
         import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
 
-        fig = go.Figure()
-        fig.add_trace(go.Box(y=self.concept_scores, name="concept", boxpoints="all"))
-        fig.add_trace(go.Box(y=self.random_scores, name="random", boxpoints="all"))
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("TCAV score", "CAV accuracy"))
+        for col, (c, r) in enumerate(
+            ((self.concept_scores, self.random_scores), (self.cav_accuracy, self.random_accuracy))
+        ):
+            for name, y, color in (("concept", c, "#1f77b4"), ("random", r, "#aaaaaa")):
+                box = go.Box(y=y, name=name, boxpoints="all", marker_color=color)
+                fig.add_trace(box.update(showlegend=False), 1, col + 1)
+        fig.update_yaxes(range=[0, 1.05])
         fig.update_layout(
-            title=f"TCAV at {self.site} on {self.target} (p = {self.p_value:.3g})",
-            yaxis_title="TCAV score",
-            yaxis_range=[0, 1],
+            title=f"TCAV at {self.site} on {self.target}: {self.score:.2f}, "
+            f"p = {self.p_value:.3g} (scores {self.p_tcav:.3g}, accuracy {self.p_accuracy:.3g})"
         )
         return fig
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "score": self.score, "significant": self.significant}
+        d = asdict(self)
+        return {**d, "p_value": self.p_value, "score": self.score, "significant": self.significant}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
+
+
+def _tcav_from_arrays(
+    site: str, target: str, xc: np.ndarray, xr: list[np.ndarray], grads: np.ndarray, pooling
+) -> tuple[TCAVResult, list[CAV]]:
+    """Steps 2-3 on pooled activations and gradients; also the concept CAVs."""
+    cavs, concept_scores, random_scores, random_accs = [], [], [], []
+    for i, x in enumerate(xr):
+        cav = fit_cav(xc, x, i, site, ("concept", f"random set {i}"), pooling)
+        cavs.append(cav)
+        concept_scores.append(float((grads @ cav.array() > 0).mean()))
+        rnd = fit_cav(x, xr[(i + 1) % len(xr)], i, site, (f"random set {i}", "random"), pooling)
+        random_scores.append(float((grads @ rnd.array() > 0).mean()))
+        random_accs.append(rnd.accuracy)
+    accs = [c.accuracy for c in cavs]
+    result = TCAVResult(
+        site,
+        target,
+        concept_scores,
+        random_scores,
+        accs,
+        random_accs,
+        _ttest(concept_scores, random_scores),
+        max(_ttest(accs, random_accs, "greater"), _ttest(accs, [0.5] * len(accs), "greater")),
+    )
+    return result, cavs
+
+
+def _check_tcav_args(model: Model, random_sets, target: Target) -> None:
+    if len(random_sets) < MIN_RANDOM_SETS:
+        raise GatescopeError(
+            f"TCAV needs at least {MIN_RANDOM_SETS} random sets for its significance test; "
+            f"got {len(random_sets)} (the bundled ones: random_0 ... random_11)"
+        )
+    target_function(model, target)  # refuse a bad target before any work
 
 
 def tcav(
@@ -130,31 +216,14 @@ def tcav(
     inputs: Sequence[str],
     pooling: str = "last",
 ) -> TCAVResult:
-    """TCAV score of ``concept`` with a two-sided t-test against random CAVs."""
-    from scipy.stats import ttest_ind
-
-    if len(random_sets) < MIN_RANDOM_SETS:
-        raise GatescopeError(
-            f"TCAV needs at least {MIN_RANDOM_SETS} random sets for its significance test; "
-            f"got {len(random_sets)}"
-        )
-    target_function(model, target)  # refuse a bad target before any work
-    site = str(site)
-    xc = site_activations(model, concept, site, pooling)
-    xr = [site_activations(model, r, site, pooling) for r in random_sets]
-    concept_scores, random_scores, accs = [], [], []
-    for i, x in enumerate(xr):
-        normal, acc = fit_cav(xc, x, seed=i)
-        cav = CAV(site, normal.tolist(), acc, "concept", f"random_{i}", pooling)
-        concept_scores.append(tcav_score(model, inputs, cav, target))
-        accs.append(acc)
-        other = xr[(i + 1) % len(xr)]
-        normal_r, acc_r = fit_cav(x, other, seed=i)
-        cav_r = CAV(site, normal_r.tolist(), acc_r, f"random_{i}", "random", pooling)
-        random_scores.append(tcav_score(model, inputs, cav_r, target))
-    p = float(ttest_ind(concept_scores, random_scores, equal_var=False).pvalue)
-    p = 1.0 if np.isnan(p) else p  # identical constant scores: no evidence of a difference
-    return TCAVResult(site, str(target), concept_scores, random_scores, accs, p)
+    """TCAV score of ``concept`` at ``site`` for ``target`` on ``inputs``, tested against
+    CAVs of random sets."""
+    _check_tcav_args(model, random_sets, target)
+    (site,) = _sites(model, site)
+    xc = pooled_activations(model, concept, site, pooling)[site]
+    xr = [pooled_activations(model, r, site, pooling)[site] for r in random_sets]
+    grads = site_gradients(model, inputs, site, target, pooling)[site]
+    return _tcav_from_arrays(str(site), str(target), xc, xr, grads, pooling)[0]
 
 
 @dataclass
@@ -168,6 +237,7 @@ class CrossLayerResult:
     p_values: list[float]
     tcav_variance: float
     adjacent_cosine: list[float]
+    results: list[TCAVResult]
 
     def figure(self):
         import plotly.graph_objects as go
@@ -176,14 +246,25 @@ class CrossLayerResult:
         fig = make_subplots(rows=1, cols=2, subplot_titles=("per layer", "CAV cosine, L vs L+1"))
         fig.add_trace(go.Scatter(x=self.layers, y=self.accuracy, name="CAV accuracy"), 1, 1)
         fig.add_trace(go.Scatter(x=self.layers, y=self.tcav, name="TCAV score"), 1, 1)
-        fig.add_trace(go.Bar(x=self.layers[:-1], y=self.adjacent_cosine, name="cosine"), 1, 2)
+        random = [float(np.mean(r.random_scores)) for r in self.results]
+        dotted = {"dash": "dot"}
+        fig.add_trace(go.Scatter(x=self.layers, y=random, name="random TCAV", line=dotted), 1, 1)
+        labels = [f"{a}-{b}" for a, b in zip(self.layers, self.layers[1:], strict=False)]
+        fig.add_trace(go.Bar(x=labels, y=self.adjacent_cosine, name="cosine"), 1, 2)
+        fig.update_yaxes(range=[0, 1.05], row=1, col=1)
+        fig.update_xaxes(title_text="layer", row=1, col=1)
         fig.update_layout(
             title=f"cross-layer consistency at {self.kind} (TCAV variance {self.tcav_variance:.3f})"
         )
         return fig
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["results"] = [r.to_dict() for r in self.results]
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
 
 
 def cross_layer(
@@ -196,22 +277,27 @@ def cross_layer(
     pooling: str = "last",
 ) -> CrossLayerResult:
     """TCAV at every layer of ``kind`` side by side (the GCAV paper's concern)."""
-    layers, accs, scores, pvals, mean_cavs = [], [], [], [], []
-    for site in model.sites(f"{kind}.*"):
-        res = tcav(model, concept, random_sets, site, target, inputs, pooling)
-        xc = site_activations(model, concept, site, pooling)
-        normals = [
-            fit_cav(xc, site_activations(model, r, site, pooling), i)[0]
-            for i, r in enumerate(random_sets[:3])
-        ]
-        mean = np.mean(normals, 0)
-        mean_cavs.append(mean / np.linalg.norm(mean))
-        layers.append(site.layer)
-        accs.append(float(np.mean(res.cav_accuracy)))
-        scores.append(res.score)
-        pvals.append(res.p_value)
-    cosines = [
-        float(a @ b) if a.shape == b.shape else float("nan")
-        for a, b in zip(mean_cavs, mean_cavs[1:], strict=False)
-    ]
-    return CrossLayerResult(kind, layers, accs, scores, pvals, float(np.var(scores)), cosines)
+    _check_tcav_args(model, random_sets, target)
+    sites = model.sites(f"{kind}.*")
+    xc = pooled_activations(model, concept, sites, pooling)
+    xr = [pooled_activations(model, r, sites, pooling) for r in random_sets]
+    grads = site_gradients(model, inputs, sites, target, pooling)
+    results, means = [], []
+    for site in sites:
+        res, cavs = _tcav_from_arrays(
+            str(site), str(target), xc[site], [x[site] for x in xr], grads[site], pooling
+        )
+        mean = np.mean([c.array() for c in cavs], 0)  # (D,)
+        means.append(mean / np.linalg.norm(mean))
+        results.append(res)
+    scores = [r.score for r in results]
+    return CrossLayerResult(
+        kind,
+        [s.layer for s in sites],
+        [float(np.mean(r.cav_accuracy)) for r in results],
+        scores,
+        [r.p_value for r in results],
+        float(np.var(scores)),
+        [float(a @ b) for a, b in zip(means, means[1:], strict=False)],
+        results,
+    )
