@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -82,7 +83,7 @@ def harvest(
     i = start
     while manifest["tokens"] + buffered < tokens and i < len(texts):
         chunk = list(texts[i : i + batch_size])
-        acts = _capture(model, site, chunk, dtype, first=i)
+        acts = capture_tokens(model, site, chunk, dtype, first=i)
         buffer.append(acts)
         buffered += len(acts)
         i += len(chunk)
@@ -110,12 +111,14 @@ def _open_manifest(out: Path, model: Model, site: Site, dtype: torch.dtype) -> d
         manifest = ActivationStore(out).manifest
         _same_source(manifest, model, site, out)
         return manifest
+    width, shape = site_width(model, site)
     return {
         "format": FORMAT,
         "model": model.name,
         "site": str(site),
         "dtype": str(dtype).removeprefix("torch."),
-        "width": None,
+        "width": width,
+        "site_shape": shape,
         "tokens": 0,
         "shards": [],
         "texts_done": 0,
@@ -123,9 +126,21 @@ def _open_manifest(out: Path, model: Model, site: Site, dtype: torch.dtype) -> d
     }
 
 
-def _capture(model: Model, site: Site, texts: list[str], dtype, first: int) -> torch.Tensor:
+@torch.no_grad()
+def site_width(model: Model, site: Site) -> tuple[int, list[int]]:
+    """(flattened width, per-token shape) of ``site`` in ``model``, from a one-token pass."""
+    ids = torch.zeros(1, 1, dtype=torch.long)
+    with Tracer(model, site) as tr:
+        model.forward(ids, torch.ones_like(ids))
+    shape = [int(n) for n in tr[site].shape[2:]]
+    return math.prod(shape), shape
+
+
+def capture_tokens(
+    model: Model, site: Site, texts: Sequence[str], dtype=torch.float32, first: int = 0
+) -> torch.Tensor:
     """(n_tokens, width) the site's value at every real token of ``texts``."""
-    batch = model.tokenize(texts)
+    batch = model.tokenize(list(texts))
     with Tracer(model, site) as tr, torch.no_grad():
         model.forward(batch.input_ids, batch.attention_mask)
     acts = tr[site][batch.attention_mask.bool().to(tr[site].device)]  # (n_tokens, ...)

@@ -1,0 +1,171 @@
+"""Evaluate an SAE on its site over evaluation texts (metrics as in arXiv 2406.04093 and
+SAELens's evals).
+
+For every batch of texts, three forward passes:
+
+1. Spliced: the site's value ``x`` (B, T, ...) is flattened to (B, T, d_in), encoded and
+   decoded; the reconstruction replaces the site (``probe.hook_sites(..., write=True)``;
+   gate values are clipped to [0, 1] since they are written in logit space). At real tokens
+   this accumulates L0, squared error, the sums for the variance of ``x``, and per-latent
+   firing counts; the logits give ``CE_sae``.
+2. Clean: ``CE_orig``. 3. Ablated (the site zeroed): ``CE_ablate``.
+
+Explained variance = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2; dead fraction = latents
+that never fire over the evaluation tokens; CE-loss score =
+(CE_ablate - CE_sae) / (CE_ablate - CE_orig). CE is next-token cross-entropy over real tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from probe.errors import GatescopeError
+from probe.hooks import hook_sites
+from probe.model import Model
+from probe.sae.io import TrainedSAE, check_sae_site
+
+
+@dataclass
+class SAEEval:
+    """Evaluation of one SAE.
+
+    Attributes:
+        path, site, model, architecture, width, k: what was evaluated.
+        tokens: evaluation tokens.
+        l0: mean active latents per token.
+        explained_variance: 1 - FVU.
+        dead_fraction / live_fraction: latents that never / ever fire on these tokens.
+        ce_orig, ce_sae, ce_ablate: next-token cross-entropy (nats) clean, spliced, zeroed.
+        ce_loss_score: (ce_ablate - ce_sae) / (ce_ablate - ce_orig).
+        feature_frequency: per latent, fraction of tokens on which it fires.
+    """
+
+    path: str
+    site: str
+    model: str
+    architecture: str
+    width: int
+    k: int | None
+    tokens: int
+    l0: float
+    explained_variance: float
+    dead_fraction: float
+    live_fraction: float
+    ce_orig: float
+    ce_sae: float
+    ce_ablate: float
+    ce_loss_score: float
+    feature_frequency: list[float] = field(repr=False, default_factory=list)
+
+    def to_dict(self, frequencies: bool = True) -> dict:
+        d = asdict(self)
+        if not frequencies:
+            d.pop("feature_frequency")
+        return d
+
+    def to_json(self, frequencies: bool = True) -> str:
+        return json.dumps(self.to_dict(frequencies), indent=2)
+
+
+class _Stats:
+    """Running sums over real tokens."""
+
+    def __init__(self, width: int):
+        self.n, self.l0, self.err, self.sum_sq = 0, 0.0, 0.0, 0.0
+        self.sum = None
+        self.fires = torch.zeros(width, dtype=torch.long)
+
+    def update(self, x: torch.Tensor, x_hat: torch.Tensor, f: torch.Tensor) -> None:
+        """x, x_hat: (n, d_in); f: (n, d_sae)."""
+        x, x_hat = x.double(), x_hat.double()
+        self.n += len(x)
+        self.err += float((x - x_hat).pow(2).sum())
+        self.sum_sq += float(x.pow(2).sum())
+        self.sum = x.sum(0) if self.sum is None else self.sum + x.sum(0)
+        active = f != 0
+        self.l0 += float(active.sum())
+        self.fires += active.sum(0).cpu()
+
+    def explained_variance(self) -> float:
+        total = self.sum_sq - float(self.sum.pow(2).sum()) / self.n
+        return 1.0 - self.err / max(total, 1e-12)
+
+
+def _ce(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[float, int]:
+    """(summed next-token cross-entropy, count) over positions where both tokens are real."""
+    keep = (mask[:, 1:] * mask[:, :-1]).bool()
+    loss = F.cross_entropy(
+        logits[:, :-1][keep].float(), ids[:, 1:][keep].to(logits.device), reduction="sum"
+    )
+    return float(loss), int(keep.sum())
+
+
+def _splice(trained: TrainedSAE, stats: _Stats, clip: bool, where: str):
+    def fn(value: torch.Tensor, info) -> torch.Tensor:
+        x = value.flatten(2)  # (B, T, d_in)
+        if torch.isnan(x).any():
+            raise GatescopeError(f"NaN activations at {trained.site} in {where}")
+        f = trained.encode(x)  # (B, T, d_sae)
+        x_hat = trained.sae.decode(f).to(value.dtype)
+        if clip:
+            x_hat = x_hat.clamp(0.0, 1.0)
+        real = info.attention_mask.bool().to(x.device)  # (B, T)
+        stats.update(x[real], x_hat[real], f[real])
+        return x_hat.view_as(value)
+
+    return fn
+
+
+@torch.no_grad()
+def evaluate_sae(
+    model: Model, trained: TrainedSAE, texts: Sequence[str], batch_size: int = 16
+) -> SAEEval:
+    """Evaluate ``trained`` on ``texts`` (see the module docstring)."""
+    check_sae_site(model, trained)
+    site = trained.site
+    clip = model.family.taps[site.kind].transform == "sigmoid"
+    stats = _Stats(trained.width)
+    ce = {"orig": [0.0, 0], "sae": [0.0, 0], "ablate": [0.0, 0]}
+    zero = [(site, lambda v, info: torch.zeros_like(v))]
+    for start in range(0, len(texts), batch_size):
+        batch = model.tokenize(list(texts[start : start + batch_size]))
+        ids, mask = batch.input_ids, batch.attention_mask
+        where = f"texts {start}-{start + len(ids) - 1}"
+        runs = {
+            "sae": [(site, _splice(trained, stats, clip, where))],
+            "orig": [],
+            "ablate": zero,
+        }
+        for name, entries in runs.items():
+            with hook_sites(model, entries, write=bool(entries)):
+                logits = model.forward(ids, mask)
+            total, count = _ce(logits, ids, mask.to(logits.device))
+            ce[name][0] += total
+            ce[name][1] += count
+    if stats.n == 0:
+        raise GatescopeError("no evaluation tokens; give some evaluation text")
+    c = {name: s / max(n, 1) for name, (s, n) in ce.items()}
+    live = float((stats.fires > 0).float().mean())
+    return SAEEval(
+        path=str(trained.path),
+        site=str(site),
+        model=model.name,
+        architecture=trained.architecture,
+        width=trained.width,
+        k=getattr(trained.sae.cfg, "k", None),
+        tokens=stats.n,
+        l0=stats.l0 / stats.n,
+        explained_variance=stats.explained_variance(),
+        dead_fraction=1.0 - live,
+        live_fraction=live,
+        ce_orig=c["orig"],
+        ce_sae=c["sae"],
+        ce_ablate=c["ablate"],
+        ce_loss_score=(c["ablate"] - c["sae"]) / max(c["ablate"] - c["orig"], 1e-12),
+        feature_frequency=(stats.fires.double() / stats.n).tolist(),
+    )

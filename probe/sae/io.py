@@ -1,0 +1,100 @@
+"""Open a trained SAE directory (SAELens format plus ``gatescope.json``) and check it against
+a model's site.
+
+1. ``load_trained`` registers the vSAE architecture, loads ``cfg.json`` +
+   ``sae_weights.safetensors`` with SAELens's own ``SAE.load_from_disk`` and reads the site,
+   model and per-token site shape from ``gatescope.json``.
+2. ``site_width`` runs the model on one token and measures the site's flattened width;
+   ``check_sae_site`` refuses an SAE whose ``d_in`` differs from it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from probe.errors import GatescopeError
+from probe.model import Model
+from probe.sites import Site
+from probe.store import site_width
+
+META_FILE = "gatescope.json"
+
+
+@dataclass
+class TrainedSAE:
+    """An SAELens SAE with where it reads from.
+
+    Attributes:
+        sae: the SAELens ``SAE`` (inference class), in eval mode.
+        path: its directory.
+        site: the site it was trained on.
+        model: the model name it was trained on.
+        site_shape: the per-token shape of the site (``[d]`` or ``[H, d]``).
+        meta: the whole ``gatescope.json``.
+    """
+
+    sae: torch.nn.Module
+    path: Path
+    site: Site
+    model: str
+    site_shape: list[int]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        return int(self.sae.cfg.d_sae)
+
+    @property
+    def architecture(self) -> str:
+        return self.sae.cfg.architecture()
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., d_in) activations to (..., d_sae) latents."""
+        return self.sae.encode(x.to(self.sae.W_dec.dtype))
+
+
+def load_trained(path: str | Path, device: str = "cpu") -> TrainedSAE:
+    """Load an SAE directory written by ``gatescope sae train``."""
+    from sae_lens import SAE
+
+    from probe.sae.vsae import register
+
+    register()
+    path = Path(path)
+    if not (path / "cfg.json").is_file() or not (path / "sae_weights.safetensors").is_file():
+        hint = (
+            " (training was interrupted: rerun with --resume)"
+            if (path / "checkpoint").is_dir()
+            else ""
+        )
+        raise GatescopeError(
+            f"{path} is not a trained SAE (needs cfg.json and sae_weights.safetensors){hint}"
+        )
+    meta_path = path / META_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    try:
+        sae = SAE.load_from_disk(path, device=device)
+    except Exception as exc:  # SAELens raises many kinds for broken files
+        raise GatescopeError(f"{path}: SAELens could not load the SAE ({exc})") from None
+    site = meta.get("site") or sae.cfg.metadata.hook_name
+    model = meta.get("model") or sae.cfg.metadata.model_name
+    if not site:
+        raise GatescopeError(f"{path}: no site recorded (gatescope.json or metadata.hook_name)")
+    shape = meta.get("site_shape") or [int(sae.cfg.d_in)]
+    return TrainedSAE(sae.eval(), path, Site.parse(site), model or "", shape, meta)
+
+
+def check_sae_site(model: Model, trained: TrainedSAE) -> None:
+    """Refuse an SAE whose ``d_in`` does not match its site in ``model``."""
+    model.check_site(trained.site)
+    width, shape = site_width(model, trained.site)
+    if width != trained.sae.cfg.d_in:
+        raise GatescopeError(
+            f"SAE {trained.path} has d_in {trained.sae.cfg.d_in}, but {trained.site} of "
+            f"{model.name} is {width} wide (shape {shape}); use the model and site it was "
+            f"trained on ({trained.model}, {trained.site})"
+        )

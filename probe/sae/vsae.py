@@ -1,0 +1,186 @@
+"""Variational TopK SAE (vSAE, arXiv 2509.22994), registered as the SAELens architecture "vsae".
+
+1. Encoder mean ``mu = ReLU(W_enc (x - b_dec) + b_enc)``, measured in units of unit-norm
+   decoder rows (SAELens's ``rescale_acts_by_decoder_norm``: ``mu *= ||W_dec[i]||``).
+2. Optional log-variance head ``logvar = clamp(W_lv (x - b_dec) + b_lv, -6, 2)``; without it
+   ``logvar = 0`` (unit variance).
+3. Training only: sample ``z = mu + eps * exp(logvar / 2)``, keep the top-k of ``|z|`` with
+   their sign, decode ``x_hat = z_topk @ unit(W_dec) + b_dec``.
+   Eval/inference: ``z = mu`` (deterministic), top-k, decode.
+4. Loss = MSE + beta * warmup * KL(N(mu, sigma^2) || N(0, 1)) + AuxK; the KL coefficient warms
+   up linearly over ``kl_warm_up_steps`` (SAELens's coefficient scheduler; gatescope sets
+   10% of the steps).
+
+Weights: ``W_enc (d_in, d_sae)``, ``b_enc (d_sae,)``, ``W_dec (d_sae, d_in)``, ``b_dec (d_in,)``,
+and with the variance head ``W_logvar (d_in, d_sae)``, ``b_logvar (d_sae,)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from sae_lens import register_sae_class, register_sae_training_class
+from sae_lens.registry import SAE_CLASS_REGISTRY
+from sae_lens.saes.sae import (
+    SAEConfig,
+    TrainCoefficientConfig,
+    TrainStepInput,
+    TrainStepOutput,
+)
+from sae_lens.saes.topk_sae import (
+    TopKSAE,
+    TopKSAEConfig,
+    TopKTrainingSAE,
+    TopKTrainingSAEConfig,
+    act_times_W_dec,
+)
+from torch import nn
+
+ARCHITECTURE = "vsae"
+LOGVAR_MIN, LOGVAR_MAX = -6.0, 2.0
+
+
+@dataclass
+class VSAEConfig(TopKSAEConfig):
+    """Inference config of a vSAE.
+
+    Attributes:
+        learn_variance: the SAE has a log-variance head (kept for inspection; inference
+            uses the mean only).
+    """
+
+    learn_variance: bool = True
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+
+@dataclass
+class VSAETrainingSAEConfig(TopKTrainingSAEConfig):
+    """Training config of a vSAE.
+
+    Attributes:
+        beta: weight of the KL term after warm-up (the paper uses 1).
+        learn_variance: learn a log-variance head; otherwise sigma = 1.
+        kl_warm_up_steps: steps over which the KL weight rises linearly from 0 to ``beta``.
+    """
+
+    beta: float = 1.0
+    learn_variance: bool = True
+    kl_warm_up_steps: int = 0
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE
+
+    def get_inference_config_class(self) -> type[SAEConfig]:
+        return VSAEConfig
+
+
+def _add_logvar_head(sae: nn.Module) -> None:
+    if sae.cfg.learn_variance:
+        d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
+        sae.W_logvar = nn.Parameter(torch.zeros(d_in, d_sae, dtype=sae.dtype, device=sae.device))
+        sae.b_logvar = nn.Parameter(torch.zeros(d_sae, dtype=sae.dtype, device=sae.device))
+
+
+def _posterior(sae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(pre, mu, logvar), each (..., d_sae); ``pre`` is the scaled pre-activation."""
+    sae_in = sae.process_sae_in(x)
+    pre = sae.hook_sae_acts_pre(sae_in @ sae.W_enc + sae.b_enc)
+    if sae.cfg.rescale_acts_by_decoder_norm:
+        pre = pre * sae.W_dec.norm(dim=-1)
+    mu = pre.relu()
+    if sae.cfg.learn_variance:
+        logvar = (sae_in @ sae.W_logvar + sae.b_logvar).clamp(LOGVAR_MIN, LOGVAR_MAX)
+    else:
+        logvar = torch.zeros_like(mu)
+    return pre, mu, logvar
+
+
+def _signed_topk(z: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k entries of largest |z| (with their sign), zero the rest."""
+    idx = z.abs().topk(k, dim=-1, sorted=False).indices  # (..., k)
+    return torch.zeros_like(z).scatter(-1, idx, z.gather(-1, idx))
+
+
+def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) per latent, same shape as ``mu``."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+class VSAE(TopKSAE):
+    """Inference vSAE: deterministic top-k of the mean (loadable with ``SAE.load_from_disk``)."""
+
+    cfg: VSAEConfig  # type: ignore[assignment]
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        _add_logvar_head(self)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        _, mu, _ = _posterior(self, x)
+        return self.hook_sae_acts_post(_signed_topk(mu, self.cfg.k))
+
+    @torch.no_grad()
+    def log_variance(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior log-variance per latent (zeros without a variance head)."""
+        return _posterior(self, x)[2]
+
+
+class VSAETrainingSAE(TopKTrainingSAE):
+    """Training vSAE: reparameterised sampling in train mode, KL term with warm-up, AuxK."""
+
+    cfg: VSAETrainingSAEConfig  # type: ignore[assignment]
+
+    def initialize_weights(self) -> None:
+        super().initialize_weights()
+        _add_logvar_head(self)
+
+    def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pre, mu, logvar = _posterior(self, x)
+        z = mu
+        if self.training:
+            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        return self.hook_sae_acts_post(_signed_topk(z, self.cfg.k)), pre
+
+    def get_coefficients(self) -> dict[str, TrainCoefficientConfig | float]:
+        return {"kl": TrainCoefficientConfig(self.cfg.beta, self.cfg.kl_warm_up_steps)}
+
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        pre, mu, logvar = _posterior(self, step_input.sae_in)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()  # reparameterised sample
+        feature_acts = self.hook_sae_acts_post(_signed_topk(z, self.cfg.k))
+        sae_out = self.decode(feature_acts)
+        mse = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
+        aux = self.calculate_topk_aux_loss(
+            sae_in=step_input.sae_in,
+            sae_out=sae_out,
+            hidden_pre=pre,
+            dead_neuron_mask=step_input.dead_neuron_mask,
+        )
+        kl = kl_to_standard_normal(mu, logvar).sum(dim=-1).mean()
+        weighted_kl = step_input.coefficients.get("kl", self.cfg.beta) * kl
+        return TrainStepOutput(
+            sae_in=step_input.sae_in,
+            sae_out=sae_out,
+            feature_acts=feature_acts,
+            hidden_pre=pre,
+            loss=mse + aux + weighted_kl,
+            losses={"mse_loss": mse, "auxiliary_reconstruction_loss": aux, "kl_loss": weighted_kl},
+            metrics={"kl": kl.detach()},
+        )
+
+    def decode(self, feature_acts: torch.Tensor) -> torch.Tensor:
+        out = act_times_W_dec(feature_acts, self.W_dec, self.cfg.rescale_acts_by_decoder_norm)
+        out = self.hook_sae_recons(out + self.b_dec)
+        return self.reshape_fn_out(self.run_time_activation_norm_fn_out(out), self.d_head)
+
+
+def register() -> None:
+    """Register "vsae" with SAELens (idempotent)."""
+    if ARCHITECTURE not in SAE_CLASS_REGISTRY:
+        register_sae_class(ARCHITECTURE, VSAE, VSAEConfig)
+        register_sae_training_class(ARCHITECTURE, VSAETrainingSAE, VSAETrainingSAEConfig)
