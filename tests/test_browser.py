@@ -31,8 +31,13 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     env = dict(os.environ)
+    # a prompt this model's tokenizer reads, and a token the redrawn chart must then show
+    typed = ("Paris is cold and the weather", "Paris")
     if not (ROOT / "data" / "models" / "reference-gated" / "model.safetensors").is_file():
         env["GATESCOPE_MODEL"] = str(save_tiny(tmp_path_factory.mktemp("b") / "m", "qwen3_next"))
+        typed = ("w42 w43 w44 w45", "w43")
+    else:
+        env.pop("GATESCOPE_MODEL", None)
     port = _free_port()
     cmd = [
         sys.executable,
@@ -52,7 +57,7 @@ def server(tmp_path_factory):
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        yield f"http://127.0.0.1:{port}", start
+        yield f"http://127.0.0.1:{port}", start, typed
     finally:
         proc.terminate()
         proc.wait(timeout=20)
@@ -62,7 +67,7 @@ def server(tmp_path_factory):
 def test_gates_page_in_chromium(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    url, started = server
+    url, started, (prompt, token) = server
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
@@ -82,13 +87,18 @@ def test_gates_page_in_chromium(server, tmp_path):
             chart = page.locator(".js-plotly-plot").first
             before = chart.inner_html()
             box = page.locator("textarea").first
-            box.fill("w42 w43 w44 w45")
+            assert token not in before
+            box.fill(prompt)
             box.press("Control+Enter")
             page.wait_for_function(
-                "(old) => { const c = document.querySelector('.js-plotly-plot');"
-                " return c && c.innerHTML !== old && c.innerHTML.includes('43'); }",
-                arg=before,
-                timeout=60000,
+                "([old, token]) => { const c = document.querySelector('.js-plotly-plot');"
+                " return c && c.innerHTML !== old && c.innerHTML.includes(token); }",
+                arg=[before, token],
+                timeout=30000,
+            )
+            print(
+                f"per-token chart redrawn {time.perf_counter() - started - first_chart:.1f} s "
+                "after the first chart"
             )
             shot = tmp_path / "gates.png"
             page.screenshot(path=str(shot), full_page=True)
