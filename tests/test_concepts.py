@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import needs_reference
 from test_attribution import _linear_model
 from tiny import tiny_hf, tiny_tokenizer
 
@@ -140,3 +141,25 @@ def test_bad_input():
         tcav(model, same, [_sentences(4)], "resid_post.0", "w1", same)
     with pytest.raises(GatescopeError, match="attn_gate"):
         train_cav(model, same, _sentences(5), "attn_gate.0")
+
+
+@needs_reference
+def test_reference_positive_sentiment_is_significant_and_a_random_set_is_not():
+    from probe.tasks import TASKS_DIR, load_texts
+
+    model = load_model("reference")
+    randoms = [load_texts(f"random_{i}") for i in range(10)]
+    prompts = load_texts("sentiment_prompts")
+    target = "wonderful|terrible"
+    pos = tcav(model, load_texts("concept_positive"), randoms, "resid_post.2", target, prompts)
+    assert pos.significant and pos.score > 0.9 and min(pos.cav_accuracy) >= 0.75
+    # random_11 leans positive (12 of its 15 sentiment sentences): consistent TCAV scores
+    # (p_tcav < 0.05) from CAVs at chance accuracy, which the accuracy test refuses
+    rnd = tcav(model, load_texts("random_11"), randoms, "resid_post.2", target, prompts)
+    assert not rnd.significant and rnd.p_accuracy > 0.05
+    cav = train_cav(model, load_texts("concept_positive"), randoms[0], "resid_post.2")
+    words = json.loads((TASKS_DIR / "sentiment_words.json").read_text())
+    metric = word_logit_metric(model, words["positive"], words["negative"])
+    res = evaluate_concept_steering(model, cav, prompts, metric, (-1, 0, 1, 2), n_random=5)
+    assert res.add.vector == sorted(res.add.vector)  # more positive with the coefficient
+    assert res.add.beats_random_at(2.0)
