@@ -62,3 +62,23 @@ def model_name(model) -> str:
     if choice in CHOICES[:2]:
         return choice
     return st.session_state.get("model_path") or model.name
+
+
+def bundled_texts(n: int = 200) -> list[str]:
+    """Up to ``n`` sentences from the bundled random text sets (prose, topic and sentiment
+    sentences); a few built-in ones when data/tasks is absent."""
+    from probe.tasks import load_texts
+
+    texts: list[str] = []
+    for i in range(12):
+        try:
+            texts += load_texts(f"random_{i}")
+        except GatescopeError:
+            break
+        if len(texts) >= n:
+            break
+    return texts[:n] or [
+        "When Mary and John went to the store, John gave a drink to Mary.",
+        "The weather today is cold and wet.",
+        "I loved the film and its music.",
+    ]
