@@ -58,26 +58,40 @@ def circuit_cmd(
     task: str = typer.Option(..., "--task", help=TASK_HELP),
     method: str = typer.Option("relp", "--method", help="atp, relp or ig"),
     top_n: int = typer.Option(..., "--top-n", help="nodes to keep"),
-    gate_rule: str = typer.Option("half", "--gate-rule"),
+    gate_rule: str = typer.Option("half", "--gate-rule", help="RelP rule: half or constant"),
+    steps: int = typer.Option(5, "--steps", help="IG steps"),
+    curve: bool = typer.Option(False, "--curve", help="also faithfulness at every size"),
     limit: int = typer.Option(None, "--limit"),
     json_: bool = typer.Option(False, "--json"),
     out: Path = typer.Option(None, "--out"),
 ) -> None:
     """Build the circuit graph, keep the top-n nodes, print its faithfulness."""
-    from circuits.graph import build_graph, faithfulness
+    from circuits.graph import build_graph, faithfulness, faithfulness_curve
 
     check_out_path(out)
     m, t = load(model), _task(task, limit)
-    graph = build_graph(m, t, method, gate_rule).prune(top_n)
+    full = build_graph(m, t, method, gate_rule, steps)
+    graph = full.prune(top_n)
     graph.faithfulness = faithfulness(m, t, graph.node_names())
+    data = graph.to_dict()
+    if curve:
+        data["curve"] = faithfulness_curve(m, t, full).to_dict()
     if out is not None:
-        write_json(graph.to_dict(), out)
+        write_json(data, out)
     if json_:
-        echo_json(graph.to_dict())
+        echo_json(data)
         return
     typer.echo(f"{method} circuit, top {top_n} nodes: faithfulness {graph.faithfulness:.3f}")
     for node in sorted(graph.nodes, key=lambda n: -abs(n.score)):
         typer.echo(f"{node.name:>12}  {node.score:+.3f}")
+    if curve:
+        sizes, values = data["curve"]["sizes"], data["curve"]["values"]
+        typer.echo(
+            "faithfulness by size: "
+            + ", ".join(f"{n}:{v:.2f}" for n, v in zip(sizes, values, strict=True))
+        )
+        smallest = next((n for n, v in zip(sizes, values, strict=True) if v >= 0.8), None)
+        typer.echo(f"smallest circuit reaching 0.8: {smallest}")
 
 
 def agreement_cmd(

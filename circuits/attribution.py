@@ -7,14 +7,19 @@ denoising effect of patching it, normalised like activation patching:
 
 with m the logit difference averaged over prompts (arXiv 2508.21258, METHODS.md).
 
-1. ``atp``: dm/da at the corrupt point by plain backprop -- two forward passes (clean values,
-   corrupt values + graph) and one backward pass, however many sites are scored.
-2. ``relp``: the same with the backward under LRP rules (:func:`circuits.lrp.lrp_rules`;
-   ``gate_rule`` "half" or "constant" for the attention output gate).
-3. ``ig``: the gradient averaged over ``steps`` runs whose input embeddings are interpolated
-   ``e_corrupt + (k / steps)(e_clean - e_corrupt)``, k = 0 .. steps-1 (Hanna et al. 2024).
+1. Clean pass (no grad): trace the clean values of every site and the clean logit difference.
+2. Corrupt pass with grad: every site's value gets a zero tensor added (exact forward values)
+   whose gradient is dm/da; the same pass records the corrupt values and logit difference.
+   One backward pass gives every site's gradient. So ``atp`` and ``relp`` cost two forward
+   passes and one backward pass however many sites are scored.
+3. ``atp``: plain backprop. ``relp``: the backward under LRP rules
+   (:func:`circuits.lrp.lrp_rules`; ``gate_rule`` "half" or "constant" for the attention
+   output gate). ``ig``: the gradient averaged over ``steps`` passes whose input embeddings
+   (``resid_pre.0``) are ``e_corrupt + (k / steps)(e_clean - e_corrupt)``, k = 0 .. steps-1
+   (Hanna et al. 2024, arXiv 2403.17806); k = 0 is the corrupt pass of step 2.
+4. Score = (clean - corrupt) * gradient, summed over features (and over positions unless
+   ``positions="each"``), over prompts, divided by ``LD_clean - LD_corrupt``.
 
-Gradients reach a site through a zero tensor added to its value (exact forward values);
 ``attn_gate`` is scored through its logits, like activation patching patches it.
 """
 
@@ -22,25 +27,36 @@ from __future__ import annotations
 
 import json
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
-from circuits.lrp import lrp_rules
-from interventions.patching import Component, _components, _select, equal_length_rows
+from circuits.lrp import GATE_RULES, lrp_rules
+from interventions.patching import Component, Grid, PatchingResult, _components, _prepare
 from probe.errors import GatescopeError
 from probe.hooks import hook_sites
-from probe.model import Model, resolve_path
+from probe.model import Model
 from probe.sites import Site
 from probe.tasks import Task, TaskBatch, logit_diff
 from probe.tracer import Tracer
 
 METHODS = ("atp", "relp", "ig")
+EMBED = Site("resid_pre", 0)
 
 
 @dataclass
 class Attribution:
-    """Scores per component of one attribution method (see the module docstring)."""
+    """Scores per component of one attribution method (see the module docstring).
+
+    Attributes:
+        method: ``atp``, ``relp`` or ``ig``.
+        model / task: names.
+        gate_rule: the RelP rule for the attention output gate (``None`` for other methods).
+        n_prompts: prompts scored (per-position scores use the largest equal-length group).
+        clean_logit_diff / corrupt_logit_diff: the metric's end points.
+        components: one :class:`Component` per scored unit, ``effect`` is its score.
+        meta: method settings (``steps`` for IG, ``positions``).
+    """
 
     method: str
     model: str
@@ -50,14 +66,13 @@ class Attribution:
     clean_logit_diff: float
     corrupt_logit_diff: float
     components: list[Component]
+    meta: dict = field(default_factory=dict)
 
     def scores(self) -> list[float]:
         return [c.effect for c in self.components]
 
-    def grid(self, kind: str):
-        from interventions.patching import PatchingResult
-
-        view = PatchingResult(
+    def _view(self) -> PatchingResult:
+        return PatchingResult(
             self.model,
             self.task,
             self.method,
@@ -66,7 +81,17 @@ class Attribution:
             self.corrupt_logit_diff,
             self.components,
         )
-        return view.grid(kind)
+
+    def grid(self, kind: str) -> Grid:
+        """Scores of ``kind`` as a table (layers x heads or positions), as for patching."""
+        return self._view().grid(kind)
+
+    def figure(self, kind: str):
+        """A Plotly heatmap of ``grid(kind)``."""
+        fig = self._view().figure(kind)
+        rule = f", gate rule {self.gate_rule}" if self.gate_rule else ""
+        fig.update_layout(title=f"{self.method}{rule}: {kind} on {self.task}")
+        return fig
 
     def top(self, n: int = 10) -> list[Component]:
         return sorted(self.components, key=lambda c: -abs(c.effect))[:n]
@@ -78,63 +103,94 @@ class Attribution:
         return json.dumps(self.to_dict(), indent=2)
 
 
-def _value_site(site: Site) -> Site:
-    return Site("attn_gate_logit" if site.kind == "attn_gate" else site.kind, site.layer)
+@dataclass
+class GradientPass:
+    """What one attribution pass yields for a list of sites (values are float32).
+
+    Attributes:
+        clean / corrupt: site -> value, (N, T, ...).
+        grads: site -> dm/d(value) at the corrupt point (averaged over the IG path).
+        clean_logit_diff / corrupt_logit_diff: mean metric of the two runs.
+    """
+
+    clean: dict[Site, torch.Tensor]
+    corrupt: dict[Site, torch.Tensor]
+    grads: dict[Site, torch.Tensor]
+    clean_logit_diff: float
+    corrupt_logit_diff: float
 
 
-@torch.no_grad()
-def _values(model: Model, sites: list[Site], ids, mask) -> tuple[dict, torch.Tensor]:
-    with Tracer(model, sites) as tr:
-        logits = model.forward(ids, mask)
-    return {s: tr[s].float() for s in sites}, logits
+def check_method(method: str, gate_rule: str = "half", steps: int = 5) -> None:
+    """Refuse an unknown method or gate rule, or IG with fewer than one step."""
+    if method not in METHODS:
+        raise GatescopeError(f"method '{method}' is unknown; valid methods: {', '.join(METHODS)}")
+    if gate_rule not in GATE_RULES:
+        raise GatescopeError(
+            f"gate rule '{gate_rule}' is unknown; valid rules: {', '.join(GATE_RULES)}"
+        )
+    if method == "ig" and steps < 1:
+        raise GatescopeError(f"IG steps must be at least 1, got {steps} (5 is usual)")
 
 
-def _embedding_mix(model: Model, clean_ids, corrupt_ids, alpha: float):
-    embed = resolve_path(model.hf, model.family.embed)
-    with torch.no_grad():
-        e_clean, e_corrupt = embed(clean_ids.to(model.device)), embed(corrupt_ids.to(model.device))
-    mixed = e_corrupt + alpha * (e_clean - e_corrupt)
-    return embed.register_forward_hook(lambda m, a, out: mixed.to(out.dtype))
+def _probe(site: Site, zeros: dict, values: dict | None):
+    """A write hook adding a zero leaf to the site's value (its gradient is dm/d value)."""
+
+    def fn(value, info):
+        if values is not None:
+            values[site] = value.detach().float()
+        z = torch.zeros_like(value, requires_grad=True)
+        zeros[site] = z
+        return value + z
+
+    return fn
 
 
-def site_gradients(
-    model: Model, sites: list[Site], batch: TaskBatch, method: str, gate_rule: str, steps: int
-) -> dict[Site, torch.Tensor]:
-    """dm/d(site value) at the corrupt point (averaged over the IG path for ``ig``)."""
-    total: dict[Site, torch.Tensor] = {}
+def _mix(alpha: float, clean_embed: torch.Tensor):
+    def fn(value, info):
+        return value + alpha * (clean_embed.to(value.dtype) - value)
+
+    return fn
+
+
+def gradient_pass(
+    model: Model,
+    sites: list[Site],
+    batch: TaskBatch,
+    method: str = "atp",
+    gate_rule: str = "half",
+    steps: int = 5,
+) -> GradientPass:
+    """Clean values, corrupt values and dm/d(value) at the corrupt point for every site
+    (whole-layer sites; steps 1-3 of the module docstring)."""
+    check_method(method, gate_rule, steps)
+    mask = batch.attention_mask
+    traced = sorted(set(sites) | ({EMBED} if method == "ig" else set()))
+    with torch.no_grad(), Tracer(model, traced) as tr:
+        clean_ld = float(logit_diff(model.forward(batch.clean_ids, mask), batch).float().mean())
+    clean = {s: tr[s].float() for s in traced}
     runs = steps if method == "ig" else 1
+    corrupt: dict[Site, torch.Tensor] = {}
+    grads: dict[Site, torch.Tensor] = {}
+    corrupt_ld = float("nan")
     for k in range(runs):
         zeros: dict[Site, torch.Tensor] = {}
-
-        def adder(site, zeros=zeros):
-            def fn(value, info):
-                z = torch.zeros_like(value, requires_grad=True)
-                zeros[site] = z
-                return value + z
-
-            return fn
-
-        handle = (
-            _embedding_mix(model, batch.clean_ids, batch.corrupt_ids, k / runs)
-            if method == "ig"
-            else None
-        )
+        entries = [(s, _probe(s, zeros, corrupt if k == 0 else None)) for s in sites]
+        if k > 0:
+            entries.insert(0, (EMBED, _mix(k / runs, clean[EMBED])))
         rules = lrp_rules(model, gate_rule) if method == "relp" else nullcontext()
-        try:
-            with (
-                torch.enable_grad(),
-                rules,
-                hook_sites(model, [(s, adder(s)) for s in sites], True),
-            ):
-                logits = model.forward(batch.corrupt_ids, batch.attention_mask)
-                logit_diff(logits, batch).mean().backward()
-        finally:
-            if handle is not None:
-                handle.remove()
+        with torch.enable_grad(), rules, hook_sites(model, entries, write=True):
+            metric = logit_diff(model.forward(batch.corrupt_ids, mask), batch).mean()
+            if k == 0:
+                corrupt_ld = float(metric.detach())
+            metric.backward()
         for s, z in zeros.items():
-            grad = z.grad if z.grad is not None else torch.zeros_like(z)
-            total[s] = total.get(s, 0) + grad.detach().float() / runs
-    return total
+            grad = z.grad.float() if z.grad is not None else torch.zeros_like(z, dtype=torch.float)
+            grads[s] = grads.get(s, 0) + grad / runs
+    return GradientPass(clean, corrupt, grads, clean_ld, corrupt_ld)
+
+
+def _value_site(c: Component) -> Site:
+    return Site("attn_gate_logit" if c.kind == "attn_gate" else c.kind, c.layer)
 
 
 def attribute(
@@ -143,42 +199,48 @@ def attribute(
     sites,
     method: str = "relp",
     *,
-    positions: None | str = None,
+    positions: None | str | list[int] = None,
     gate_rule: str = "half",
     steps: int = 5,
 ) -> Attribution:
-    """Score every component of ``sites`` (all positions at once, or ``"each"`` position)."""
-    if method not in METHODS:
-        raise GatescopeError(f"method '{method}' is unknown; valid methods: {', '.join(METHODS)}")
-    if method == "ig" and steps < 1:
-        raise GatescopeError(f"IG steps must be at least 1, got {steps}")
-    batch = task.tokenize(model.tokenizer)
-    if positions is not None:
-        batch = _select(batch, equal_length_rows(batch))
+    """Score every component of ``sites`` with ``method`` (``atp``, ``relp`` or ``ig``).
+
+    Args:
+        sites: a site pattern (``"head_out.*,mlp_out.2"``) or a list of sites; headed sites
+            without a head are scored head by head.
+        positions: ``None`` scores all positions at once, ``"each"`` every position (on the
+            largest group of equal-length prompts), a list those positions.
+        gate_rule: RelP's rule for the attention output gate, ``half`` or ``constant``.
+        steps: IG interpolation steps (at least 1).
+    """
+    check_method(method, gate_rule, steps)
+    batch = _prepare(model, task, positions)
     comps = _components(model, sites, positions, batch.clean_ids.shape[1])
-    value_sites = sorted({_value_site(Site(c.kind, c.layer)) for c in comps})
-    clean, clean_logits = _values(model, value_sites, batch.clean_ids, batch.attention_mask)
-    corrupt, corrupt_logits = _values(model, value_sites, batch.corrupt_ids, batch.attention_mask)
-    clean_ld = float(logit_diff(clean_logits, batch).mean())
-    corrupt_ld = float(logit_diff(corrupt_logits, batch).mean())
-    if abs(clean_ld - corrupt_ld) < 1e-6:
-        raise GatescopeError("clean and corrupt runs give the same logit difference")
-    grads = site_gradients(model, value_sites, batch, method, gate_rule, steps)
+    run = gradient_pass(
+        model, sorted({_value_site(c) for c in comps}), batch, method, gate_rule, steps
+    )
+    span = run.clean_logit_diff - run.corrupt_logit_diff
+    if abs(span) < 1e-6:
+        raise GatescopeError(
+            "clean and corrupt runs give the same logit difference; "
+            "nothing to attribute (check the corrupt prompts)"
+        )
     for c in comps:
-        s = _value_site(Site(c.kind, c.layer))
-        contrib = (clean[s] - corrupt[s]) * grads[s]  # (N, T, ...)
+        s = _value_site(c)
+        contrib = (run.clean[s] - run.corrupt[s]) * run.grads[s]  # (N, T, ...)
         if c.head is not None:
-            contrib = contrib[:, :, c.head]
+            contrib = contrib[:, :, c.head]  # (N, T, d)
         per_pos = contrib.flatten(2).sum(-1).sum(0)  # (T,)
         value = per_pos.sum() if c.position is None else per_pos[c.position]
-        c.effect = float(value) / (clean_ld - corrupt_ld)
+        c.effect = float(value) / span
     return Attribution(
         method,
         model.name,
         task.name,
         gate_rule if method == "relp" else None,
         len(batch),
-        clean_ld,
-        corrupt_ld,
+        run.clean_logit_diff,
+        run.corrupt_logit_diff,
         comps,
+        {"steps": steps if method == "ig" else None, "positions": positions},
     )

@@ -1,37 +1,40 @@
 """Circuit graphs: nodes, EAP-style edges, pruning and faithfulness.
 
 Nodes are the embedding, every attention head and every MLP (each over all positions), and
-the logits. Scores use one attribution method's coefficients (``atp``, ``relp``, ``ig``):
+the logits. Scores use one attribution method's coefficients (``atp``, ``relp``, ``ig``; see
+:mod:`circuits.attribution`), all from one gradient pass (two forward passes and one backward
+pass for ``atp`` / ``relp``):
 
 1. Node score: the attribution of the node's output (``resid_pre.0`` for the embedding,
    ``head_out`` per head, ``mlp_out`` per layer), normalised like activation patching.
-2. Edge score u -> v (EAP, Syed et al. 2023): ``sum (u_clean - u_corrupt) . dm/d(input of v)``
-   over prompts and positions, where u's output is taken in the residual stream (a head's
-   output through its slice of ``o_proj``) and v's input is the input of the norm in front of
-   v (the family's ``attn_input`` / ``mlp_input`` / final norm), so the gradient runs through v
-   alone. Divided by ``LD_clean - LD_corrupt``.
+2. Edge score u -> v (EAP, Syed et al. 2023, arXiv 2310.10348):
+   ``sum (u_clean - u_corrupt) . dm/d(input of v)`` over prompts and positions, divided by
+   ``LD_clean - LD_corrupt``. u's output is taken in the residual stream (a head's output
+   through its slice of ``o_proj``); the gradient into block v alone is the difference of
+   the residual-stream gradients around it: ``g(resid_pre.L) - g(resid_mid.L)`` for the
+   attention of layer L, ``g(resid_mid.L) - g(resid_post.L)`` for its MLP, and
+   ``g(resid_post.last)`` for the logits (the skip path carries the rest). Hence a node's
+   score is the sum of its outgoing edges' scores.
 3. ``prune(n)``: the top-n nodes by |score| (plus the logits) and the edges among them.
 4. Faithfulness ``(m(circuit) - m(corrupt)) / (m(clean) - m(corrupt))``: the clean run with
-   every node outside the circuit patched to its corrupt value (1 for the full graph, 0 for
-   the empty one).
+   every node outside the circuit patched to its corrupt value (through
+   :func:`interventions.edits.intervene`); 1 for the full graph, 0 for the empty one.
 """
 
 from __future__ import annotations
 
 import json
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
 
-from circuits.attribution import _embedding_mix, attribute
-from circuits.lrp import lrp_rules
+from circuits.attribution import EMBED, check_method, gradient_pass
 from interventions.edits import Patch, intervene
 from probe.errors import GatescopeError
 from probe.hooks import locate
-from probe.model import Model, resolve_path
+from probe.model import Model
 from probe.sites import Site
-from probe.tasks import Task, logit_diff
+from probe.tasks import Task, TaskBatch, logit_diff
 from probe.tracer import Tracer
 
 
@@ -156,129 +159,167 @@ def _o_proj_slices(model: Model, layer: int) -> torch.Tensor:
     o_proj = locate(model, Site("head_out", layer))
     h, d = model.dims.n_heads, model.dims.d_head
     weight = o_proj.weight if o_proj.weight.shape[1] == h * d else o_proj.weight.T
-    return weight.view(weight.shape[0], h, d).permute(1, 0, 2)
+    return weight.detach().float().view(weight.shape[0], h, d).permute(1, 0, 2)
 
 
-@torch.no_grad()
-def _outputs(model: Model, ids, mask) -> dict[str, torch.Tensor]:
-    """Every node's output in the residual stream, (N, T, d_model)."""
-    n = model.dims.n_layers
-    with Tracer(model, ["resid_pre.0", "head_out.*", "mlp_out.*"]) as tr:
-        model.forward(ids, mask)
-    out = {"embed": tr[Site("resid_pre", 0)].float()}
-    for layer in range(n):
-        z = tr[Site("head_out", layer)].float()  # (N, T, H, d)
-        slices = _o_proj_slices(model, layer).float()  # (H, d_model, d)
+def _node_deltas(model: Model, clean: dict, corrupt: dict):
+    """Yield (node name, layer, head, clean - corrupt output in the residual stream)."""
+    yield "embed", -1, None, clean[EMBED] - corrupt[EMBED]
+    for layer in range(model.dims.n_layers):
+        site = Site("head_out", layer)
+        dz = clean[site] - corrupt[site]  # (N, T, H, d_head)
+        slices = _o_proj_slices(model, layer)  # (H, d_model, d_head)
         for h in range(model.dims.n_heads):
-            out[f"head.{layer}.{h}"] = z[:, :, h] @ slices[h].T
-        out[f"mlp.{layer}"] = tr[Site("mlp_out", layer)].float()
+            yield f"head.{layer}.{h}", layer, h, dz[:, :, h] @ slices[h].T  # (N, T, d_model)
+        mlp = Site("mlp_out", layer)
+        yield f"mlp.{layer}", layer, None, clean[mlp] - corrupt[mlp]
+
+
+def _block_gradients(model: Model, grads: dict) -> dict[str, tuple[int, torch.Tensor]]:
+    """Block name -> (its layer, dm/d(its input) through the block alone)."""
+    n = model.dims.n_layers
+    out = {}
+    for layer in range(n):
+        pre, mid, post = (Site(k, layer) for k in ("resid_pre", "resid_mid", "resid_post"))
+        out[f"attn.{layer}"] = (layer, grads[pre] - grads[mid])
+        out[f"mlp.{layer}"] = (layer, grads[mid] - grads[post])
+    out["logits"] = (n, grads[Site("resid_post", n - 1)])
     return out
 
 
-def _input_gradients(model: Model, batch, method: str, gate_rule: str, steps: int):
-    """dm/d(input of each block) at the corrupt point, keyed "attn.L", "mlp.L", "logits"."""
-    fam, n = model.family, model.dims.n_layers
-    modules = {f"attn.{i}": resolve_path(model.layer(i), fam.attn_input) for i in range(n)}
-    modules.update({f"mlp.{i}": resolve_path(model.layer(i), fam.mlp_input) for i in range(n)})
-    modules["logits"] = resolve_path(model.hf, fam.final_norm)
-    runs = steps if method == "ig" else 1
-    total: dict[str, torch.Tensor] = {}
-    for k in range(runs):
-        zeros, handles = {}, []
-
-        def adder(name, zeros=zeros):
-            def pre(module, args):
-                z = torch.zeros_like(args[0], requires_grad=True)
-                zeros[name] = z
-                return (args[0] + z, *args[1:])
-
-            return pre
-
-        try:
-            handles = [m.register_forward_pre_hook(adder(k_)) for k_, m in modules.items()]
-            if method == "ig":
-                handles.append(_embedding_mix(model, batch.clean_ids, batch.corrupt_ids, k / runs))
-            rules = lrp_rules(model, gate_rule) if method == "relp" else nullcontext()
-            with torch.enable_grad(), rules:
-                logits = model.forward(batch.corrupt_ids, batch.attention_mask)
-                logit_diff(logits, batch).mean().backward()
-        finally:
-            for h in handles:
-                h.remove()
-        for name, z in zeros.items():
-            total[name] = total.get(name, 0) + z.grad.detach().float() / runs
-    return total
+def _feeds(name: str, layer: int, block: str, block_layer: int) -> bool:
+    """Whether node ``name`` (on ``layer``) writes to the residual stream before ``block``."""
+    if block_layer != layer:
+        return block_layer > layer
+    return block.startswith("mlp") and name.startswith("head")
 
 
 def build_graph(
     model: Model, task: Task, method: str = "relp", gate_rule: str = "half", steps: int = 5
 ) -> CircuitGraph:
-    """The full graph with node and edge scores from ``method``."""
+    """The full graph with node and edge scores from ``method`` (module docstring)."""
+    check_method(method, gate_rule, steps)
     n = model.dims.n_layers
-    nodes_attr = attribute(
-        model, task, "resid_pre.0,head_out.*,mlp_out.*", method, gate_rule=gate_rule, steps=steps
-    )
-    nodes = [Node("logits", n, None, 1.0)]
-    for c in nodes_attr.components:
-        if c.kind == "resid_pre":
-            nodes.append(Node("embed", -1, None, c.effect))
-        elif c.kind == "head_out":
-            nodes.append(Node(f"head.{c.layer}.{c.head}", c.layer, c.head, c.effect))
-        else:
-            nodes.append(Node(f"mlp.{c.layer}", c.layer, None, c.effect))
+    sites = [EMBED]
+    for layer in range(n):
+        sites += [Site(k, layer) for k in ("resid_pre", "resid_mid", "resid_post")]
+        sites += [Site("head_out", layer), Site("mlp_out", layer)]
     batch = task.tokenize(model.tokenizer)
-    clean = _outputs(model, batch.clean_ids, batch.attention_mask)
-    corrupt = _outputs(model, batch.corrupt_ids, batch.attention_mask)
-    grads = _input_gradients(model, batch, method, gate_rule, steps)
-    span = nodes_attr.clean_logit_diff - nodes_attr.corrupt_logit_diff
-    edges = []
-    for node in nodes:
-        if node.name == "logits":
-            continue
-        delta = clean[node.name] - corrupt[node.name]
-        for target, grad in grads.items():
-            t_layer = n if target == "logits" else int(target.split(".")[1])
-            after = t_layer > node.layer or (
-                t_layer == node.layer and target.startswith("mlp") and node.name.startswith("head")
-            )
-            if after:
-                edges.append(Edge(node.name, target, float((delta * grad).sum()) / span))
-    graph = CircuitGraph(method, model.name, task.name, nodes, edges, None, n)
-    graph.meta = {
-        "clean_logit_diff": nodes_attr.clean_logit_diff,
-        "corrupt_logit_diff": nodes_attr.corrupt_logit_diff,
+    run = gradient_pass(model, sorted(set(sites)), batch, method, gate_rule, steps)
+    span = run.clean_logit_diff - run.corrupt_logit_diff
+    if abs(span) < 1e-6:
+        raise GatescopeError("clean and corrupt runs give the same logit difference")
+    blocks = _block_gradients(model, run.grads)
+    nodes, edges = [Node("logits", n, None, 1.0)], []
+    node_grad = {"embed": run.grads[EMBED]}
+    for layer in range(n):
+        node_grad[f"mlp.{layer}"] = run.grads[Site("mlp_out", layer)]
+    for name, layer, head, delta in _node_deltas(model, run.clean, run.corrupt):
+        if head is None:
+            score = float((delta * node_grad[name]).sum()) / span
+        else:
+            site = Site("head_out", layer)
+            dz = (run.clean[site] - run.corrupt[site])[:, :, head]  # (N, T, d_head)
+            score = float((dz * run.grads[site][:, :, head]).sum()) / span
+        nodes.append(Node(name, layer, head, score))
+        for block, (block_layer, grad) in blocks.items():
+            if _feeds(name, layer, block, block_layer):
+                edges.append(Edge(name, block, float((delta * grad).sum()) / span))
+    meta = {
+        "clean_logit_diff": run.clean_logit_diff,
+        "corrupt_logit_diff": run.corrupt_logit_diff,
+        "gate_rule": gate_rule if method == "relp" else None,
+        "steps": steps if method == "ig" else None,
     }
-    return graph
+    return CircuitGraph(method, model.name, task.name, nodes, edges, None, n, meta)
 
 
-@torch.no_grad()
+class _Faithfulness:
+    """The clean and corrupt metric and the corrupt node outputs of one task, computed once;
+    calling it with a set of node names gives that circuit's faithfulness."""
+
+    @torch.no_grad()
+    def __init__(self, model: Model, task: Task) -> None:
+        self.model, self.batch = model, task.tokenize(model.tokenizer)
+        b: TaskBatch = self.batch
+        with Tracer(model, ["resid_pre.0", "head_out.*", "mlp_out.*"]) as tr:
+            self.m_corrupt = self._metric(b.corrupt_ids)
+        self.m_clean = self._metric(b.clean_ids)
+        if abs(self.m_clean - self.m_corrupt) < 1e-6:
+            raise GatescopeError("clean and corrupt runs give the same logit difference")
+        self.patches = {"embed": [Patch(EMBED, source=tr[EMBED])]}
+        for layer in range(model.dims.n_layers):
+            z = tr[Site("head_out", layer)]  # (N, T, H, d_head)
+            for h in range(model.dims.n_heads):
+                self.patches[f"head.{layer}.{h}"] = [
+                    Patch(Site("head_out", layer, h), source=z[:, :, h])
+                ]
+            mlp = Site("mlp_out", layer)
+            self.patches[f"mlp.{layer}"] = [Patch(mlp, source=tr[mlp])]
+
+    def _metric(self, ids) -> float:
+        logits = self.model.forward(ids, self.batch.attention_mask)
+        return float(logit_diff(logits, self.batch).float().mean())
+
+    @torch.no_grad()
+    def __call__(self, keep: set[str]) -> float:
+        unknown = keep - set(self.patches) - {"logits"}
+        if unknown:
+            raise GatescopeError(
+                f"unknown circuit nodes {sorted(unknown)}; nodes are embed, head.L.H, mlp.L"
+            )
+        edits = [e for name, es in self.patches.items() if name not in keep for e in es]
+        with intervene(self.model, edits):
+            m_circuit = self._metric(self.batch.clean_ids)
+        return (m_circuit - self.m_corrupt) / (self.m_clean - self.m_corrupt)
+
+
 def faithfulness(model: Model, task: Task, keep: set[str]) -> float:
     """``(m(circuit) - m(corrupt)) / (m(clean) - m(corrupt))``, nodes outside ``keep``
     patched to their corrupt values in the clean run."""
-    batch = task.tokenize(model.tokenizer)
-    mask = batch.attention_mask
-    with Tracer(model, ["resid_pre.0", "head_out.*", "mlp_out.*"]) as corrupt:
-        m_corrupt = float(logit_diff(model.forward(batch.corrupt_ids, mask), batch).mean())
-    m_clean = float(logit_diff(model.forward(batch.clean_ids, mask), batch).mean())
-    edits = []
-    if "embed" not in keep:
-        edits.append(Patch("resid_pre.0", source=corrupt["resid_pre.0"]))
-    for layer in range(model.dims.n_layers):
-        z = corrupt[Site("head_out", layer)]
-        for h in range(model.dims.n_heads):
-            if f"head.{layer}.{h}" not in keep:
-                edits.append(Patch(Site("head_out", layer, h), source=z[:, :, h]))
-        if f"mlp.{layer}" not in keep:
-            edits.append(Patch(Site("mlp_out", layer), source=corrupt[Site("mlp_out", layer)]))
-    with intervene(model, edits):
-        m_circuit = float(logit_diff(model.forward(batch.clean_ids, mask), batch).mean())
-    return (m_circuit - m_corrupt) / (m_clean - m_corrupt)
+    return _Faithfulness(model, task)(set(keep))
+
+
+@dataclass
+class FaithfulnessCurve:
+    """Faithfulness of the top-n circuit for each size n (``sizes[i]`` -> ``values[i]``)."""
+
+    method: str
+    task: str
+    sizes: list[int]
+    values: list[float]
+
+    def smallest(self, threshold: float = 0.8) -> int | None:
+        """The smallest size whose faithfulness reaches ``threshold`` (None if none does)."""
+        return next(
+            (n for n, f in zip(self.sizes, self.values, strict=True) if f >= threshold), None
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def figure(self):
+        import plotly.graph_objects as go
+
+        fig = go.Figure(go.Scatter(x=self.sizes, y=self.values, mode="lines+markers"))
+        fig.add_hline(y=0.8, line_dash="dot", line_color="gray")
+        fig.update_layout(
+            title=f"faithfulness vs circuit size ({self.method}, {self.task})",
+            xaxis_title="nodes kept (top-n by |score|)",
+            yaxis_title="faithfulness",
+        )
+        return fig
 
 
 def faithfulness_curve(
     model: Model, task: Task, graph: CircuitGraph, sizes: list[int] | None = None
-) -> list[tuple[int, float]]:
+) -> FaithfulnessCurve:
     """Faithfulness of ``graph.prune(n)`` for each size n (default: every size)."""
     total = len(graph.nodes) - 1
-    sizes = list(range(total + 1)) if sizes is None else sizes
-    return [(n, faithfulness(model, task, graph.prune(n).node_names())) for n in sizes]
+    sizes = list(range(total + 1)) if sizes is None else list(sizes)
+    measure = _Faithfulness(model, task)
+    values = [measure(graph.prune(n).node_names()) for n in sizes]
+    return FaithfulnessCurve(graph.method, graph.task, sizes, values)

@@ -1,12 +1,15 @@
 import json
 
 import pytest
+import typer
 from test_cli_interventions import files, model_dir  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
-from app.cli import app
+from app.cli_circuits import register
 
 runner = CliRunner()
+app = typer.Typer()
+register(app)
 
 
 def test_attribute_circuit_agreement(model_dir, files, tmp_path):  # noqa: F811
@@ -29,9 +32,9 @@ def test_attribute_circuit_agreement(model_dir, files, tmp_path):  # noqa: F811
     )
     assert res.exit_code == 0, res.output
     assert len(json.loads(res.stdout)["components"]) == 8
-    res = runner.invoke(app, ["circuit", model_dir, "--task", task, "--top-n", "3"])
+    res = runner.invoke(app, ["circuit", model_dir, "--task", task, "--top-n", "3", "--curve"])
     assert res.exit_code == 0, res.output
-    assert "faithfulness" in res.stdout
+    assert "faithfulness" in res.stdout and "smallest circuit reaching 0.8: " in res.stdout
     res = runner.invoke(
         app, ["agreement", model_dir, "--task", task, "--sites", "mlp_out", "--json"]
     )

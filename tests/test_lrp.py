@@ -23,7 +23,7 @@ def _relevance_at_embeddings(model, gate_rule):
             target.backward()
     finally:
         handle.remove()
-    return float(target), float((store["e"] * store["e"].grad).sum())
+    return float(target.detach()), float((store["e"] * store["e"].grad).sum())
 
 
 @pytest.mark.parametrize("name", ["qwen3_next", "llama", "gemma2"])
