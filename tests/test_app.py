@@ -146,3 +146,14 @@ def test_saes_page_trains_and_browses_on_the_reference_model(monkeypatch, tmp_pa
     assert len(at.get("plotly_chart")) == 2  # firing rates, top contexts of the busiest latent
     explained = float(at.metric[1].value)
     assert 0 < explained <= 1
+
+
+@needs_reference
+def test_patching_page_layer_by_head_and_by_position(monkeypatch):
+    monkeypatch.delenv("GATESCOPE_MODEL", raising=False)
+    at = _run(PAGES["2_Patching"])
+    heads = at.dataframe[0].value["component"].tolist()
+    assert heads and all("@" not in c and c.startswith("head_out.") for c in heads)
+    at.checkbox(key="each").check().run()
+    assert not at.exception and not at.error
+    assert all("@" in c for c in at.dataframe[0].value["component"])
