@@ -11,8 +11,9 @@ The heads of a layer sum to the attention output's direct effect (without o_proj
 Interchange test (How Alignment Routes, 2025): swap one head's ``o_proj`` input between the
 clean and corrupt runs, in both directions; the effect is the mean absolute change of the
 logit difference. The null distribution swaps the head with a *mismatched* prompt (a random
-permutation of the source rows); the p-value is the fraction of null effects at least as
-large as the observed one.
+permutation of the source rows among prompts of the same token length, so positions line
+up); the p-value is ``(1 + #null >= observed) / (1 + n_null)``. The matched swap and the
+null swaps of one head ride in one batched pass per direction.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from probe.errors import GatescopeError
 from probe.hooks import locate
 from probe.model import Model, resolve_path
 from probe.sites import Site
-from probe.tasks import Task, last_token_logits, logit_diff
+from probe.tasks import Task, TaskBatch, last_token_logits, logit_diff
 from probe.tracer import Tracer
 
 
@@ -99,39 +100,90 @@ def direct_logit_attribution(model: Model, task: Task) -> HeadScores:
     return HeadScores("direct logit attribution", scores)
 
 
+def _within_length_perms(lengths: torch.Tensor, n_perm: int, seed: int) -> list[torch.Tensor]:
+    """Random permutations that move each prompt only among prompts of its own token length,
+    so a swapped activation always lands on the same positions."""
+    g = torch.Generator().manual_seed(seed)
+    perms = []
+    for _ in range(n_perm):
+        perm = torch.arange(len(lengths))
+        for length in lengths.unique():
+            rows = torch.nonzero(lengths == length).flatten()
+            perm[rows] = rows[torch.randperm(len(rows), generator=g)]
+        perms.append(perm)
+    return perms
+
+
+def _swap_effects(model, site, sources, base_ids, mask, batch, base_ld) -> torch.Tensor:
+    """(P,) mean |change in logit difference| when ``sources[p]`` (n, T, d) replaces the head
+    in the ``base_ids`` run; all P variants ride in one pass (block p of rows = variant p)."""
+    n_var, n = len(sources), len(batch)
+    expanded = TaskBatch(
+        base_ids.repeat(n_var, 1),  # (P * n, T)
+        base_ids.repeat(n_var, 1),
+        mask.repeat(n_var, 1),
+        batch.lengths.repeat(n_var),
+        batch.answer_ids.repeat(n_var),
+        batch.wrong_ids.repeat(n_var),
+    )
+    with intervene(model, Patch(site, source=torch.cat(sources))):  # (P * n, T, d_head)
+        ld = logit_diff(model.forward(expanded.clean_ids, expanded.attention_mask), expanded)
+    return (ld.view(n_var, n) - base_ld).abs().mean(1)  # (P,)
+
+
 @torch.no_grad()
-def interchange_test(model: Model, task: Task, n_null: int = 20, seed: int = 0) -> HeadScores:
-    """Swap each head between clean and corrupt runs (both ways) against a permutation null."""
+def interchange_test(
+    model: Model, task: Task, n_null: int = 20, seed: int = 0, batch_rows: int = 512
+) -> HeadScores:
+    """Swap each head between clean and corrupt runs (both ways) against a permutation null
+    (swaps from other prompts of the same token length)."""
     batch = task.tokenize(model.tokenizer)
     mask, n = batch.attention_mask, len(batch)
-    if n < 2:
-        raise GatescopeError("the interchange test needs at least 2 prompts for its null")
+    perms = _within_length_perms(batch.lengths, n_null, seed)
+    if n < 2 or all(torch.equal(p, torch.arange(n)) for p in perms):
+        raise GatescopeError(
+            "the interchange test needs at least 2 prompts of one token length for its null; "
+            "give more prompts"
+        )
     with Tracer(model, "head_out.*") as clean:
         base_clean = logit_diff(model.forward(batch.clean_ids, mask), batch)
     with Tracer(model, "head_out.*") as corrupt:
         base_corrupt = logit_diff(model.forward(batch.corrupt_ids, mask), batch)
-    g = torch.Generator().manual_seed(seed)
-    perms = [torch.randperm(n, generator=g) for _ in range(n_null)]
-
-    def effect(layer, head, rows_clean, rows_corrupt) -> float:
-        site = Site("head_out", layer, head)
-        src_c = clean[Site("head_out", layer)][rows_clean][:, :, head]
-        src_x = corrupt[Site("head_out", layer)][rows_corrupt][:, :, head]
-        with intervene(model, Patch(site, source=src_c)):
-            to_corrupt = logit_diff(model.forward(batch.corrupt_ids, mask), batch)
-        with intervene(model, Patch(site, source=src_x)):
-            to_clean = logit_diff(model.forward(batch.clean_ids, mask), batch)
-        return float(((to_corrupt - base_corrupt).abs() + (to_clean - base_clean).abs()).mean() / 2)
-
-    same = torch.arange(n)
+    perms = [torch.arange(n), *perms]  # variant 0 is the matched swap
+    per_pass = max(1, batch_rows // n)
     scores, pvals = [], []
     for layer in range(model.dims.n_layers):
         row, prow = [], []
         for head in range(model.dims.n_heads):
-            observed = effect(layer, head, same, same)
-            null = [effect(layer, head, p, p) for p in perms]
+            site = Site("head_out", layer, head)
+            src_c = clean[Site("head_out", layer)][:, :, head]  # (n, T, d_head)
+            src_x = corrupt[Site("head_out", layer)][:, :, head]
+            effects = []
+            for i in range(0, len(perms), per_pass):
+                chunk = perms[i : i + per_pass]
+                into_corrupt = _swap_effects(
+                    model,
+                    site,
+                    [src_c[q] for q in chunk],
+                    batch.corrupt_ids,
+                    mask,
+                    batch,
+                    base_corrupt,
+                )
+                into_clean = _swap_effects(
+                    model,
+                    site,
+                    [src_x[q] for q in chunk],
+                    batch.clean_ids,
+                    mask,
+                    batch,
+                    base_clean,
+                )
+                effects.append((into_corrupt + into_clean) / 2)
+            effects = torch.cat(effects)  # (1 + n_null,)
+            observed, null = float(effects[0]), effects[1:]
             row.append(observed)
-            prow.append((1 + sum(v >= observed for v in null)) / (1 + len(null)))
+            prow.append(float((1 + (null >= observed).sum()) / (1 + len(null))))
         scores.append(row)
         pvals.append(prow)
     return HeadScores("interchange effect (mean |change in logit difference|)", scores, pvals)

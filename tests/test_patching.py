@@ -173,3 +173,16 @@ def test_ioi_head_and_gate_patching_on_the_reference_model():
     gate = next(c for c in gates.components if (c.layer, c.head) == (top.layer, top.head))
     assert abs(gate.effect) < top.effect
     assert json.loads(gates.to_json())["components"][0]["kind"] == "attn_gate"
+
+
+def test_interchange_null_keeps_token_lengths(model):
+    from interventions.heads import _within_length_perms, interchange_test
+
+    lengths = torch.tensor([5, 7, 5, 7, 7, 9])
+    for perm in _within_length_perms(lengths, 5, seed=1):
+        assert torch.equal(lengths[perm], lengths) and sorted(perm.tolist()) == list(range(6))
+    lonely = Task(
+        "lonely", ["w1 w2", "w3 w4 w5"], ["w2 w1", "w4 w3 w5"], ["w6", "w7"], ["w8", "w9"]
+    )
+    with pytest.raises(GatescopeError, match="2 prompts of one token length"):
+        interchange_test(model, lonely, n_null=3)
