@@ -1,6 +1,5 @@
 """Circuits: activation patching vs AtP vs RelP, the circuit graph and its faithfulness."""
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from app.ui import cached_model, model_name, pick_model
@@ -60,7 +59,7 @@ size = st.slider(
     "nodes in the circuit",
     0,
     len(graph.nodes) - 1,
-    next((k for k, f in curve if f >= 0.8), len(graph.nodes) - 1),
+    curve.smallest(0.8) or len(graph.nodes) - 1,
     key="size",
 )
 small = graph.prune(size)
@@ -68,9 +67,4 @@ small.faithfulness = faithfulness(cached_model(name), load_task(task).subset(n),
 st.metric("faithfulness", f"{small.faithfulness:.3f}")
 left, right = st.columns([3, 2])
 left.plotly_chart(small.figure(), width="stretch", key="circuit_graph")
-fig = go.Figure(go.Scatter(x=[k for k, _ in curve], y=[f for _, f in curve], mode="lines+markers"))
-fig.add_hline(y=0.8, line_dash="dot")
-fig.update_layout(
-    title="faithfulness vs circuit size", xaxis_title="nodes", yaxis_title="faithfulness"
-)
-right.plotly_chart(fig, width="stretch", key="faithfulness_curve")
+right.plotly_chart(curve.figure(), width="stretch", key="faithfulness_curve")
