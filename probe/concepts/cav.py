@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from probe.errors import GatescopeError
 from probe.model import Model
@@ -119,7 +120,8 @@ def fit_cav(
     y = np.concatenate([np.ones(len(concept)), np.zeros(len(random))])
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, random_state=seed, stratify=y)
     scale = x_tr.std(0) + 1e-6  # standardise for the solver, map the normal back after
-    clf = LogisticRegression(max_iter=2000, C=0.05).fit(x_tr / scale, y_tr)
+    with threadpool_limits(1):  # tiny problems: BLAS threads only contend
+        clf = LogisticRegression(max_iter=2000, C=0.05).fit(x_tr / scale, y_tr)
     normal = clf.coef_[0] / scale
     normal = normal / np.linalg.norm(normal)
     gap = float(concept.mean(0) @ normal - random.mean(0) @ normal)
@@ -204,6 +206,9 @@ def probe_layers(
     acc, shuffled = [], []
     for site in sites:
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-        acc.append(float(cross_val_score(clf, acts[site], y, cv=5).mean()))
-        shuffled.append(float(cross_val_score(clf, acts[site], rng.permutation(y), cv=5).mean()))
+        with threadpool_limits(1):  # tiny problems: BLAS threads only contend
+            acc.append(float(cross_val_score(clf, acts[site], y, cv=5).mean()))
+            shuffled.append(
+                float(cross_val_score(clf, acts[site], rng.permutation(y), cv=5).mean())
+            )
     return ProbeResult(kind, [s.layer for s in sites], acc, shuffled)

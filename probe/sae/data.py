@@ -22,16 +22,19 @@ from probe.sites import Site
 from probe.store import ActivationStore, capture_tokens
 
 
-def reference_texts(split: str = "train", scale: float = 0.02, seed: int = 0) -> list[str]:
+def reference_texts(split: str = "train", scale: float = 0.25, seed: int = 0) -> list[str]:
     """Documents of the reference corpus: ``train`` (seed ``seed``) or ``eval`` (held out)."""
     from probe.reference.corpus import build_corpus
 
     if split == "train":
         return list(build_corpus(seed=seed, scale=scale).documents)
     if split == "eval":
-        corpus = build_corpus(seed=seed + 1, scale=scale / 4)
-        pairs = zip(corpus.heldout_prose, corpus.documents, strict=False)
-        return [t for pair in pairs for t in pair]
+        import random
+
+        corpus = build_corpus(seed=seed + 1, scale=scale)
+        texts = list(corpus.heldout_prose) + list(corpus.documents[:2000])
+        random.Random(seed).shuffle(texts)
+        return texts
     raise GatescopeError(f"split {split!r}: expected 'train' or 'eval'")
 
 
@@ -53,12 +56,42 @@ def read_texts(path: str | Path, model: Model) -> list[str]:
     lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
     if not lines:
         raise GatescopeError(f"--text {path}: the file has no text")
-    return [piece for ln in lines for piece in _fit(model, ln)]
+    return fit_texts(lines, model)
 
 
-def fit_texts(texts: Sequence[str], model: Model) -> list[str]:
-    """``texts`` with each over-long one cut to fit the context."""
-    return [p for t in texts if t.strip() for p in _fit(model, t)]
+def _counts(model: Model, texts: Sequence[str]) -> list[int]:
+    return [len(ids) for ids in model.tokenizer(list(texts))["input_ids"]]
+
+
+def fit_texts(texts: Sequence[str], model: Model, pack: bool = True) -> list[str]:
+    """``texts`` with each over-long one cut to fit the context; with ``pack``, consecutive
+    short texts are joined (by newlines) into pieces of up to the context length, so each
+    forward pass is full (many short documents in one window, as in pretraining)."""
+    ctx = model.dims.n_ctx
+    texts = [t for t in texts if t.strip()]
+    pieces, counts = [], []
+    for text, n in zip(texts, _counts(model, texts), strict=True):
+        parts = [text] if n <= ctx else _fit(model, text)
+        pieces += parts
+        counts += [n] if n <= ctx else _counts(model, parts)
+    if not pack:
+        return pieces
+    budget = ctx - 8  # margin for merges across the joins and special tokens
+    packed, cur, used = [], [], 0
+    for piece, n in zip(pieces, counts, strict=True):
+        if cur and used + n + 1 > budget:
+            packed.append("\n".join(cur))
+            cur, used = [], 0
+        cur.append(piece)
+        used += n + 1
+    if cur:
+        packed.append("\n".join(cur))
+    final = _counts(model, packed)
+    return [p for text, n in zip(packed, final, strict=True) for p in _fit_if(model, text, n)]
+
+
+def _fit_if(model: Model, text: str, n: int) -> list[str]:
+    return [text] if n <= model.dims.n_ctx else _fit(model, text)
 
 
 def store_provider(

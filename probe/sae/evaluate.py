@@ -121,6 +121,12 @@ def _splice(trained: TrainedSAE, stats: _Stats, clip: bool, where: str):
     return fn
 
 
+def _ce_score(orig: float, sae: float, ablate: float) -> float:
+    """(ablate - sae) / (ablate - orig); NaN when zeroing the site leaves the loss unchanged."""
+    gap = ablate - orig
+    return (ablate - sae) / gap if abs(gap) > 1e-9 else float("nan")
+
+
 @torch.no_grad()
 def evaluate_sae(
     model: Model, trained: TrainedSAE, texts: Sequence[str], batch_size: int = 16
@@ -166,6 +172,6 @@ def evaluate_sae(
         ce_orig=c["orig"],
         ce_sae=c["sae"],
         ce_ablate=c["ablate"],
-        ce_loss_score=(c["ablate"] - c["sae"]) / max(c["ablate"] - c["orig"], 1e-12),
+        ce_loss_score=_ce_score(c["orig"], c["sae"], c["ablate"]),
         feature_frequency=(stats.fires.double() / stats.n).tolist(),
     )

@@ -1,0 +1,204 @@
+"""``gatescope sae harvest|train|eval|features``: SAEs on any site, gates included."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from app.cli_common import (
+    DEVICE_HELP,
+    DTYPE_HELP,
+    MODEL_HELP,
+    check_out_path,
+    echo_json,
+    load,
+    user_errors,
+    write_json,
+)
+from probe.errors import GatescopeError
+
+sae_app = typer.Typer(help="Sparse autoencoders: harvest activations, train, evaluate, browse.")
+TEXT_HELP = "text file (one document per line); default: the reference corpus"
+
+
+def _texts(path: Path | None, model, split: str) -> list[str]:
+    from probe.sae.data import fit_texts, read_texts, reference_texts
+
+    if path is not None:
+        return read_texts(path, model)
+    return fit_texts(reference_texts(split), model)
+
+
+@sae_app.command("harvest")
+@user_errors
+def harvest_cmd(
+    model: str = typer.Argument(..., help=MODEL_HELP),
+    site: str = typer.Option(..., "--site", help="one site, e.g. mlp_gate.2 or resid_post.1"),
+    tokens: int = typer.Option(..., "--tokens", help="tokens to harvest"),
+    out: Path = typer.Option(..., "--out", help="store directory (resumed if it exists)"),
+    text: Path = typer.Option(None, "--text", help=TEXT_HELP),
+    shard_tokens: int = typer.Option(65536, "--shard-tokens"),
+    batch_size: int = typer.Option(16, "--batch-size", help="texts per forward pass"),
+    device: str = typer.Option(None, "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option(None, "--dtype", help=DTYPE_HELP),
+) -> None:
+    """Harvest a site's activations into a sharded safetensors store (resumable)."""
+    from probe.store import ActivationStore, harvest
+
+    check_out_path(out)
+    m = load(model, device=device, dtype=dtype)
+    where = _one_site(m, site)
+    path = harvest(m, where, _texts(text, m, "train"), tokens, out, shard_tokens, batch_size)
+    store = ActivationStore(path)
+    rate = store.manifest.get("tokens_per_second")
+    typer.echo(f"{store.tokens} tokens x {store.width} of {where} in {path} ({rate} tok/s)")
+
+
+def _one_site(model, site: str):
+    sites = model.sites(site)
+    if len(sites) != 1:
+        raise GatescopeError(f"--site {site}: give one site (e.g. resid_post.2), not a pattern")
+    return sites[0]
+
+
+@sae_app.command("train")
+@user_errors
+def train_cmd(
+    model: str = typer.Argument(None, help=MODEL_HELP + " (or give --store)"),
+    site: str = typer.Option(None, "--site", help="site to train on (with MODEL)"),
+    store: Path = typer.Option(None, "--store", help="activation store directory"),
+    arch: str = typer.Option("topk", "--arch", help="topk, vsae, batchtopk, jumprelu, ..."),
+    width: int = typer.Option(1024, "--width", help="number of latents"),
+    k: int = typer.Option(32, "--k", help="active latents per token"),
+    tokens: int = typer.Option(1_000_000, "--tokens", help="training tokens"),
+    out: Path = typer.Option(..., "--out", help="SAE directory"),
+    resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint"),
+    batch_size: int = typer.Option(1024, "--batch-size", help="tokens per step"),
+    lr: float = typer.Option(4e-4, "--lr"),
+    beta: float = typer.Option(1.0, "--beta", help="vSAE KL weight"),
+    variance: bool = typer.Option(True, "--variance/--no-variance", help="vSAE variance head"),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="steps"),
+    seed: int = typer.Option(0, "--seed"),
+    text: Path = typer.Option(None, "--text", help=TEXT_HELP + " (with MODEL)"),
+    device: str = typer.Option(None, "--device", help=DEVICE_HELP),
+) -> None:
+    """Train an SAE with SAELens's trainer, from the model or from a store."""
+    from probe.sae.train import SAETrainSpec, train_from_model, train_from_store
+
+    if (store is None) == (model is None or site is None):
+        raise GatescopeError("give MODEL --site SITE, or --store DIR (not both)")
+    check_out_path(out)
+    spec = SAETrainSpec(
+        arch=arch,
+        width=width,
+        k=k,
+        tokens=tokens,
+        batch_size=batch_size,
+        lr=lr,
+        beta=beta,
+        learn_variance=variance,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+        device=device or "cpu",
+    )
+    spec.validate()
+    if store is not None:
+        path = train_from_store(store, spec, out, resume=resume)
+    else:
+        m = load(model, device=device)
+        texts = _texts(text, m, "train")
+        path = train_from_model(m, _one_site(m, site), spec, out, texts, resume=resume)
+    typer.echo(f"saved {arch} SAE ({width} latents, k={k}) to {path}")
+
+
+def _open(path: Path, model: str | None, device: str | None):
+    from probe.sae.io import load_trained
+
+    trained = load_trained(path, device=device or "cpu")
+    name = model or trained.model
+    if not name:
+        raise GatescopeError(f"{path} records no model; pass --model")
+    return trained, load(name, device=device)
+
+
+@sae_app.command("eval")
+@user_errors
+def eval_cmd(
+    path: Path = typer.Argument(..., help="SAE directory"),
+    model: str = typer.Option(None, "--model", help="default: the model it was trained on"),
+    text: Path = typer.Option(None, "--text", help=TEXT_HELP + " (held-out part)"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    json_: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
+    out: Path = typer.Option(None, "--out", help="write the metrics as JSON"),
+    device: str = typer.Option(None, "--device", help=DEVICE_HELP),
+) -> None:
+    """L0, explained variance, dead fraction, CE-loss score and feature frequencies."""
+    from probe.sae.evaluate import evaluate_sae
+
+    check_out_path(out)
+    trained, m = _open(path, model, device)
+    result = evaluate_sae(m, trained, _texts(text, m, "eval"), batch_size=batch_size)
+    if out is not None:
+        write_json(result.to_dict(), out)
+    if json_:
+        echo_json(result.to_dict())
+        return
+    for key, value in result.to_dict(frequencies=False).items():
+        typer.echo(f"{key:20s} {value:.4f}" if isinstance(value, float) else f"{key:20s} {value}")
+
+
+@sae_app.command("features")
+@user_errors
+def features_cmd(
+    path: Path = typer.Argument(..., help="SAE directory"),
+    top: int = typer.Option(5, "--top", help="contexts per latent"),
+    window: int = typer.Option(8, "--window", help="tokens either side of the peak"),
+    latents: str = typer.Option(None, "--latents", help="e.g. '0,5,17' (default: all)"),
+    model: str = typer.Option(None, "--model", help="default: the model it was trained on"),
+    text: Path = typer.Option(None, "--text", help=TEXT_HELP + " (held-out part)"),
+    json_: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    out: Path = typer.Option(None, "--out", help="write the report as JSON"),
+    device: str = typer.Option(None, "--device", help=DEVICE_HELP),
+) -> None:
+    """Top-activating contexts and firing rate of each latent."""
+    from probe.sae.features import top_contexts
+
+    check_out_path(out)
+    trained, m = _open(path, model, device)
+    try:
+        chosen = [int(x) for x in latents.split(",")] if latents else None
+    except ValueError:
+        raise GatescopeError(f"--latents {latents}: expected integers like 0,5,17") from None
+    report = top_contexts(m, trained, _texts(text, m, "eval"), top, window, chosen)
+    if out is not None:
+        write_json(report.to_dict(), out)
+    if json_:
+        echo_json(report.to_dict())
+        return
+    _print_features(report)
+
+
+def _print_features(report, limit: int = 30) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"{report.path}: {report.site}, {report.tokens} tokens")
+    for col in ("latent", "firing rate", "max act", "top context"):
+        table.add_column(col, justify="left" if col == "top context" else "right")
+    ranked = sorted(report.features, key=lambda f: -f.firing_rate)[:limit]
+    for f in ranked:
+        ctx = ""
+        if f.contexts:
+            c = f.contexts[0]
+            words = [escape(w) for w in c.tokens]
+            words[c.center] = f"[bold]{words[c.center]}[/bold]"
+            ctx = "".join(words)
+        table.add_row(str(f.latent), f"{f.firing_rate:.4f}", f"{f.max_activation:.3f}", ctx)
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Mount ``sae`` on the main command line."""
+    app.add_typer(sae_app, name="sae")

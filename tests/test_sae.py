@@ -1,0 +1,208 @@
+import json
+
+import pytest
+import torch
+from tiny import prompts, tiny_hf, tiny_tokenizer
+
+from probe import GatescopeError, load_model
+from probe.sae import (
+    SAETrainSpec,
+    evaluate_sae,
+    latent_direction,
+    load_trained,
+    top_contexts,
+    train_from_model,
+    train_from_store,
+    train_sae,
+)
+from probe.store import harvest
+
+TEXTS = prompts(150, length=16, seed=3)
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
+    m.name = "tiny"
+    return m
+
+
+@pytest.fixture(scope="module")
+def store(model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("store") / "gate"
+    return harvest(model, "attn_gate.1", TEXTS, 1000, out, shard_tokens=300, progress=False)
+
+
+def small(arch="topk", **kw):
+    base = dict(arch=arch, width=32, k=4, tokens=256 * 12, batch_size=256, checkpoint_every=0)
+    base.update(kw)
+    return SAETrainSpec(**base)
+
+
+@pytest.fixture(scope="module")
+def trained_dirs(store, tmp_path_factory):
+    root = tmp_path_factory.mktemp("saes")
+    return {a: train_from_store(store, small(a), root / a, progress=False) for a in ("topk", "vsae")}
+
+
+def test_saved_sae_loads_with_saelens(trained_dirs):
+    from sae_lens import SAE, TopKSAE
+
+    sae = SAE.load_from_disk(trained_dirs["topk"])  # SAELens's own loader
+    assert isinstance(sae, TopKSAE) and sae.cfg.d_sae == 32 and sae.cfg.d_in == 4 * 16
+    assert sae.cfg.metadata.hook_name == "attn_gate.1" and sae.cfg.metadata.model_name == "tiny"
+    v = SAE.load_from_disk(trained_dirs["vsae"])
+    assert v.cfg.architecture() == "vsae" and hasattr(v, "W_logvar")
+    meta = json.loads((trained_dirs["vsae"] / "gatescope.json").read_text())
+    assert meta["site_shape"] == [4, 16] and meta["architecture"] == "vsae"
+
+
+def test_vsae_eval_is_deterministic_and_training_samples(trained_dirs):
+    from probe.sae.vsae import VSAETrainingSAE, VSAETrainingSAEConfig
+
+    sae = load_trained(trained_dirs["vsae"]).sae
+    x = torch.rand(50, 64)
+    a, b = sae.encode(x), sae.encode(x)
+    assert torch.equal(a, b) and ((a != 0).sum(-1) <= 4).all()
+    tsae = VSAETrainingSAE(VSAETrainingSAEConfig(d_in=64, d_sae=32, k=4))
+    with torch.no_grad():
+        tsae.b_logvar.fill_(1.0)
+    tsae.eval()
+    assert torch.equal(tsae.encode(x), tsae.encode(x))
+    tsae.train()
+    assert not torch.equal(tsae.encode(x), tsae.encode(x))
+
+
+def test_vsae_kl_warms_up_over_a_tenth_of_the_steps():
+    from probe.sae.train import sae_config
+
+    cfg = sae_config(small("vsae", tokens=256 * 100), 64, "m", "resid_post.0")
+    assert cfg.kl_warm_up_steps == 10 and cfg.beta == 1.0 and cfg.aux_loss_coefficient == 1 / 32
+
+
+def _dictionary_batches(dictionary: torch.Tensor, batch: int, active: int, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    n = len(dictionary)
+    while True:
+        idx = torch.rand(batch, n, generator=g).topk(active, dim=-1).indices  # (B, active)
+        coef = torch.zeros(batch, n).scatter(-1, idx, 1 + torch.rand(batch, active, generator=g))
+        yield coef @ dictionary  # (B, d)
+
+
+def test_topk_recovers_a_sparse_dictionary(tmp_path):
+    torch.manual_seed(0)
+    d, n = 32, 48
+    dictionary = torch.nn.functional.normalize(torch.randn(n, d), dim=-1)
+    spec = small(width=96, k=3, tokens=512 * 500, batch_size=512, lr=3e-3)
+    source = {"model": "synthetic", "site": "resid_post.0", "site_shape": [d]}
+
+    def provider(skip):
+        return _dictionary_batches(dictionary, 512, 3, seed=1)
+
+    out = train_sae(spec, provider, d, tmp_path / "syn", source, progress=False)
+    sae = load_trained(out).sae
+    dec = torch.nn.functional.normalize(sae.W_dec.detach(), dim=-1)
+    best = (dictionary @ dec.T).max(dim=1).values  # (n,)
+    assert (best >= 0.9).float().mean() >= 0.8, best
+
+
+def test_resume_after_an_interruption(store, tmp_path):
+    from probe.sae.data import store_provider
+    from probe.store import ActivationStore
+
+    st = ActivationStore(store)
+    source = {"model": "tiny", "site": "attn_gate.1", "site_shape": [4, 16]}
+    spec = small(tokens=256 * 10, checkpoint_every=3)
+
+    def crashing(skip):
+        for i, b in enumerate(store_provider(st, 256, seed=0, skip=skip)):
+            if skip == 0 and i == 7:
+                raise KeyboardInterrupt
+            yield b
+
+    with pytest.raises(KeyboardInterrupt):
+        train_sae(spec, crashing, 64, tmp_path / "a", source, progress=False)
+    state = json.loads((tmp_path / "a/checkpoint/trainer_state.json").read_text())
+    assert state["counters"]["n_training_steps"] == 7  # batches 0-6 trained, then the crash
+    with pytest.raises(GatescopeError, match="--resume"):
+        train_sae(spec, crashing, 64, tmp_path / "a", source, progress=False)
+    train_sae(spec, crashing, 64, tmp_path / "a", source, resume=True, progress=False)
+    whole = train_sae(spec, _plain(st), 64, tmp_path / "b", source, progress=False)
+    a = load_trained(tmp_path / "a").sae.W_dec
+    b = load_trained(whole).sae.W_dec
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def _plain(st):
+    from probe.sae.data import store_provider
+
+    return lambda skip: store_provider(st, 256, seed=0, skip=skip)
+
+
+def test_bad_specs(store, tmp_path):
+    for kw, msg in [
+        (dict(k=32), "smaller than --width"),
+        (dict(width=0), "--width 0"),
+        (dict(k=0), "--k 0"),
+        (dict(arch="nope"), "valid: .*topk.*vsae"),
+        (dict(tokens=10), "less than one batch"),
+    ]:
+        with pytest.raises(GatescopeError, match=msg):
+            train_from_store(store, small(**kw), tmp_path / "x", progress=False)
+
+
+def test_evaluate_invariants(model, trained_dirs):
+    tr = load_trained(trained_dirs["topk"])
+    ev = evaluate_sae(model, tr, TEXTS[:20])
+    assert ev.tokens == int(model.tokenize(TEXTS[:20]).lengths.sum())
+    assert ev.l0 <= 4 + 1e-9 and abs(sum(ev.feature_frequency) - ev.l0) < 1e-6
+    assert abs(ev.dead_fraction + ev.live_fraction - 1) < 1e-9
+    assert ev.ce_ablate != ev.ce_orig and ev.ce_loss_score == pytest.approx(
+        (ev.ce_ablate - ev.ce_sae) / (ev.ce_ablate - ev.ce_orig)
+    )
+    assert ev.explained_variance <= 1.0 and json.loads(ev.to_json())["site"] == "attn_gate.1"
+
+
+def test_features_and_direction(model, trained_dirs):
+    tr = load_trained(trained_dirs["topk"])
+    ev = evaluate_sae(model, tr, TEXTS[:20])
+    rep = top_contexts(model, tr, TEXTS[:20], top=3, window=2)
+    assert len(rep.features) == 32 and rep.tokens == ev.tokens
+    for f in rep.features:
+        assert f.firing_rate == pytest.approx(ev.feature_frequency[f.latent])
+        acts = [c.activation for c in f.contexts]
+        assert acts == sorted(acts, reverse=True) and len(acts) <= 3
+        assert f.max_activation == pytest.approx(acts[0] if acts else 0.0)
+        for c in f.contexts:
+            assert c.acts[c.center] == pytest.approx(c.activation, abs=1e-4)
+    d = latent_direction(tr, 5)
+    assert d.direction.shape == (4, 16) and d.direction.norm() == pytest.approx(1.0)
+    assert d.provenance["latent"] == 5 and d.site == "attn_gate.1"
+    steering = pytest.importorskip("interventions.steering")
+    vec = steering.SteeringVector(**d.steering_kwargs())
+    assert str(vec.site) == "attn_gate.1"
+    with pytest.raises(GatescopeError, match="latents 0..31"):
+        latent_direction(tr, 32)
+
+
+def test_d_in_mismatch_and_nan(model, trained_dirs, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(trained_dirs["topk"], bad)
+    meta = json.loads((bad / "gatescope.json").read_text())
+    meta["site"] = "mlp_gate.1"  # 128 wide, the SAE reads 64
+    (bad / "gatescope.json").write_text(json.dumps(meta))
+    with pytest.raises(GatescopeError, match="d_in 64.*128 wide"):
+        evaluate_sae(model, load_trained(bad), TEXTS[:4])
+    broken = load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
+    with torch.no_grad():
+        broken.hf.model.layers[1].input_layernorm.weight.fill_(float("nan"))
+    with pytest.raises(GatescopeError, match="NaN activations at attn_gate.1 in texts 0-3"):
+        harvest(broken, "attn_gate.1", TEXTS, 100, tmp_path / "nan", batch_size=4, progress=False)
+
+
+def test_train_straight_from_the_model(model, tmp_path):
+    out = train_from_model(model, "resid_post.0", small(), tmp_path / "m", TEXTS, progress=False)
+    tr = load_trained(out)
+    assert tr.site_shape == [64] and tr.meta["model"] == "tiny" and "store" not in tr.meta
