@@ -42,7 +42,9 @@ def small(arch="topk", **kw):
 @pytest.fixture(scope="module")
 def trained_dirs(store, tmp_path_factory):
     root = tmp_path_factory.mktemp("saes")
-    return {a: train_from_store(store, small(a), root / a, progress=False) for a in ("topk", "vsae")}
+    return {
+        a: train_from_store(store, small(a), root / a, progress=False) for a in ("topk", "vsae")
+    }
 
 
 def test_saved_sae_loads_with_saelens(trained_dirs):
