@@ -19,16 +19,45 @@ def train(
     steps: int = typer.Option(3000, "--steps"),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint"),
+    init: Path = typer.Option(None, "--init", help="continue training this model directory"),
+    lr: float = typer.Option(3e-3, "--lr", help="peak learning rate"),
+    warmup: int = typer.Option(100, "--warmup", help="linear warm-up steps"),
+    induction_tail: bool = typer.Option(
+        True,
+        help="induction documents go on into a third copy (--no-induction-tail: the "
+        "first corpus of the bundled models)",
+    ),
+    threads: int = typer.Option(None, "--threads", help="CPU threads (1 when two runs share)"),
 ) -> None:
-    """Train a reference model from scratch (about 30 minutes on 2 CPU cores)."""
+    """Train a reference model (see data/models/*/README.md for the bundled models' recipe)."""
+    import torch
+
     from probe.errors import GatescopeError
     from probe.reference.train import TrainConfig, train_reference
 
-    if steps < 1:
-        raise GatescopeError(f"--steps {steps}: expected a positive number of steps")
+    if steps < 1 or warmup < 0 or warmup >= steps:
+        raise GatescopeError(
+            f"--steps {steps} --warmup {warmup}: expected 0 <= warm-up < steps, steps >= 1"
+        )
     if arch not in ("gated", "plain"):
         raise GatescopeError(f"--arch {arch}: expected 'gated' or 'plain'")
-    final = train_reference(TrainConfig(arch=arch, steps=steps, seed=seed), out, resume=resume)
+    if not lr > 0:
+        raise GatescopeError(f"--lr {lr}: expected a positive learning rate")
+    if threads is not None:
+        if threads < 1:
+            raise GatescopeError(f"--threads {threads}: expected a positive number")
+        torch.set_num_threads(threads)
+    cfg = TrainConfig(
+        arch=arch,
+        steps=steps,
+        seed=seed,
+        lr=lr,
+        warmup=warmup,
+        induction_tail=induction_tail,
+        init=None if init is None else str(init),
+        checkpoint_every=min(250, max(1, steps // 4)),
+    )
+    final = train_reference(cfg, out, resume=resume)
     typer.echo(f"saved {final}")
 
 
@@ -77,11 +106,18 @@ def bundle_cmd(
     name: str = typer.Option(..., "--name", help="reference-gated or reference-plain"),
 ) -> None:
     """Evaluate a trained model and install it as a bundled reference model (with README)."""
+    import json
+
     from probe.model import load_model
     from probe.reference.bundle import bundle
     from probe.reference.evaluate import evaluate_reference
 
     model = load_model(str(Path(run) / "model"))
     model.name = name
-    dest = bundle(run, name, evaluate_reference(model))
+    training = Path(run) / "model" / "training.json"
+    init = json.loads(training.read_text()).get("config", {}).get("init")
+    before = None
+    if init:  # a continued run: its README also gives the figures of the starting model
+        before = evaluate_reference(load_model(init))
+    dest = bundle(run, name, evaluate_reference(model), before)
     typer.echo(f"installed {dest}")

@@ -1,7 +1,10 @@
+"""Task loading, tokenization, the logit-difference metric, text sets and bad input."""
+
 import json
 
 import pytest
 import torch
+from conftest import needs_reference
 from tiny import tiny_hf, tiny_tokenizer
 
 from probe import GatescopeError, load_model
@@ -19,7 +22,23 @@ def test_bundled_tasks_load_from_any_directory(monkeypatch, tmp_path):
         task = load_task(name)
         assert len(task) > 10 and task.name == name
     assert len(load_texts("concept_sport")) == 50
-    assert len(load_texts("random_3")) == 50
+    randoms = [load_texts(f"random_{i}") for i in range(12)]
+    assert all(len(r) >= 30 for r in randoms) and len({tuple(r) for r in randoms}) == 12
+
+
+@needs_reference
+@pytest.mark.parametrize("name", BUNDLED_TASKS)
+def test_bundled_tasks_tokenize_with_the_reference_tokenizer(name):
+    from transformers import AutoTokenizer
+
+    from probe.reference import reference_path
+
+    tok = AutoTokenizer.from_pretrained(reference_path("reference"))
+    batch = load_task(name).tokenize(tok)
+    n, width = batch.clean_ids.shape
+    assert batch.corrupt_ids.shape == (n, width) and batch.wrong_ids.shape == (n,)
+    assert bool((batch.clean_ids != batch.corrupt_ids).any(1).all())  # every pair differs
+    assert bool((batch.answer_ids != batch.wrong_ids).all())
 
 
 def test_tokenize_and_logit_diff(tmp_path):
@@ -74,3 +93,13 @@ def test_bad_files(tmp_path):
         load_task("no_such_task")
     with pytest.raises(GatescopeError, match="same number of rows"):
         Task("x", ["a"], [], ["b"], ["c"])
+
+
+def test_text_sets_need_a_text_field(tmp_path):
+    path = _write(tmp_path / "texts.jsonl", [{"text": "one"}, {"sentence": "two"}])
+    with pytest.raises(GatescopeError, match="needs a 'text' field"):
+        load_texts(path)
+    assert load_texts(_write(tmp_path / "ok.jsonl", [{"text": "one"}])) == ["one"]
+    with pytest.raises(GatescopeError, match="not valid JSON"):
+        (tmp_path / "broken.jsonl").write_text('{"text": "one"\n')
+        load_texts(tmp_path / "broken.jsonl")

@@ -17,10 +17,8 @@ def _fmt(values: list[float] | None) -> str:
     return "absent (no gate)" if values is None else ", ".join(f"{v:.3f}" for v in values)
 
 
-def readme(name: str, info: dict, ev: ReferenceEval, size_bytes: int) -> str:
-    cfg = info["config"]
-    arch = cfg["arch"]
-    rows = [
+def _figures(ev: ReferenceEval) -> list[tuple[str, str]]:
+    return [
         ("IOI accuracy (held-out templates)", f"{ev.ioi_accuracy:.3f} ({ev.n_ioi} prompts)"),
         ("IOI mean logit difference", f"{ev.ioi_logit_diff:.2f}"),
         (
@@ -36,7 +34,73 @@ def readme(name: str, info: dict, ev: ReferenceEval, size_bytes: int) -> str:
         ("attention on the first token per layer", _fmt(ev.sink_per_layer)),
         ("largest absolute residual activation per layer", _fmt(ev.max_activation_per_layer)),
     ]
-    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def _schedule(cfg: dict) -> str:
+    return (
+        f"{cfg['steps']} steps of {cfg['batch']} x {cfg['seq']} tokens, AdamW (lr {cfg['lr']}, "
+        f"betas 0.9/0.95, weight decay {cfg['weight_decay']}, {cfg['warmup']} warm-up steps, "
+        "cosine to 10%)"
+    )
+
+
+def _training(info: dict, before: ReferenceEval | None) -> str:
+    """The training paragraph: one stage, or a first stage and its continuation."""
+    cfg, first = info["config"], info.get("init")
+    minutes = info["train_seconds"] / 60
+    loss = (
+        f"Final training loss (mean of the last 50 steps): {info['final_loss_mean_last_50']:.3f}."
+    )
+    if first is None:
+        return (
+            f"**Training**: {_schedule(cfg)}, seed {cfg['seed']}; {minutes:.0f} minutes on 2 CPU "
+            f"cores (one thread, the twin trained alongside). {loss}"
+        )
+    fixed = (
+        ""
+        if before is None
+        else f" (held-out induction accuracy {before.induction_accuracy:.3f} after it)"
+    )
+    return f"""**Training**, in two stages, seed {cfg["seed"]}:
+
+1. {_schedule(first["config"])} on the first corpus (`--no-induction-tail`, sha256
+   `{first["corpus_sha256"][:16]}…`), whose induction documents end right after the repeat:
+   the models learnt to expect the end of the text late in every repeat and predicted
+   end-of-text there instead of the copied word{fixed}; {first["train_seconds"] / 60:.0f} minutes.
+2. {_schedule(cfg)} from the stage-1 weights and tokenizer on the current corpus, whose
+   induction documents go on into a third copy; {minutes:.0f} minutes.
+
+Both on 2 CPU cores, one thread each, the twin trained alongside (other work shared the
+machine during stage 2). {loss}"""
+
+
+def _reproduce(info: dict, name: str) -> str:
+    cfg, first = info["config"], info.get("init")
+    arch, seed = cfg["arch"], cfg["seed"]
+    if first is None:
+        lines = [f"gatescope reference train --arch {arch} --steps {cfg['steps']} --seed {seed} \\"]
+        lines += [f"    --out runs/{arch}", f"gatescope reference bundle runs/{arch} --name {name}"]
+        return "\n".join(lines)
+    f = first["config"]
+    return "\n".join(
+        [
+            f"gatescope reference train --arch {arch} --steps {f['steps']} --seed {seed} \\",
+            f"    --no-induction-tail --out runs/{arch}",
+            f"gatescope reference train --arch {arch} --init {cfg['init']} \\",
+            f"    --steps {cfg['steps']} --lr {cfg['lr']} --warmup {cfg['warmup']} \\",
+            f"    --seed {seed} --out runs/{arch}-stage2",
+            f"gatescope reference bundle runs/{arch}-stage2 --name {name}",
+        ]
+    )
+
+
+def readme(
+    name: str, info: dict, ev: ReferenceEval, size_bytes: int, before: ReferenceEval | None = None
+) -> str:
+    """The model card: architecture, sizes, data, training, held-out figures, reproduction."""
+    cfg = info["config"]
+    arch = cfg["arch"]
+    table = "\n".join(f"| {k} | {v} |" for k, v in _figures(ev))
     gate = (
         "elementwise sigmoid output gate (q_proj emits [query | gate] per head)"
         if arch == "gated"
@@ -62,11 +126,8 @@ gate: same data, seed, steps and sizes.
 **Data**: the reference corpus of `probe/reference/corpus.py`, seed {cfg["seed"]}
 ({info["documents"]:,} documents: IOI from 18 templates, induction, facts in five phrasings,
 sentiment and topic sentences, Python's `pydoc_data` prose; sha256 `{info["corpus_sha256"][:16]}…`).
-**Training**: {cfg["steps"]} steps of {cfg["batch"]} x {cfg["seq"]} tokens, AdamW (lr {cfg["lr"]},
-betas 0.9/0.95, weight decay {cfg["weight_decay"]}, {cfg["warmup"]} warm-up steps, cosine to 10%),
-seed {cfg["seed"]}; {info["train_seconds"] / 60:.0f} minutes on 2 CPU cores (one thread, the
-twin trained alongside). Final training loss (mean of the last 50 steps):
-{info["final_loss_mean_last_50"]:.3f}.
+
+{_training(info, before)}
 
 ## Held-out figures (`gatescope reference eval {name.replace("-gated", "")}`)
 
@@ -77,15 +138,16 @@ twin trained alongside). Final training loss (mean of the last 50 steps):
 ## Reproduce
 
 ```bash
-gatescope reference train --arch {arch} --steps {cfg["steps"]} --seed {cfg["seed"]} \\
-    --out runs/{arch}
-gatescope reference bundle runs/{arch} --name {name}
+{_reproduce(info, name)}
 ```
 """
 
 
-def bundle(run_dir: str | Path, name: str, evaluation: ReferenceEval) -> Path:
-    """Copy ``run_dir/model`` to ``data/models/NAME`` and write its README."""
+def bundle(
+    run_dir: str | Path, name: str, evaluation: ReferenceEval, before: ReferenceEval | None = None
+) -> Path:
+    """Copy ``run_dir/model`` to ``data/models/NAME`` and write its README (``before``: the
+    figures of the model a continued run started from)."""
     src = Path(run_dir) / "model"
     if not (src / "model.safetensors").is_file():
         raise GatescopeError(f"{src} has no trained model; run `gatescope reference train` first")
@@ -95,7 +157,7 @@ def bundle(run_dir: str | Path, name: str, evaluation: ReferenceEval) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
     size = (tmp / "model.safetensors").stat().st_size
-    (tmp / "README.md").write_text(readme(name, info, evaluation, size))
+    (tmp / "README.md").write_text(readme(name, info, evaluation, size, before))
     (tmp / "evaluation.json").write_text(evaluation.to_json())
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)

@@ -2,7 +2,10 @@
 
 1. Indirect object identification (IOI) from 18 training templates, both name orders
    ("When Mary and John went to the store, John gave a drink to Mary.").
-2. Induction: a random word sequence followed by the same sequence again.
+2. Induction: a random word sequence, the same sequence again, then a random-length start
+   of a third copy, so that the end of the document is never predictable inside the first
+   repeat (a document that always ended right after it taught the models to predict the
+   end-of-text token late in every repeat instead of the next copied word).
 3. Facts (country -> capital, animal -> sound, thing -> colour), five phrasings each.
 4. Sentiment sentences (positive / negative) and topic sentences (sport, cooking, weather,
    music) for concept vectors and steering.
@@ -19,6 +22,7 @@ import hashlib
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 from probe.reference import vocab as V
 
@@ -114,9 +118,10 @@ def _ioi_doc(rng):
     return f"{text} {io}."
 
 
-def _induction_doc(rng):
+def _induction_doc(rng, tail: bool = True):
     words = induction_words(rng, rng.randint(6, 16))
-    return " ".join(words + words)
+    third = words[: rng.randint(0, len(words))] if tail else []  # start of a third copy
+    return " ".join(words + words + third)
 
 
 def _fact_doc(rng):
@@ -182,12 +187,19 @@ class Corpus:
         return digest.hexdigest()
 
 
-def build_corpus(seed: int = 0, scale: float = 1.0) -> Corpus:
-    """The deterministic training corpus for ``seed`` (``scale`` shrinks it for tests)."""
+def build_corpus(seed: int = 0, scale: float = 1.0, induction_tail: bool = True) -> Corpus:
+    """The deterministic training corpus for ``seed`` (``scale`` shrinks it for tests).
+
+    ``induction_tail=False`` gives the first corpus of the bundled models, whose induction
+    documents end right after the repeat (see the module docstring, item 2).
+    """
     rng = random.Random(seed)
     docs: list[str] = []
     for kind, count in MIXTURE.items():
-        docs.extend(_MAKERS[kind](rng) for _ in range(max(1, int(count * scale))))
+        make = (
+            partial(_induction_doc, tail=induction_tail) if kind == "induction" else _MAKERS[kind]
+        )
+        docs.extend(make(rng) for _ in range(max(1, int(count * scale))))
     train_prose, held = prose_paragraphs()
     # every fact phrasing at least once, so every answer word is seen
     for table, phrasings, _ in FACTS.values():

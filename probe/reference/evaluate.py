@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from probe.gates import gate_stats
-from probe.model import Model
+from probe.model import Model, load_model
 from probe.reference.corpus import prose_paragraphs
 from probe.tasks import last_token_logits, load_task, logit_diff
 
@@ -104,8 +104,14 @@ def prose_perplexity(model: Model, window: int = 128) -> float:
     return math.exp(nll / count)
 
 
-def evaluate_reference(model: Model, limit: int | None = None) -> ReferenceEval:
-    """Every figure above; ``limit`` caps the IOI and induction prompts (a fast subset)."""
+def evaluate_reference(model, tokenizer=None, limit: int | None = None) -> ReferenceEval:
+    """Every figure above; ``limit`` caps the IOI and induction prompts (a fast subset).
+
+    ``model`` is a gatescope ``Model`` or a Hugging Face causal LM (then pass its
+    ``tokenizer``; it is wrapped with ``probe.load_model``).
+    """
+    if not isinstance(model, Model):
+        model = load_model(model, tokenizer=tokenizer)
     ioi_acc, ioi_ld, n_ioi = ioi_figures(model, limit)
     ind_acc, n_ind = induction_accuracy(model, limit)
     facts_acc, n_facts = facts_accuracy(model)

@@ -1,7 +1,8 @@
 """Train a reference model: the gated one (Qwen3-Next, every layer full attention, dense
 SwiGLU MLPs, elementwise output gate) or its ungated twin (Qwen3), same data, seed, steps.
 
-1. Build the corpus (``probe.reference.corpus``) and train the BPE tokenizer on it.
+1. Build the corpus (``probe.reference.corpus``) and train the BPE tokenizer on it; or,
+   with ``init``, continue from a trained model with its tokenizer (a second stage).
 2. Tokenize every document, join them with end-of-text tokens, cut 128-token windows.
 3. AdamW with linear warm-up and cosine decay; each step draws its windows from a generator
    seeded by (seed, step), so a resumed run sees exactly the batches it would have seen.
@@ -49,6 +50,9 @@ class TrainConfig:
     warmup: int = 100
     weight_decay: float = 0.1
     checkpoint_every: int = 250
+    induction_tail: bool = True  # False: the first corpus (``build_corpus``'s docstring)
+    init: str | None = None  # continue from this trained model directory (same arch)
+    corpus_scale: float = 1.0  # shrink the corpus (tests only)
 
 
 def model_config(cfg: TrainConfig, vocab_size: int):
@@ -141,21 +145,49 @@ def _load_checkpoint(model, opt, folder: Path) -> tuple[int, list[float]]:
     return meta["step"], meta["losses"]
 
 
+def _check_init(cfg: TrainConfig) -> Path:
+    init = Path(cfg.init)
+    if not (init / "config.json").is_file():
+        raise GatescopeError(
+            f"--init {init}: not a trained model directory (no config.json); pass the 'model' "
+            "folder of an earlier `gatescope reference train --out DIR` run"
+        )
+    return init
+
+
+def _start(cfg: TrainConfig, documents: list[str]):
+    """(model, tokenizer, init_info): fresh with a tokenizer trained on ``documents``, or the
+    model and tokenizer of ``cfg.init``."""
+    import transformers as tf
+
+    cls = tf.Qwen3NextForCausalLM if cfg.arch == "gated" else tf.Qwen3ForCausalLM
+    if cfg.init is None:
+        tokenizer = train_tokenizer(documents, cfg.vocab)
+        return cls(model_config(cfg, len(tokenizer))), tokenizer, None
+    init = _check_init(cfg)
+    expected = cls.__name__
+    found = json.loads((init / "config.json").read_text()).get("architectures", ["?"])[0]
+    if found != expected:
+        raise GatescopeError(f"--init {init} holds a {found}; --arch {cfg.arch} needs {expected}")
+    info_file = init / "training.json"
+    info = json.loads(info_file.read_text()) if info_file.is_file() else None
+    tokenizer = tf.AutoTokenizer.from_pretrained(init)
+    return cls.from_pretrained(init), tokenizer, info
+
+
 def train_reference(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True):
     """Train one reference model into ``out``; returns the final model directory."""
-    import transformers as tf
     from tqdm.auto import tqdm
 
     out = Path(out)
+    if cfg.init is not None:
+        _check_init(cfg)  # before the corpus is built
     start_time = time.time()
     torch.manual_seed(cfg.seed)
-    corpus = build_corpus(cfg.seed)
-    tokenizer = train_tokenizer(corpus.documents, cfg.vocab)
+    corpus = build_corpus(cfg.seed, cfg.corpus_scale, cfg.induction_tail)
+    model, tokenizer, init_info = _start(cfg, corpus.documents)
     check_single_tokens(tokenizer, iter_task_words())
     windows = token_windows(corpus.documents, tokenizer, cfg.seq)
-    model = (tf.Qwen3NextForCausalLM if cfg.arch == "gated" else tf.Qwen3ForCausalLM)(
-        model_config(cfg, len(tokenizer))
-    )
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -200,6 +232,7 @@ def train_reference(cfg: TrainConfig, out: Path, resume: bool = False, progress:
         "losses_every_50": losses[::50],
         "train_seconds": round(time.time() - start_time, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "init": init_info,  # the training record of the model this run continued
     }
     (final / "training.json").write_text(json.dumps(info, indent=2))
     return final
