@@ -17,7 +17,7 @@ def test_head_dla_sums_to_the_attention_outputs_direct_effect():
     scale = resolve_path(model.hf, model.family.final_norm)(x) / x
     w_u = model.hf.lm_head.weight
     direction = w_u[batch.answer_ids] - w_u[batch.wrong_ids]
-    expected = float((tr["attn_out.1"][:, 0] * scale * direction).sum(-1).mean())
+    expected = float((tr["attn_out.1"][:, 0] * scale * direction).sum(-1).mean().detach())
     assert abs(sum(dla.scores[1]) - expected) < 1e-4
     assert len(dla.figure().data) == 1
 
