@@ -9,8 +9,16 @@ MLPs, d_model 256, 8 heads, batch 8 x 128 tokens), as ratios to the plain HF for
 3. nnsight saving the same modules' outputs.
 
 All run with eager attention (the bridge forces it), interleaved round-robin, median of the
-repeats. Then the peak memory (RSS high-water mark above the warmed-up baseline, each mode in
-its own process) of gate statistics over 500 prompts, streamed vs stored.
+repeats. Also the Tracer streaming gate statistics through a reducer with nothing kept.
+
+The timings run twice, each in its own process: with glibc's default allocator settings and
+with freed memory kept for reuse (``MALLOC_TRIM_THRESHOLD_``/``MALLOC_MMAP_THRESHOLD_``/
+``MALLOC_TOP_PAD_``, the same for every runner). Keeping captured tensors alive makes the
+next forward pass allocate fresh pages from the kernel; with the default settings those page
+faults, not the hooks, are most of any tool's capture overhead on this small model.
+
+Then the peak memory (RSS high-water mark above the warmed-up baseline, each mode in its own
+process) of gate statistics over 500 prompts, streamed vs stored.
 
     .venv/bin/python bench/bench_tracer.py [--repeats 15] [--prompts 500]
 """
@@ -20,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -111,7 +120,15 @@ def speed(repeats: int) -> dict:
             hf(ids)
         return tr
 
-    runners = {"plain": plain, "gatescope": tracer}
+    from probe.gates import GateStatsReducer
+
+    def streamed():
+        reducer = GateStatsReducer(model)
+        with Tracer(model, ["attn_gate.*", "mlp_gate.*"], reducers=[reducer], keep=False):
+            hf(ids)
+        return reducer
+
+    runners = {"plain": plain, "gatescope": tracer, "gatescope_streamed": streamed}
     runners["nnsight"] = nnsight_runner(hf, ids)
     runners["transformer_lens_bridge"] = bridge_runner(copy.deepcopy(hf), ids)
     times: dict[str, list[float]] = {k: [] for k in runners}
@@ -121,8 +138,9 @@ def speed(repeats: int) -> dict:
         for _ in range(repeats):
             for name, fn in runners.items():
                 start = time.perf_counter()
-                fn()
+                result = fn()
                 times[name].append(time.perf_counter() - start)
+                del result  # freed before the next runner, as a caller would
     med = {k: statistics.median(v) for k, v in times.items()}
     return {k: med[k] / med["plain"] for k in med} | {"plain_ms": 1e3 * med["plain"]}
 
@@ -168,19 +186,48 @@ def memory(n_prompts: int) -> dict:
     return out
 
 
+KEEP_FREED = {
+    "MALLOC_TRIM_THRESHOLD_": str(4 << 30),
+    "MALLOC_MMAP_THRESHOLD_": str(1 << 30),
+    "MALLOC_TOP_PAD_": str(256 << 20),
+}
+
+
+def speed_in_child(repeats: int, threads: int | None, keep_freed: bool) -> dict:
+    env = dict(os.environ, **(KEEP_FREED if keep_freed else {}))
+    if not keep_freed:
+        for key in KEEP_FREED:
+            env.pop(key, None)
+    cmd = [sys.executable, __file__, "--speed-child", "--repeats", str(repeats)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--prompts", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--memory-child", choices=["streamed", "stored"])
+    parser.add_argument("--speed-child", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(args.memory_child, args.prompts)
         return
-    ratios = speed(args.repeats)
-    print(f"plain HF forward: {ratios['plain_ms']:.1f} ms (batch {BATCH} x {SEQ}, eager)")
-    for name in ("gatescope", "transformer_lens_bridge", "nnsight"):
-        print(f"{name:>24}: {ratios[name]:.3f}x plain")
+    if args.speed_child:
+        print(json.dumps(speed(args.repeats)))
+        return
+    all_ratios = {}
+    for label, keep in (("default allocator", False), ("freed memory kept", True)):
+        ratios = all_ratios[label] = speed_in_child(args.repeats, args.threads, keep)
+        print(f"[{label}] plain HF forward: {ratios['plain_ms']:.1f} ms (batch {BATCH} x {SEQ})")
+        for name in ("gatescope", "gatescope_streamed", "transformer_lens_bridge", "nnsight"):
+            print(f"{name:>24}: {ratios[name]:.3f}x plain")
+    ratios = all_ratios
     mem = memory(args.prompts)
     print(
         f"gate statistics over {args.prompts} prompts x 64 tokens, extra peak RSS: "

@@ -36,7 +36,14 @@ GLU_THRESHOLDS = (0.1, 0.01, 0.001)
 def _masked(value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Real tokens only: (B, T, ...) -> (N, ...), in float32."""
     value = value.float()
-    return value[mask] if mask is not None else value.reshape(-1, *value.shape[2:])
+    if mask is not None and not bool(mask.all()):
+        return value[mask]
+    return value.reshape(-1, *value.shape[2:])
+
+
+def _count_below(values: torch.Tensor, thresholds, dim=None) -> list[torch.Tensor]:
+    """Per threshold, how many ``values`` lie below it (counted over ``dim``; all if None)."""
+    return [torch.count_nonzero(values < t, dim=dim) for t in thresholds]
 
 
 class GateStatsReducer:
@@ -63,13 +70,13 @@ class GateStatsReducer:
             flat = _masked(value, mask)  # (N, H, g)
             self.gate_sum[layer] += flat.sum((0, 2)).double().cpu()
             self.gate_n[layer] += flat.shape[0] * flat.shape[2]
-            for i, t in enumerate(GATE_THRESHOLDS):
-                self.gate_below[i, layer] += (flat < t).sum((0, 2)).double().cpu()
+            for i, count in enumerate(_count_below(flat, GATE_THRESHOLDS, dim=(0, 2))):
+                self.gate_below[i, layer] += count.double().cpu()
         elif site.kind == "head_out":
             flat = _masked(value, mask).abs()  # (N, H, d)
             self.out_n[layer] += flat.shape[0] * flat.shape[2]
-            for i, t in enumerate(OUTPUT_THRESHOLDS):
-                self.out_below[i, layer] += (flat < t).sum((0, 2)).double().cpu()
+            for i, count in enumerate(_count_below(flat, OUTPUT_THRESHOLDS, dim=(0, 2))):
+                self.out_below[i, layer] += count.double().cpu()
         elif site.kind == "attn_pattern":
             first = value[:, 1:, :, 0].float()  # (B, Tq-1, H): attention on token 0
             keep = mask[:, 1:] if mask is not None else None
@@ -85,8 +92,8 @@ class GateStatsReducer:
         elif site.kind == "mlp_gate":
             flat = _masked(value, mask).abs()  # (N, d_mlp)
             self.glu_n[layer] += flat.numel()
-            for i, t in enumerate(GLU_THRESHOLDS):
-                self.glu_below[i, layer] += float((flat < t).sum())
+            for i, count in enumerate(_count_below(flat, GLU_THRESHOLDS)):
+                self.glu_below[i, layer] += float(count)
 
     def report(self, n_prompts: int) -> GateReport:
         gated = self.model.is_gated
