@@ -9,6 +9,7 @@ import typer
 from app.cli_common import MODEL_HELP, check_out_path, echo_json, load, user_errors, write_json
 
 TASK_HELP = "bundled task (ioi, facts, induction) or a JSONL file"
+GLU_HELP = "RelP rule for the GLU product: half (LRP) or gradient"
 
 
 def _task(task: str, limit: int | None):
@@ -25,6 +26,7 @@ def attribute_cmd(
     sites: str = typer.Option(..., "--sites"),
     positions: str = typer.Option(None, "--positions", help="all (default) or each"),
     gate_rule: str = typer.Option("half", "--gate-rule", help="RelP rule for the gate"),
+    glu_rule: str = typer.Option("half", "--glu-rule", help=GLU_HELP),
     steps: int = typer.Option(5, "--steps", help="IG steps"),
     limit: int = typer.Option(None, "--limit"),
     json_: bool = typer.Option(False, "--json"),
@@ -43,6 +45,7 @@ def attribute_cmd(
         positions=pos,
         gate_rule=gate_rule,
         steps=steps,
+        glu_rule=glu_rule,
     )
     if out is not None:
         write_json(result.to_dict(), out)
@@ -59,6 +62,7 @@ def circuit_cmd(
     method: str = typer.Option("relp", "--method", help="atp, relp or ig"),
     top_n: int = typer.Option(..., "--top-n", help="nodes to keep"),
     gate_rule: str = typer.Option("half", "--gate-rule", help="RelP rule: half or constant"),
+    glu_rule: str = typer.Option("half", "--glu-rule", help=GLU_HELP),
     steps: int = typer.Option(5, "--steps", help="IG steps"),
     curve: bool = typer.Option(False, "--curve", help="also faithfulness at every size"),
     limit: int = typer.Option(None, "--limit"),
@@ -70,7 +74,7 @@ def circuit_cmd(
 
     check_out_path(out)
     m, t = load(model), _task(task, limit)
-    full = build_graph(m, t, method, gate_rule, steps)
+    full = build_graph(m, t, method, gate_rule, steps, glu_rule)
     graph = full.prune(top_n)
     graph.faithfulness = faithfulness(m, t, graph.node_names())
     data = graph.to_dict()

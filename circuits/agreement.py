@@ -95,8 +95,14 @@ def agreement(
     task: Task,
     kinds=("resid_pre", "attn_out", "mlp_out", "head_out"),
     progress: bool = True,
+    methods: dict[str, dict] | None = None,
 ) -> AgreementResult:
-    """Pearson and Spearman r between patching and every method, per site kind."""
+    """Pearson and Spearman r between patching and every method, per site kind.
+
+    ``methods`` maps a column name to ``attribute()`` keyword arguments (default:
+    :func:`methods_for`, e.g. ``{"relp_glu_grad": {"method": "relp", "glu_rule": "gradient"}}``).
+    """
+    methods = methods_for(model) if methods is None else methods
     from scipy.stats import pearsonr, spearmanr
 
     pearson, spearman, patched_all, scores_all, labels = {}, {}, {}, {}, {}
@@ -107,7 +113,7 @@ def agreement(
         x = [c.effect for c in truth.components]
         patched_all[kind], labels[kind] = x, [c.label for c in truth.components]
         pearson[kind], spearman[kind], scores_all[kind] = {}, {}, {}
-        for name, kwargs in methods_for(model).items():
+        for name, kwargs in methods.items():
             y = attribute(model, task, sites, positions=positions, **kwargs).scores()
             scores_all[kind][name] = y
             pearson[kind][name] = float(pearsonr(x, y)[0])

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from circuits.lrp import GATE_RULES, lrp_rules
+from circuits.lrp import GATE_RULES, GLU_RULES, lrp_rules
 from interventions.patching import Component, Grid, PatchingResult, _components, _prepare
 from probe.errors import GatescopeError
 from probe.hooks import hook_sites
@@ -55,7 +55,7 @@ class Attribution:
         n_prompts: prompts scored (per-position scores use the largest equal-length group).
         clean_logit_diff / corrupt_logit_diff: the metric's end points.
         components: one :class:`Component` per scored unit, ``effect`` is its score.
-        meta: method settings (``steps`` for IG, ``positions``).
+        meta: method settings (``steps`` for IG, ``positions``, ``glu_rule`` for RelP).
     """
 
     method: str
@@ -120,13 +120,19 @@ class GradientPass:
     corrupt_logit_diff: float
 
 
-def check_method(method: str, gate_rule: str = "half", steps: int = 5) -> None:
-    """Refuse an unknown method or gate rule, or IG with fewer than one step."""
+def check_method(
+    method: str, gate_rule: str = "half", steps: int = 5, glu_rule: str = "half"
+) -> None:
+    """Refuse an unknown method, gate or GLU rule, or IG with fewer than one step."""
     if method not in METHODS:
         raise GatescopeError(f"method '{method}' is unknown; valid methods: {', '.join(METHODS)}")
     if gate_rule not in GATE_RULES:
         raise GatescopeError(
             f"gate rule '{gate_rule}' is unknown; valid rules: {', '.join(GATE_RULES)}"
+        )
+    if glu_rule not in GLU_RULES:
+        raise GatescopeError(
+            f"GLU rule '{glu_rule}' is unknown; valid rules: {', '.join(GLU_RULES)}"
         )
     if method == "ig" and steps < 1:
         raise GatescopeError(f"IG steps must be at least 1, got {steps} (5 is usual)")
@@ -159,10 +165,11 @@ def gradient_pass(
     method: str = "atp",
     gate_rule: str = "half",
     steps: int = 5,
+    glu_rule: str = "half",
 ) -> GradientPass:
     """Clean values, corrupt values and dm/d(value) at the corrupt point for every site
     (whole-layer sites; steps 1-3 of the module docstring)."""
-    check_method(method, gate_rule, steps)
+    check_method(method, gate_rule, steps, glu_rule)
     mask = batch.attention_mask
     traced = sorted(set(sites) | ({EMBED} if method == "ig" else set()))
     with torch.no_grad(), Tracer(model, traced) as tr:
@@ -177,7 +184,7 @@ def gradient_pass(
         entries = [(s, _probe(s, zeros, corrupt if k == 0 else None)) for s in sites]
         if k > 0:
             entries.insert(0, (EMBED, _mix(k / runs, clean[EMBED])))
-        rules = lrp_rules(model, gate_rule) if method == "relp" else nullcontext()
+        rules = lrp_rules(model, gate_rule, glu_rule) if method == "relp" else nullcontext()
         with torch.enable_grad(), rules, hook_sites(model, entries, write=True):
             metric = logit_diff(model.forward(batch.corrupt_ids, mask), batch).mean()
             if k == 0:
@@ -202,6 +209,7 @@ def attribute(
     positions: None | str | list[int] = None,
     gate_rule: str = "half",
     steps: int = 5,
+    glu_rule: str = "half",
 ) -> Attribution:
     """Score every component of ``sites`` with ``method`` (``atp``, ``relp`` or ``ig``).
 
@@ -212,12 +220,13 @@ def attribute(
             largest group of equal-length prompts), a list those positions.
         gate_rule: RelP's rule for the attention output gate, ``half`` or ``constant``.
         steps: IG interpolation steps (at least 1).
+        glu_rule: RelP's rule for the GLU product, ``half`` (LRP) or ``gradient``.
     """
-    check_method(method, gate_rule, steps)
+    check_method(method, gate_rule, steps, glu_rule)
     batch = _prepare(model, task, positions)
     comps = _components(model, sites, positions, batch.clean_ids.shape[1])
     run = gradient_pass(
-        model, sorted({_value_site(c) for c in comps}), batch, method, gate_rule, steps
+        model, sorted({_value_site(c) for c in comps}), batch, method, gate_rule, steps, glu_rule
     )
     span = run.clean_logit_diff - run.corrupt_logit_diff
     if abs(span) < 1e-6:
@@ -242,5 +251,9 @@ def attribute(
         run.clean_logit_diff,
         run.corrupt_logit_diff,
         comps,
-        {"steps": steps if method == "ig" else None, "positions": positions},
+        {
+            "steps": steps if method == "ig" else None,
+            "positions": positions,
+            "glu_rule": glu_rule if method == "relp" else None,
+        },
     )

@@ -195,17 +195,22 @@ def _feeds(name: str, layer: int, block: str, block_layer: int) -> bool:
 
 
 def build_graph(
-    model: Model, task: Task, method: str = "relp", gate_rule: str = "half", steps: int = 5
+    model: Model,
+    task: Task,
+    method: str = "relp",
+    gate_rule: str = "half",
+    steps: int = 5,
+    glu_rule: str = "half",
 ) -> CircuitGraph:
     """The full graph with node and edge scores from ``method`` (module docstring)."""
-    check_method(method, gate_rule, steps)
+    check_method(method, gate_rule, steps, glu_rule)
     n = model.dims.n_layers
     sites = [EMBED]
     for layer in range(n):
         sites += [Site(k, layer) for k in ("resid_pre", "resid_mid", "resid_post")]
         sites += [Site("head_out", layer), Site("mlp_out", layer)]
     batch = task.tokenize(model.tokenizer)
-    run = gradient_pass(model, sorted(set(sites)), batch, method, gate_rule, steps)
+    run = gradient_pass(model, sorted(set(sites)), batch, method, gate_rule, steps, glu_rule)
     span = run.clean_logit_diff - run.corrupt_logit_diff
     if abs(span) < 1e-6:
         raise GatescopeError("clean and corrupt runs give the same logit difference")
@@ -229,6 +234,7 @@ def build_graph(
         "clean_logit_diff": run.clean_logit_diff,
         "corrupt_logit_diff": run.corrupt_logit_diff,
         "gate_rule": gate_rule if method == "relp" else None,
+        "glu_rule": glu_rule if method == "relp" else None,
         "steps": steps if method == "ig" else None,
     }
     return CircuitGraph(method, model.name, task.name, nodes, edges, None, n, meta)

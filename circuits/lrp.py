@@ -12,7 +12,9 @@ the LRP rules, so ``x * x.grad`` at any site is its relevance:
    (``y / 2 + (y / 2).detach()`` at the product). GLU: at ``mlp_hidden``; attention output
    gate: at ``head_out`` (o_proj's input), with the identity rule on the gate's sigmoid
    (written into the gate logits). ``gate_rule="constant"`` instead treats the gate as a
-   constant: all relevance stays on the attention path.
+   constant: all relevance stays on the attention path. ``glu_rule="gradient"`` gives the
+   GLU product its plain gradient (each factor the whole relevance; not conservative), a
+   variant for comparison with activation patching.
 4. Attention probabilities are constant: a registered attention function computes eager
    attention with the softmax detached.
 5. Linear layers: the plain gradient (LRP-0).
@@ -34,6 +36,7 @@ from probe.model import Model, resolve_path
 from probe.sites import Site
 
 GATE_RULES = ("half", "constant")
+GLU_RULES = ("half", "gradient")
 LRP_ATTENTION = "gatescope_lrp"
 
 
@@ -124,12 +127,14 @@ def _attention_constant(model: Model) -> Iterator[None]:
 
 
 @contextmanager
-def lrp_rules(model: Model, gate_rule: str = "half") -> Iterator[None]:
+def lrp_rules(model: Model, gate_rule: str = "half", glu_rule: str = "half") -> Iterator[None]:
     """Make the backward pass of ``model`` follow the LRP rules (module docstring)."""
     if gate_rule not in GATE_RULES:
         raise GatescopeError(
             f"gate rule '{gate_rule}' is unknown; choose {' or '.join(GATE_RULES)}"
         )
+    if glu_rule not in GLU_RULES:
+        raise GatescopeError(f"GLU rule '{glu_rule}' is unknown; choose {' or '.join(GLU_RULES)}")
     if not hasattr(model.hf, "config"):
         raise GatescopeError("LRP rules need a transformers model (not a HookedTransformer)")
     fam, n = model.family, model.dims.n_layers
@@ -145,7 +150,7 @@ def lrp_rules(model: Model, gate_rule: str = "half") -> Iterator[None]:
             handles.append(module.register_forward_hook(_identity_hook, with_kwargs=True))
         entries = []
         layers = range(n)
-        if "mlp_gate" in fam.kinds:  # a GLU: half rule at the product
+        if "mlp_gate" in fam.kinds and glu_rule == "half":  # a GLU: half rule at the product
             entries += [
                 (Site("mlp_hidden", i), _half) for i in layers if _has(model, "mlp_gate", i)
             ]

@@ -34,6 +34,11 @@ def test_attribute_circuit_agreement(model_dir, files, tmp_path):  # noqa: F811
     assert len(json.loads(res.stdout)["components"]) == 8
     res = runner.invoke(app, ["circuit", model_dir, "--task", task, "--top-n", "3", "--curve"])
     assert res.exit_code == 0, res.output
+    grad = runner.invoke(
+        app, ["circuit", model_dir, "--task", task, "--top-n", "3", "--glu-rule", "gradient"]
+    )
+    assert grad.exit_code == 0, grad.output
+    assert grad.stdout.splitlines()[1:] != res.stdout.splitlines()[1:4]  # other node scores
     assert "faithfulness" in res.stdout and "smallest circuit reaching 0.8: " in res.stdout
     res = runner.invoke(
         app, ["agreement", model_dir, "--task", task, "--sites", "mlp_out", "--json"]
@@ -65,6 +70,10 @@ def test_attribute_circuit_agreement(model_dir, files, tmp_path):  # noqa: F811
             "at least 1",
         ),
         (["circuit", "{m}", "--task", "{t}", "--top-n", "99"], "outside 0-"),
+        (
+            ["circuit", "{m}", "--task", "{t}", "--top-n", "2", "--glu-rule", "full"],
+            "GLU rule 'full' is unknown; valid rules: half, gradient",
+        ),
         (["agreement", "{m}", "--task", "{t}", "--sites", "mlp_outt"], "unknown site kinds"),
     ],
 )

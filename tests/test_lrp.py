@@ -23,7 +23,7 @@ def _relevance_at_embeddings(model, gate_rule):
             target.backward()
     finally:
         handle.remove()
-    return float(target.detach()), float((store["e"] * store["e"].grad).sum())
+    return float(target.detach()), float((store["e"] * store["e"].grad).sum().detach())
 
 
 @pytest.mark.parametrize("name", ["qwen3_next", "llama", "gemma2"])
@@ -68,4 +68,44 @@ def test_rules_are_removed_on_error_and_bad_rule_refused():
     assert sum(len(m._forward_hooks) for m in model.hf.modules()) == 0
     with pytest.raises(GatescopeError, match="half or constant"):
         with lrp_rules(model, "third"):
+            pass
+
+
+@pytest.mark.parametrize("glu_rule, share", [("half", 0.5), ("gradient", 1.0)])
+def test_glu_rule_sets_the_linear_branch_coefficient(glu_rule, share):
+    # h = act(gate) * up: under the plain gradient d h / d up = act(gate); the half rule
+    # passes half of it (each factor receives half the relevance)
+    from probe.hooks import hook_sites
+    from probe.sites import Site
+
+    model = load_model(tiny_hf("llama"), tokenizer=tiny_tokenizer())
+    batch = model.tokenize(prompts(2))
+    seen = {}
+
+    def leaf(value, info):
+        seen["up"] = value.detach().requires_grad_(True)
+        return seen["up"]
+
+    def read(value, info):
+        seen["act"] = value.detach()
+        return value
+
+    def arriving(value, info):  # the product as the rest of the model sees it
+        value.retain_grad()
+        seen["h"] = value
+        return value
+
+    entries = [(Site("mlp_up", 1), leaf), (Site("mlp_gate", 1), read)]
+    entries.append((Site("mlp_hidden", 1), arriving))
+    with lrp_rules(model, glu_rule=glu_rule), hook_sites(model, entries, write=True):
+        logits = model.forward(batch.input_ids, batch.attention_mask)
+        logits[:, -1, 3].sum().backward()
+    expected = share * seen["act"] * seen["h"].grad
+    torch.testing.assert_close(seen["up"].grad, expected, rtol=1e-4, atol=1e-7)
+
+
+def test_unknown_glu_rule_is_refused():
+    model = load_model(tiny_hf("llama"), tokenizer=tiny_tokenizer())
+    with pytest.raises(GatescopeError, match="GLU rule 'full' is unknown; choose half or gradient"):
+        with lrp_rules(model, glu_rule="full"):
             pass
