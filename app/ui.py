@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 
+# plotly imports pandas lazily; two script runs doing that at once (a rerun while the first
+# run still draws) saw a half-initialised module, so it is imported whole before any page runs
+import pandas  # noqa: F401
 import streamlit as st
 
 from probe.errors import GatescopeError
