@@ -13,6 +13,7 @@ patching, steering, AtP/RelP -- is written once against it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
@@ -51,14 +52,15 @@ class HookBackend:
     ) -> Iterator[ForwardInfo]:
         info = ForwardInfo()
         planned = plan_hooks(model, entries, write, info)
-        handles = []
+        handles, thread = [], threading.get_ident()  # passes of other threads are not ours
+
+        def refresh(module, args, kwargs):
+            if threading.get_ident() == thread:
+                update_info(info, kwargs)
+
         try:
-            handles.append(
-                model.hf.register_forward_pre_hook(
-                    lambda module, args, kwargs: update_info(info, kwargs), with_kwargs=True
-                )
-            )
-            handles.extend(install_torch_hook(p) for p in planned)
+            handles.append(model.hf.register_forward_pre_hook(refresh, with_kwargs=True))
+            handles.extend(install_torch_hook(p, thread) for p in planned)
             yield info
         finally:
             for handle in handles:

@@ -13,6 +13,7 @@ Hook functions receive ``(value, info)`` and return ``None`` (read only) or a ne
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -214,18 +215,26 @@ def update_info(info: ForwardInfo, kwargs: dict) -> None:
         info.offset = 0
 
 
-def install_torch_hook(p: Planned) -> torch.utils.hooks.RemovableHandle:
-    """Install a planned hook as a PyTorch forward (pre-)hook; returns its handle."""
+def install_torch_hook(p: Planned, thread: int | None = None) -> torch.utils.hooks.RemovableHandle:
+    """Install a planned hook as a PyTorch forward (pre-)hook; returns its handle.
+
+    With ``thread`` (a ``threading.get_ident()``), forward passes run by other threads on the
+    same model (a web app serving two requests) pass through untouched.
+    """
     tap = p.tap
     if tap.side == "output":
 
         def post(module, args, kwargs, output):
+            if thread is not None and threading.get_ident() != thread:
+                return None
             new = p.apply(get_raw(tap, args, kwargs, output))
             return None if new is None else put_raw(tap, args, kwargs, output, new)
 
         return p.module.register_forward_hook(post, with_kwargs=True)
 
     def pre(module, args, kwargs):
+        if thread is not None and threading.get_ident() != thread:
+            return None
         new = p.apply(get_raw(tap, args, kwargs))
         return None if new is None else put_raw(tap, args, kwargs, None, new)
 

@@ -90,12 +90,17 @@ def test_gates_page_in_chromium(server, tmp_path):
             assert token not in before
             box.fill(prompt)
             box.press("Control+Enter")
-            page.wait_for_function(
-                "([old, token]) => { const c = document.querySelector('.js-plotly-plot');"
-                " return c && c.innerHTML !== old && c.innerHTML.includes(token); }",
-                arg=[before, token],
-                timeout=30000,
-            )
+            try:
+                page.wait_for_function(
+                    "([old, token]) => { const c = document.querySelector('.js-plotly-plot');"
+                    " return c && c.innerHTML !== old && c.innerHTML.includes(token); }",
+                    arg=[before, token],
+                    timeout=30000,
+                )
+            except Exception:
+                shown = page.locator("[data-testid=stException], [data-testid=stAlert]")
+                texts = [shown.nth(i).inner_text()[:800] for i in range(shown.count())]
+                pytest.fail(f"the chart was not redrawn for the typed prompt; page shows {texts}")
             print(
                 f"per-token chart redrawn {time.perf_counter() - started - first_chart:.1f} s "
                 "after the first chart"

@@ -176,3 +176,29 @@ def test_read_only_site_refuses_writes():
     with pytest.raises(GatescopeError, match="read-only"):
         with hook_sites(model, [(Site("attn_pattern", 0), lambda v, i: v)], write=True):
             pass
+
+
+def test_a_tracer_sees_only_its_own_threads_passes():
+    # a web app runs two requests on one cached model at once: each tracer must capture only
+    # the passes of the thread that opened it
+    import threading
+
+    model = _model("qwen3_next")
+    ids = model.tokenize(prompts(2)).input_ids
+    other = model.tokenize(prompts(3, length=5, seed=9)).input_ids
+    inside, done = threading.Event(), threading.Event()
+
+    def elsewhere():
+        inside.wait()
+        with torch.no_grad():
+            model.forward(other, None)  # another thread, another shape, while the tracer is open
+        done.set()
+
+    worker = threading.Thread(target=elsewhere)
+    worker.start()
+    with Tracer(model, ["attn_gate.1", "resid_post.0"]) as tr, torch.no_grad():
+        inside.set()
+        assert done.wait(60)
+        model.forward(ids, None)
+    worker.join()
+    assert len(tr.passes("attn_gate.1")) == 1 and tr["resid_post.0"].shape[:2] == ids.shape
