@@ -157,3 +157,13 @@ def test_patching_page_layer_by_head_and_by_position(monkeypatch):
     at.checkbox(key="each").check().run()
     assert not at.exception and not at.error
     assert all("@" in c for c in at.dataframe[0].value["component"])
+
+
+@needs_reference
+def test_concepts_page_bad_target_is_a_message(monkeypatch):
+    monkeypatch.delenv("GATESCOPE_MODEL", raising=False)
+    at = _run(PAGES["6_Concepts"])
+    at.text_input(key="target").set_value("wonderfulness|terrible").run()
+    assert not at.exception and "not a single token" in at.error[0].value
+    at.text_input(key="target").set_value("wonderful|terrible").run()  # the page recovers
+    assert not at.exception and not at.error and at.get("plotly_chart")
