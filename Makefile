@@ -5,7 +5,7 @@ PIP := $(VENV)/bin/pip
 PORT ?= 8501
 STAMP := $(VENV)/.gatescope-installed
 
-.PHONY: setup app test lint bench browser clean
+.PHONY: setup app test lint bench figures browser clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,10 @@ test: setup browser lint
 
 bench: setup
 	@for f in bench/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+figures: setup
+	@for f in bench/relp_rules.py bench/concepts_reference.py bench/sae_topk_vs_vsae.py; do \
+		echo "== $$f"; $(PY) $$f || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
