@@ -9,8 +9,11 @@ adjacent layers' CAVs. The target is the sentiment logit difference ``wonderful|
 every concept: the sentiment concepts should raise it, random sets must not be significant.
 The test is two-sided, so a topic whose CAV consistently lowers the target (TCAV near 0) is
 significant too: the random sets lean positive, so "topic vs random" points away from it.
-Then concept steering with the positive CAV at ``resid_post.2`` against 10 random vectors of
-equal norm.
+Then each topic with a topic target: the logit difference of one of its words against another
+topic's word (``football|recipe`` for sport, ...) on 30 neutral prompts built from the corpus's
+topic templates with filler nouns ("We talked about the river and the"), where a topic word
+may come next. Then concept steering with the positive CAV at ``resid_post.2`` against 10
+random vectors of equal norm.
 
     .venv/bin/python bench/concepts_reference.py [--kind resid_post] [--json out.json]
 """
@@ -40,6 +43,40 @@ CONCEPTS = {
 }
 
 
+TOPIC_TARGETS = {
+    "concept_sport": "football|recipe",
+    "concept_cooking": "recipe|football",
+    "concept_weather": "rain|song",
+    "concept_music": "song|rain",
+    "random_10": "football|recipe",
+    "random_11": "song|rain",
+}
+TEMPLATES = (
+    "The {a} needed a new",
+    "We talked about the {a} and the",
+    "Everyone loved the {a} at the",
+    "My {a} reminded me of the",
+    "There was a {a} near the",
+)
+FILLERS = ("river", "tree", "house", "road", "window", "door")
+
+
+def _row(model, name, target, randoms, kind, inputs, table):
+    res = cross_layer(model, load_texts(name), randoms, kind, target, inputs)
+    table[f"{name} {target}"] = {
+        "accuracy": res.accuracy,
+        "tcav": res.tcav,
+        "p": res.p_values,
+        "significant": [r.significant for r in res.results],
+        "adjacent_cosine": res.adjacent_cosine,
+    }
+    cells = "  ".join(
+        f"L{layer} {a:.2f}/{t:.2f} (p={p:.3g}{'*' if p < 0.05 else ''})"
+        for layer, a, t, p in zip(res.layers, res.accuracy, res.tcav, res.p_values, strict=True)
+    )
+    print(f"{name:18s}{target:20s} {cells}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="reference")
@@ -56,20 +93,11 @@ def main() -> None:
     print(f"{args.model}, {args.kind}.*, target on {len(prompts)} held-out sentiment prompts")
     print(f"{'concept':18s}{'target':20s} per layer: CAV accuracy / TCAV score (p)")
     for name, target in CONCEPTS.items():
-        res = cross_layer(model, load_texts(name), randoms, args.kind, target, prompts)
-        table[name] = {
-            "target": target,
-            "accuracy": res.accuracy,
-            "tcav": res.tcav,
-            "p": res.p_values,
-            "significant": [r.significant for r in res.results],
-            "adjacent_cosine": res.adjacent_cosine,
-        }
-        cells = "  ".join(
-            f"L{layer} {a:.2f}/{t:.2f} (p={p:.3g}{'*' if p < 0.05 else ''})"
-            for layer, a, t, p in zip(res.layers, res.accuracy, res.tcav, res.p_values, strict=True)
-        )
-        print(f"{name:18s}{target:20s} {cells}")
+        _row(model, name, target, randoms, args.kind, prompts, table)
+    neutral = [t.format(a=f) for t in TEMPLATES for f in FILLERS]
+    print(f"\ntopic targets on {len(neutral)} neutral prompts")
+    for name, target in TOPIC_TARGETS.items():
+        _row(model, name, target, randoms, args.kind, neutral, table)
     print("(* significant at p < 0.05)")
     words = json.loads((TASKS_DIR / "sentiment_words.json").read_text())
     metric = word_logit_metric(model, words["positive"], words["negative"])
