@@ -207,6 +207,8 @@ def update_info(info: ForwardInfo, kwargs: dict) -> None:
     info.attention_mask = kwargs.get("attention_mask")
     pos = kwargs.get("cache_position")
     past = kwargs.get("past_key_values")
+    if past is None:
+        past = kwargs.get("cache")  # the name transformers >= 5.2x gives the KV cache
     if pos is not None and pos.numel():
         info.offset = int(pos.reshape(-1)[0])
     elif past is not None and hasattr(past, "get_seq_length"):
