@@ -7,11 +7,13 @@ head's output at all positions vs TransformerLens's
 weights. Both report the patched mean logit difference per (layer, head); the figures are the
 speed ratio and the largest difference between the two results.
 
-Both do the same arithmetic per patched prompt (a full pass through the layers); gatescope
-rides ``batch_rows // n_prompts`` patches in one pass and skips the unembedding of every
-position but the answer and wrong logits of the last. On a CPU a pass costs in proportion to
-its rows, so batching saves only per-pass overhead there; on a GPU it is what removes the
-per-pass launch cost. The script prints the pass and row counts next to the times.
+TransformerLens runs one full pass per head. gatescope rides every head of a layer in one
+pass and resumes it (``probe.resume``): the prefix the clean and corrupt prompts share (IOI's
+corrupt prompt changes the second subject, near the end) runs once with a KV cache, and each
+patched pass starts at its layer from the base run's recorded layer inputs, over the
+positions after the prefix only, stopping at the answer and wrong logits. The script prints
+the pass and row counts and the shared prefix next to the times; ``--no-resume`` times full
+passes instead.
 
     .venv/bin/python bench/bench_patching.py [--model reference] [--prompts 24] [--repeats 3]
 """
@@ -35,7 +37,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="reference")
     parser.add_argument("--prompts", type=int, default=24)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-resume", action="store_true", help="run every pass in full")
     args = parser.parse_args()
     from transformer_lens import patching
     from transformer_lens.model_bridge import TransformerBridge
@@ -62,7 +65,9 @@ def main() -> None:
         return (last[rows_idx, batch.answer_ids] - last[rows_idx, batch.wrong_ids]).mean()
 
     def ours():
-        return activation_patching(model, task, "head_out.*", progress=False)
+        return activation_patching(
+            model, task, "head_out.*", resume=not args.no_resume, progress=False
+        )
 
     def theirs():
         with torch.no_grad():
@@ -95,12 +100,20 @@ def main() -> None:
         f"{med['transformer_lens'] / med['gatescope']:.1f}x faster"
     )
     print(f"largest difference in patched logit difference: {diff:.2e}")
-    n, per_pass = len(task), max(1, 256 // len(task))
-    ours_passes = 2 + -(-heads // per_pass)
+    n, layers, heads_per = len(task), model.dims.n_layers, model.dims.n_heads
+    tokens = batch.clean_ids.shape[1]
+    if result.resumed:
+        suffix = tokens - result.shared_prefix
+        how = (
+            f"gatescope {3 + layers} passes: the shared prefix ({result.shared_prefix} tokens), "
+            f"a 2-prompt check, source and base suffixes, then one pass per layer of "
+            f"{heads_per * n} rows x {suffix} tokens from that layer on"
+        )
+    else:
+        how = f"gatescope {2 + -(-heads // max(1, 256 // n))} full passes"
     print(
-        f"forward passes: gatescope {ours_passes} ({2 * n + heads * n} prompt rows, "
-        f"{per_pass} patches per pass), TransformerLens {1 + heads} ({(1 + heads) * n} rows); "
-        f"torch threads {torch.get_num_threads()}, device {model.device}"
+        f"forward passes: {how}; TransformerLens {1 + heads} full passes of {n} rows x "
+        f"{tokens} tokens; torch threads {torch.get_num_threads()}, device {model.device}"
     )
 
 

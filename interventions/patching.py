@@ -2,17 +2,25 @@
 2309.16042; Heimersheim & Nanda, arXiv 2404.15255).
 
 1. Run the source prompts (clean for denoising, corrupt for noising) once and cache every
-   site involved and the last layer's output.
+   site involved.
 2. Enumerate components: sites x positions (x heads for ``head_out`` / ``attn_gate``).
+   Positions before the first token where clean and corrupt prompts differ are equal in
+   both runs (the model is causal): their effect is exactly 0 and they are not run.
 3. Batch many patches into one forward pass: the base prompts (corrupt for denoising, clean
    for noising) are repeated once per component in a chunk, and each block of rows carries a
    different patch from the cache.
-4. Metric: logit difference ``logit(answer) - logit(wrong)`` averaged over prompts,
+4. Resume (``probe.resume``): the shared prefix runs once with a KV cache, and each patched
+   pass starts at its components' layer from the base run's recorded layer inputs, covering
+   only the positions after the prefix (one layer per pass). This is checked first: on two
+   prompts against the full forward, and by two unpatched rows in the first pass that must
+   reproduce the base run; where anything differs, or the backend cannot resume, every pass
+   runs in full.
+5. Metric: logit difference ``logit(answer) - logit(wrong)`` averaged over prompts,
    normalised: denoising ``(LD_patched - LD_corrupt) / (LD_clean - LD_corrupt)``, noising
    ``(LD_patched - LD_clean) / (LD_clean - LD_corrupt)``.
-5. Patched passes stop after the last layer and compute only the answer and wrong logits at
+6. Patched passes stop after the last layer and compute only the answer and wrong logits at
    the last token (``unembed(final_norm(x))``), once that formula has reproduced the full
-   forward's logit difference on the source run; otherwise the full forward is used.
+   forward's logit difference; otherwise the full forward is used (and nothing resumes).
 
 Layout: the expanded batch is ``(k * n, T)``, block ``j`` (rows ``j*n .. (j+1)*n``) carrying
 component ``j`` of the pass; effects are ``(k, n)`` means over the prompts.
@@ -32,12 +40,22 @@ from typing import NamedTuple
 
 import torch
 
+from interventions.passes import (
+    ResumeMismatch,
+    full_runs,
+    hook_site,
+    normalisers,
+    resumed_runs,
+    select_rows,
+    sweep,
+)
 from probe.errors import GatescopeError
-from probe.hooks import hook_sites
-from probe.model import Model, resolve_path
-from probe.sites import HEADED_KINDS, Site
-from probe.tasks import Task, TaskBatch, logit_diff
-from probe.tracer import Tracer
+from probe.model import Model
+from probe.resume import shared_prefix
+from probe.sites import HEADED_KINDS
+from probe.tasks import Task, TaskBatch
+
+_select = select_rows  # the name earlier scripts import
 
 log = logging.getLogger(__name__)
 MODES = ("denoise", "noise")
@@ -84,6 +102,8 @@ class PatchingResult:
     corrupt_logit_diff: float
     components: list[Component]
     tokens: list[str] = field(default_factory=list)
+    shared_prefix: int = 0  # leading tokens the clean and corrupt prompts share
+    resumed: bool = False  # passes started at their layer, after the shared prefix
 
     def top(self, n: int = 10) -> list[Component]:
         return sorted(self.components, key=lambda c: -abs(c.effect))[:n]
@@ -150,18 +170,6 @@ def equal_length_rows(batch: TaskBatch) -> torch.Tensor:
     return torch.nonzero(batch.lengths == length).flatten()
 
 
-def _select(batch: TaskBatch, rows: torch.Tensor) -> TaskBatch:
-    n = int(batch.lengths[rows].max())
-    return TaskBatch(
-        batch.clean_ids[rows, :n],
-        batch.corrupt_ids[rows, :n],
-        batch.attention_mask[rows, :n],
-        batch.lengths[rows],
-        batch.answer_ids[rows],
-        batch.wrong_ids[rows],
-    )
-
-
 def _components(model: Model, sites, positions, length: int | None) -> list[Component]:
     comps = []
     for site in model.sites(sites):
@@ -182,109 +190,6 @@ def _components(model: Model, sites, positions, length: int | None) -> list[Comp
     return comps
 
 
-def _hook_site(c: Component) -> Site:
-    kind = "attn_gate_logit" if c.kind == "attn_gate" else c.kind
-    return Site(kind, c.layer)
-
-
-def _patch_fn(jobs: list[tuple[int, Component]], cache: torch.Tensor, n: int):
-    def fn(value, info):
-        new = value.clone()
-        for j, c in jobs:
-            rows = slice(j * n, (j + 1) * n)
-            pos = slice(None) if c.position is None else c.position
-            if c.head is None:
-                new[rows, pos] = cache[:, pos]
-            else:
-                new[rows, pos, c.head] = cache[:, pos, c.head]
-        return new
-
-    return fn
-
-
-class _Stop(Exception):
-    """Raised by a read hook after the last layer, carrying the residual stream."""
-
-    def __init__(self, value: torch.Tensor) -> None:
-        super().__init__("stop")
-        self.value = value
-
-
-class _Scorer:
-    """Per-row logit difference of forward passes with some hooks installed.
-
-    The fast path stops each pass after the last layer and computes only the two logits the
-    metric needs: ``unembed(final_norm(x_last))`` at the answer and wrong tokens. It is used
-    only if that formula reproduced the full forward's logit difference (within 1e-4) on the
-    source run, so a model whose logits are more than that (softcapping, a non-linear head)
-    keeps the full forward; so does a backend on which a pass cannot be stopped.
-    """
-
-    def __init__(self, model: Model, batch: TaskBatch, hidden: torch.Tensor, full_ld) -> None:
-        self.model, self.fast = model, False
-        try:
-            got = self._from_hidden(hidden, batch)
-            self.fast = bool(torch.allclose(got, full_ld, rtol=1e-4, atol=1e-4))
-        except Exception as exc:  # noqa: BLE001 -- any failure means: use the full forward
-            log.debug("patching: no fast logit path (%s)", exc)
-
-    def _from_hidden(self, hidden: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
-        model = self.model
-        rows = torch.arange(len(batch.lengths), device=hidden.device)
-        x = hidden[rows, batch.lengths.to(hidden.device) - 1]  # (B, d_model)
-        unembed = resolve_path(model.hf, model.family.unembed)
-        w_u = unembed.weight  # (V, d_model)
-        h = resolve_path(model.hf, model.family.final_norm)(x.to(w_u.device))  # (B, d_model)
-        ans, wrong = batch.answer_ids.to(w_u.device), batch.wrong_ids.to(w_u.device)
-        ld = (h * (w_u[ans] - w_u[wrong])).sum(-1)  # (B,)
-        if getattr(unembed, "bias", None) is not None:
-            ld = ld + unembed.bias[ans] - unembed.bias[wrong]
-        return ld.float().cpu()
-
-    def _fast(self, ids, mask, entries, batch: TaskBatch) -> torch.Tensor:
-        last = Site("resid_post", self.model.dims.n_layers - 1)
-
-        def stop(value, info):
-            raise _Stop(value)
-
-        try:
-            with hook_sites(self.model, [*entries, (last, stop)], write=True):
-                self.model.forward(ids, mask)
-        except _Stop as caught:
-            return self._from_hidden(caught.value, batch)
-        raise RuntimeError("the forward pass never reached the last layer")
-
-    def __call__(self, ids, mask, entries, batch: TaskBatch) -> torch.Tensor:
-        if self.fast:
-            try:
-                return self._fast(ids, mask, entries, batch)
-            except Exception as exc:  # noqa: BLE001 -- a real error recurs on the full path
-                log.debug("patching: fast path failed (%s); using the full forward", exc)
-                self.fast = False
-        with hook_sites(self.model, entries, write=True):
-            return logit_diff(self.model.forward(ids, mask), batch).float().cpu()
-
-
-def _patched_logit_diffs(chunk: list[Component], cache, base, batch: TaskBatch, score):
-    """Mean logit difference with each component of ``chunk`` patched, in one forward pass:
-    the base prompts repeated once per component, block j of rows carrying patch j."""
-    n, k = len(batch), len(chunk)
-    jobs: dict[Site, list] = {}
-    for j, c in enumerate(chunk):
-        jobs.setdefault(_hook_site(c), []).append((j, c))
-    entries = [(s, _patch_fn(js, cache[s], n)) for s, js in jobs.items()]
-    expanded = TaskBatch(
-        base.repeat(k, 1),  # (k * n, T)
-        base.repeat(k, 1),
-        batch.attention_mask.repeat(k, 1),
-        batch.lengths.repeat(k),
-        batch.answer_ids.repeat(k),
-        batch.wrong_ids.repeat(k),
-    )
-    ld = score(expanded.clean_ids, expanded.attention_mask, entries, expanded)
-    return ld.view(k, n).mean(1).tolist()  # (k,)
-
-
 def _prepare(model: Model, task: Task, positions) -> TaskBatch:
     batch = task.tokenize(model.tokenizer)
     if positions is None:
@@ -297,7 +202,7 @@ def _prepare(model: Model, task: Task, positions) -> TaskBatch:
             len(batch),
             int(batch.lengths[rows[0]]),
         )
-    return _select(batch, rows)
+    return select_rows(batch, rows)
 
 
 @torch.no_grad()
@@ -309,6 +214,7 @@ def activation_patching(
     positions: None | str | list[int] = None,
     mode: str = "denoise",
     batch_rows: int = 256,
+    resume: bool = True,
     progress: bool = True,
 ) -> PatchingResult:
     """Patch every component of ``sites`` and measure the normalised logit difference.
@@ -322,41 +228,41 @@ def activation_patching(
             patch).
         batch_rows: rows per forward pass; ``batch_rows // n_prompts`` patches ride in one
             pass.
+        resume: start each patched pass at its layer, after the prefix the clean and corrupt
+            prompts share (checked against the full forward first); ``False`` runs every
+            pass in full.
     """
     if mode not in MODES:
         raise GatescopeError(f"mode '{mode}' is unknown; choose one of {', '.join(MODES)}")
     batch = _prepare(model, task, positions)
-    n, length, mask = len(batch), batch.clean_ids.shape[1], batch.attention_mask
+    n, length = len(batch), batch.clean_ids.shape[1]
     comps = _components(model, sites, positions, length)
     base, source = (
         (batch.corrupt_ids, batch.clean_ids)
         if mode == "denoise"
         else (batch.clean_ids, batch.corrupt_ids)
     )
-    last = Site("resid_post", model.dims.n_layers - 1)
-    with Tracer(model, sorted({_hook_site(c) for c in comps} | {last})) as cache:
-        source_ld = logit_diff(model.forward(source, mask), batch).float().cpu()
-    score = _Scorer(model, batch, cache[last], source_ld)
-    base_ld = float(score(base, mask, [], batch).mean())
-    clean_ld, corrupt_ld = (
-        (float(source_ld.mean()), base_ld)
-        if mode == "denoise"
-        else (base_ld, float(source_ld.mean()))
-    )
-    if abs(clean_ld - corrupt_ld) < 1e-6:
-        raise GatescopeError(
-            "clean and corrupt runs give the same logit difference; "
-            "nothing to patch (check the corrupt prompts)"
-        )
-    per_chunk = max(1, batch_rows // n)
-    chunks = [comps[i : i + per_chunk] for i in range(0, len(comps), per_chunk)]
-    if progress:
-        from tqdm.auto import tqdm
-
-        chunks = tqdm(chunks, desc=f"{mode} patching", unit="pass")
-    for chunk in chunks:
-        values = _patched_logit_diffs(chunk, cache, base, batch, score)
-        for c, value in zip(chunk, values, strict=True):
-            c.effect = (value - base_ld) / (clean_ld - corrupt_ld)
+    sites = [hook_site(c) for c in comps]
+    start = shared_prefix(base, source)
+    runs = resumed_runs(model, batch, base, source, sites, start) if resume else None
+    log.debug("patching: %s passes", "resumed" if runs else "full")
+    runs = runs or full_runs(model, batch, base, source, sites)
+    base_ld, clean_ld, corrupt_ld = normalisers(runs, mode)
+    todo = [c for c in comps if c.position is None or c.position >= start]
+    for c in comps:
+        if c.position is not None and c.position < start:
+            c.effect = 0.0  # both runs agree before the first differing token
+    resumed = runs.resumed is not None
+    try:
+        sweep(todo, runs, base, batch, batch_rows, progress, mode)
+    except ResumeMismatch:
+        log.debug("patching: a resumed pass differs from the base run; running full passes")
+        runs, resumed = full_runs(model, batch, base, source, sites), False
+        base_ld, clean_ld, corrupt_ld = normalisers(runs, mode)
+        sweep(todo, runs, base, batch, batch_rows, progress, mode)
+    for c in todo:
+        c.effect = (c.effect - base_ld) / (clean_ld - corrupt_ld)
     tokens = [model.tokenizer.decode([t]) for t in batch.clean_ids[0][: int(batch.lengths[0])]]
-    return PatchingResult(model.name, task.name, mode, n, clean_ld, corrupt_ld, comps, tokens)
+    return PatchingResult(
+        model.name, task.name, mode, n, clean_ld, corrupt_ld, comps, tokens, start, resumed
+    )

@@ -186,3 +186,61 @@ def test_interchange_null_keeps_token_lengths(model):
     )
     with pytest.raises(GatescopeError, match="2 prompts of one token length"):
         interchange_test(model, lonely, n_null=3)
+
+
+def _late_task(n=4, length=8, seed=5):
+    """Clean and corrupt prompts that differ only at position length - 3 (a shared prefix)."""
+    g = torch.Generator().manual_seed(seed)
+    clean, corrupt, ans, wrong = [], [], [], []
+    for _ in range(n):
+        w = [f"w{int(i)}" for i in torch.randint(10, 200, (length,), generator=g)]
+        clean.append(" ".join(w))
+        corrupt.append(" ".join([*w[:-3], f"w{int(torch.randint(10, 200, (1,), generator=g))}",
+                                 *w[-2:]]))  # fmt: skip
+        ans.append(f"w{int(torch.randint(10, 200, (1,), generator=g))}")
+        wrong.append(f"w{int(torch.randint(10, 200, (1,), generator=g))}")
+    return Task("late", clean, corrupt, ans, wrong)
+
+
+@pytest.mark.parametrize("family", ["qwen3_next", "llama", "gemma3_text", "gpt2"])
+@pytest.mark.parametrize("mode", ["denoise", "noise"])
+def test_resumed_sweep_equals_full_passes(family, mode):
+    """Passes started at their layer after the shared prefix give the full passes' effects."""
+    m = load_model(tiny_hf(family), tokenizer=tiny_tokenizer())
+    task = _late_task()
+    kinds = "head_out.*,resid_pre.*,resid_mid.1,mlp_out.0"
+    if m.is_gated:
+        kinds += ",attn_gate.*"
+    for positions in (None, "each"):
+        fast = activation_patching(m, task, kinds, positions=positions, mode=mode, progress=False)
+        slow = activation_patching(
+            m, task, kinds, positions=positions, mode=mode, resume=False, progress=False
+        )
+        assert fast.shared_prefix == 5 and fast.resumed and not slow.resumed
+        assert fast.clean_logit_diff == pytest.approx(slow.clean_logit_diff, abs=1e-4)
+        for a, b in zip(fast.components, slow.components, strict=True):
+            assert a.label == b.label and a.effect == pytest.approx(b.effect, abs=1e-4), a.label
+        before = [c.effect for c in fast.components if c.position is not None and c.position < 5]
+        assert before == [0.0] * len(before) and (positions is None or before)
+
+
+def test_resumed_sweep_of_one_prompt_and_a_mismatch_falls_back(model, monkeypatch):
+    from probe.resume import ResumablePass
+
+    one = _late_task(1)
+    a = activation_patching(model, one, "head_out.*", progress=False)
+    b = activation_patching(model, one, "head_out.*", resume=False, progress=False)
+    assert a.resumed and [c.effect for c in a.components] == pytest.approx(
+        [c.effect for c in b.components], abs=1e-4
+    )
+    run = ResumablePass.run
+
+    def off_by_a_bit(self, *args, **kwargs):
+        return run(self, *args, **kwargs) + 1e-2
+
+    monkeypatch.setattr(ResumablePass, "run", off_by_a_bit)
+    task = _late_task()
+    fallback = activation_patching(model, task, "head_out.*", progress=False)
+    full = activation_patching(model, task, "head_out.*", resume=False, progress=False)
+    assert not fallback.resumed
+    assert [c.effect for c in fallback.components] == [c.effect for c in full.components]

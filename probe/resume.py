@@ -1,0 +1,217 @@
+"""Resumable forward passes: reuse a shared prompt prefix and restart a pass at any layer.
+
+Many patched passes differ from one base run only after some point: clean and corrupt
+prompts share their first tokens (an IOI corrupt prompt changes one name near the end), and a
+patch at layer ``L`` leaves layers ``0 .. L-1`` as they were. TransformerLens offers
+``start_at_layer`` on its own models; this does the same on the unmodified Hugging Face model.
+
+1. The shared prefix ``ids[:, :start]`` runs once through the model's own forward with a KV
+   cache (:class:`ResumablePass`).
+2. ``forward(ids)`` runs the suffix ``ids[:, start:]`` of prompts with that prefix (one or
+   more blocks of the same rows) from a copy of the cache, stopping after the last decoder
+   layer; with ``record=j`` a pre-hook on every decoder layer records what the model passed
+   it (hidden states, position embeddings, mask, ...), block ``j`` being the rows to resume.
+3. ``run(entries, k, layer)`` tiles the recorded rows ``k`` times (block ``j`` = rows
+   ``j*n .. (j+1)*n``) and calls decoder layers ``layer .. n-1`` directly with the recorded
+   arguments and a tiled copy of the cache, with the given site hooks installed.
+
+Both return the last layer's output ``(rows, T - start, d_model)``; hooks see
+``info.offset == start``, so site values cover positions ``start ..`` only. Only the local
+hook backend can resume. Callers check the results against the full forward (patching does,
+on two prompts for the suffix and with an unpatched tile in its first resumed pass) and run
+full passes where they differ.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from probe.hooks import HookFn, hook_sites
+from probe.model import Model, resolve_path
+from probe.sites import Site
+
+log = logging.getLogger(__name__)
+_HIDDEN = "hidden_states"  # the keyword of a decoder layer's input when not positional
+
+
+def shared_prefix(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Number of leading positions where the token ids ``a`` and ``b`` (B, T) agree in every
+    row. A causal model computes identical activations there for both."""
+    differs = (a != b).any(0)  # (T,)
+    hits = torch.nonzero(differs).flatten()
+    return int(hits[0]) if len(hits) else a.shape[1]
+
+
+def _cache_keyword(hf: torch.nn.Module) -> str:
+    params = inspect.signature(hf.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _cache_of(output):
+    for name in ("cache", "past_key_values"):
+        value = getattr(output, name, None)
+        if value is not None:
+            return value
+    raise RuntimeError("the model returned no KV cache")
+
+
+def _is_cache(obj) -> bool:
+    return hasattr(obj, "get_seq_length") and hasattr(obj, "batch_select_indices")
+
+
+def _tile(obj, rows: int, index: torch.Tensor, cache):
+    """``obj`` with every per-row tensor (dim >= 2, first dim ``rows``) gathered by ``index``
+    and any KV cache replaced by ``cache``; broadcastable tensors stay as they are."""
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() >= 2 and obj.shape[0] == rows and rows > 1:
+            return obj.index_select(0, index.to(obj.device))
+        return obj
+    if _is_cache(obj):
+        return cache
+    if isinstance(obj, tuple | list):
+        return type(obj)(_tile(x, rows, index, cache) for x in obj)
+    if isinstance(obj, dict):
+        return {key: _tile(x, rows, index, cache) for key, x in obj.items()}
+    return obj
+
+
+@dataclass
+class _Call:
+    """What the model passed one decoder layer."""
+
+    args: tuple
+    kwargs: dict
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        return self.args[0] if self.args else self.kwargs[_HIDDEN]
+
+
+class _Stop(Exception):
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__("stop")
+        self.value = value
+
+
+def _output(out) -> torch.Tensor:
+    """The hidden states of a decoder layer's output (a tensor, or a tuple led by one)."""
+    return out[0] if isinstance(out, tuple | list) else out
+
+
+class ResumablePass:
+    """Prompts sharing ``ids[:, :start]``, resumable past it and at any layer (see module)."""
+
+    def __init__(self, model: Model, ids: torch.Tensor, mask: torch.Tensor, start: int) -> None:
+        if model.backend.name != "hooks":
+            raise RuntimeError(f"the {model.backend.name} backend cannot resume passes")
+        self.model, self.start, self.n = model, start, ids.shape[0]
+        self.mask = mask.to(model.device)
+        layers = resolve_path(model.hf, model.family.layers)
+        if layers is None:
+            raise RuntimeError("no decoder layer list")
+        self.layers = list(layers)[: model.dims.n_layers]
+        prefix = model.hf(
+            ids[:, :start].to(model.device), attention_mask=self.mask[:, :start], use_cache=True
+        )
+        self.cache = _cache_of(prefix)
+        self.calls: list[_Call] | None = None
+        self._recorded = (0, 0)  # (rows of the recorded pass, first row that run() resumes)
+        self._tiled: dict[tuple[int, int], object] = {}
+
+    def _cache_for(self, k: int, extra: int = 0):
+        """A cache of the prefix for ``k`` tiles (and ``extra`` rows) that a pass may extend;
+        the stored one stays as it is (a layer's update replaces its tensors, so copying the
+        layers suffices where every layer is a plain dynamic one)."""
+        if (k, extra) not in self._tiled:
+            tiled = copy.deepcopy(self.cache)
+            if k > 1 or extra:
+                tiled.batch_select_indices(self._index(k, extra))
+            self._tiled[k, extra] = tiled
+        base = self._tiled[k, extra]
+        if not all(
+            type(layer).__name__ == "DynamicLayer" for layer in getattr(base, "layers", [0])
+        ):
+            return copy.deepcopy(base)  # a layer type that may update its tensors in place
+        fresh = copy.copy(base)
+        fresh.layers = [copy.copy(layer) for layer in base.layers]
+        return fresh
+
+    def _index(self, k: int, extra: int = 0) -> torch.Tensor:
+        """Prompt row of each row of ``k`` tiles then ``extra`` rows: (k * n + extra,)."""
+        return torch.cat([torch.arange(k * self.n) % self.n, torch.arange(extra)])
+
+    def forward(self, ids: torch.Tensor, record: int | None = None) -> torch.Tensor:
+        """Last decoder layer's output ``(m * n, T - start, d)`` for prompts ``ids`` (m * n, T):
+        ``m`` blocks of ``n`` rows, row ``r`` starting with prefix row ``r % n``. ``record=j``
+        keeps every layer's call, with block ``j`` as the rows that :meth:`run` resumes."""
+        m = ids.shape[0] // self.n
+        if ids.shape[0] != m * self.n or m == 0:
+            raise ValueError(f"{ids.shape[0]} rows are not whole blocks of {self.n}")
+        calls: list[_Call | None] = [None] * len(self.layers)
+
+        def recorder(i: int):
+            def pre(module, args, kwargs):
+                calls[i] = _Call(args, kwargs)
+
+            return pre
+
+        def stop(module, args, output):
+            raise _Stop(_output(output))
+
+        handles = [self.layers[-1].register_forward_hook(stop)]
+        if record is not None:
+            handles += [
+                layer.register_forward_pre_hook(recorder(i), with_kwargs=True)
+                for i, layer in enumerate(self.layers)
+            ]
+        suffix = ids[:, self.start :].to(self.model.device)  # (m * n, T - start)
+        cache = {_cache_keyword(self.model.hf): self._cache_for(m)}  # m tiles
+        try:
+            self.model.hf(suffix, attention_mask=self.mask.repeat(m, 1), use_cache=True, **cache)
+        except _Stop as caught:
+            hidden = caught.value
+        else:
+            raise RuntimeError("the forward pass never reached the last decoder layer")
+        finally:
+            for handle in handles:
+                handle.remove()
+        if record is not None:
+            if any(c is None for c in calls):
+                raise RuntimeError("a decoder layer was not called by the forward pass")
+            self.calls, self._recorded = calls, (m * self.n, record * self.n)  # type: ignore
+        return hidden
+
+    def run(
+        self, entries: Sequence[tuple[Site, HookFn]], k: int, layer: int, extra: int = 0
+    ) -> torch.Tensor:
+        """The last layer's output ``(k * n + extra, T - start, d)`` of the recorded rows
+        tiled ``k`` times (then their first ``extra`` rows once more), resumed at ``layer``
+        with the hooks of ``entries`` installed."""
+        if self.calls is None:
+            raise RuntimeError("run forward(ids, record=0) first")
+        if not 0 <= layer < len(self.layers):
+            raise ValueError(f"layer {layer} is out of range 0-{len(self.layers) - 1}")
+        rows, first = self._recorded
+        index = self._index(k, extra)  # (k * n + extra,) tile j = block j
+        cache = self._cache_for(k, extra)
+        mask = self.mask.index_select(0, index.to(self.mask.device))
+        index = index + first
+        with hook_sites(self.model, entries, write=True) as info:
+            info.offset, info.attention_mask = self.start, mask
+            hidden = self.calls[layer].hidden.index_select(0, index.to(self.model.device))
+            for i in range(layer, len(self.layers)):
+                call = self.calls[i]
+                args = _tile(call.args[1:], rows, index, cache)
+                kwargs = _tile(call.kwargs, rows, index, cache)
+                if call.args:
+                    out = self.layers[i](hidden, *args, **kwargs)  # hidden: (k * n, T', d)
+                else:
+                    out = self.layers[i](**{**kwargs, _HIDDEN: hidden})
+                hidden = _output(out)
+        return hidden
