@@ -53,14 +53,6 @@ def _cache_keyword(hf: torch.nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _cache_of(output):
-    for name in ("cache", "past_key_values"):
-        value = getattr(output, name, None)
-        if value is not None:
-            return value
-    raise RuntimeError("the model returned no KV cache")
-
-
 def _is_cache(obj) -> bool:
     return hasattr(obj, "get_seq_length") and hasattr(obj, "batch_select_indices")
 
@@ -116,13 +108,37 @@ class ResumablePass:
         if layers is None:
             raise RuntimeError("no decoder layer list")
         self.layers = list(layers)[: model.dims.n_layers]
-        prefix = model.hf(
-            ids[:, :start].to(model.device), attention_mask=self.mask[:, :start], use_cache=True
-        )
-        self.cache = _cache_of(prefix)
+        self.cache = self._prefix_cache(ids[:, :start].to(model.device), self.mask[:, :start])
         self.calls: list[_Call] | None = None
         self._recorded = (0, 0)  # (rows of the recorded pass, first row that run() resumes)
         self._tiled: dict[tuple[int, int], object] = {}
+
+    def _prefix_cache(self, ids: torch.Tensor, mask: torch.Tensor):
+        """The KV cache of ``ids``: the one the model makes and hands its decoder layers,
+        taken from the first layer's call, of a pass stopped after the last layer (its
+        logits are not needed)."""
+        made = []
+
+        def take(module, args, kwargs):
+            made.extend(x for x in (*args, *kwargs.values()) if _is_cache(x))
+
+        def stop(module, args, output):
+            raise _Stop(_output(output))
+
+        handles = [
+            self.layers[0].register_forward_pre_hook(take, with_kwargs=True),
+            self.layers[-1].register_forward_hook(stop),
+        ]
+        try:
+            self.model.hf(ids, attention_mask=mask, use_cache=True)
+        except _Stop:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        if not made:
+            raise RuntimeError("the model passed its decoder layers no KV cache")
+        return made[0]
 
     def _cache_for(self, k: int, extra: int = 0):
         """A cache of the prefix for ``k`` tiles (and ``extra`` rows) that a pass may extend;
