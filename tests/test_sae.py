@@ -208,3 +208,65 @@ def test_train_straight_from_the_model(model, tmp_path):
     out = train_from_model(model, "resid_post.0", small(), tmp_path / "m", TEXTS, progress=False)
     tr = load_trained(out)
     assert tr.site_shape == [64] and tr.meta["model"] == "tiny" and "store" not in tr.meta
+
+
+def _one_step(sae, x, dead):
+    from sae_lens.saes.sae import TrainStepInput
+
+    sae.train()
+    sae.zero_grad()
+    out = sae.training_forward_pass(
+        TrainStepInput(
+            sae_in=x,
+            dead_neuron_mask=dead,
+            coefficients={},
+            n_training_steps=0,
+            is_logging_step=False,
+        )  # fmt: skip
+    )
+    out.loss.backward()
+    grads = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    return out, grads
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+@pytest.mark.parametrize("b_dec_in", [True, False])
+@pytest.mark.parametrize("n_dead", [0, 5, 300])
+def test_sparse_topk_step_equals_saelens_dense_step(rescale, b_dec_in, n_dead):
+    """The sparse training pass gives SAELens's loss, gradients and activations."""
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    from probe.sae.sparse_topk import SparseTopKTrainingSAE
+
+    torch.manual_seed(0)
+    cfg = TopKTrainingSAEConfig(
+        d_in=32, d_sae=512, k=8, aux_loss_coefficient=1 / 32,
+        rescale_acts_by_decoder_norm=rescale, apply_b_dec_to_input=b_dec_in,
+    )  # fmt: skip
+    dense, sparse = TopKTrainingSAE(cfg), SparseTopKTrainingSAE(cfg)
+    with torch.no_grad():
+        dense.b_dec.normal_()
+        dense.W_dec.mul_(torch.rand(512, 1) + 0.5)  # decoder rows of unequal norms
+    sparse.load_state_dict(dense.state_dict())
+    x = torch.randn(64, 32) * 2
+    dead = torch.zeros(512, dtype=torch.bool)
+    dead[torch.randperm(512)[:n_dead]] = True
+    for _ in range(2):  # the second step reuses the kept buffers
+        a, ga = _one_step(dense, x, dead if n_dead else None)
+        b, gb = _one_step(sparse, x, dead if n_dead else None)
+        for name in a.losses:
+            assert float(b.losses[name]) == pytest.approx(float(a.losses[name]), rel=1e-5)
+        for name, g in ga.items():
+            assert torch.allclose(gb[name], g, rtol=1e-4, atol=1e-5), name
+        assert torch.allclose(b.feature_acts, a.feature_acts, atol=1e-6)
+        assert torch.allclose(b.sae_out, a.sae_out, atol=1e-5)
+
+
+def test_two_stage_topk_is_exact():
+    from probe.sae.sparse_topk import topk_indices
+
+    g = torch.Generator().manual_seed(1)
+    for rows, width, k in [(7, 512, 8), (5, 1024, 32), (3, 100, 7), (4, 64, 40)]:
+        pre = torch.randn(rows, width, generator=g)
+        want = pre.topk(k, dim=-1).indices.sort(-1).values
+        assert torch.equal(topk_indices(pre, k).sort(-1).values, want), (rows, width, k)

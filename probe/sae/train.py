@@ -110,6 +110,16 @@ def sae_config(spec: SAETrainSpec, d_in: int, model_name: str, site: str):
     return cfg_cls(**kw, metadata=meta)
 
 
+def training_class(arch: str):
+    """The training SAE class of ``arch``: SAELens's registry, except that ``topk`` trains with
+    gatescope's sparse decoder (same loss and parameters; saved as a SAELens ``topk`` SAE)."""
+    if arch == "topk":
+        from probe.sae.sparse_topk import SparseTopKTrainingSAE
+
+        return SparseTopKTrainingSAE
+    return SAE_TRAINING_CLASS_REGISTRY[arch][0]
+
+
 class _Trainer(SAETrainer):
     """SAELens's trainer with safetensors checkpoints (no pickle) in one rolling folder."""
 
@@ -184,8 +194,7 @@ def train_sae(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
     cfg = sae_config(spec, d_in, source["model"], source["site"])
-    sae_cls, _ = SAE_TRAINING_CLASS_REGISTRY[spec.arch]
-    sae = sae_cls(cfg)
+    sae = training_class(spec.arch)(cfg)
     trainer_cfg = SAETrainerConfig(
         total_training_samples=spec.steps * spec.batch_size,
         train_batch_size_samples=spec.batch_size,

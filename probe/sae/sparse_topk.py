@@ -1,0 +1,248 @@
+"""TopK SAE training with a sparse decoder and a sparse backward pass.
+
+SAELens's ``TopKTrainingSAE`` computes its loss through dense ``(batch, d_sae)`` tensors: the
+top-k activations are scattered into zeros and decoded with a dense matmul (twice, with the
+AuxK term), and autograd differentiates every one of them. With ``k << d_sae`` nearly all of
+that arithmetic multiplies zeros. This subclass computes the same loss and gradients (same
+formulas, equal to float rounding; checked against SAELens's pass in the tests) touching
+only what is active:
+
+1. ``pre = sae_in @ (W_enc * n) + b_enc * n`` for every latent, without autograd (it only
+   chooses latents); ``n = ||W_dec||`` per latent (SAELens's ``rescale_acts_by_decoder_norm``)
+   or 1. ``(B, d_sae)``, in a buffer kept from step to step (a fresh 4 MB tensor per step
+   costs page faults on a CPU).
+2. ``idx = topk(pre, k)`` (:func:`topk_indices`, exact, in two stages); AuxK's
+   ``k_aux = d_in / 2`` latents are the top of ``pre`` among the dead latents only.
+3. The ``N`` chosen pre-activations ``raw = pre / n`` get autograd through
+   :class:`_Chosen`, whose backward pass is one sparse ``(d_sae, B) @ (B, d_in)`` product for
+   ``W_enc`` and a vector-matrix product for ``b_dec`` (``sae_in = x - b_dec``).
+4. SAELens decodes ``relu(raw * n) / n * W_dec[i] = relu(raw) * W_dec[i]`` (AuxK: ``raw``), so
+   the decoder norm only chooses latents; its gradient through that rescaling cancels and it
+   stays out of autograd. Both reconstructions decode in one ``embedding_bag`` over ``2B``
+   bags (Gao et al.'s sparse decoder; sparsify decodes the same way), whose ``W_dec``
+   gradient is one sparse product (:class:`_DecoderGrad`).
+
+The trainer's firing statistics read ``feature_acts`` (dense, SAELens's scaled activations)
+from a second kept buffer. The SAE saves as a plain SAELens ``topk`` SAE (same parameters,
+same config). Configurations the fast pass does not cover (activation normalisation,
+``hook_z`` reshaping, sparse activations, an error term, hooks on the SAE) run SAELens's own
+pass.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
+from sae_lens.saes.topk_sae import TopKTrainingSAE
+
+
+@dataclass
+class _Layout:
+    """Where the ``N`` chosen (row, latent) pairs of a step sit: ``flat`` (N,) latents, the
+    main block (``B * k``) then AuxK's (``B * k_aux``); the pairs sorted by latent
+    (``order``, CSR row pointers ``crow``) with each one's input row and decode bag (main bags
+    ``0 .. B-1``, AuxK's ``B .. 2B-1``), for the backward products."""
+
+    flat: torch.Tensor
+    order: torch.Tensor
+    crow: torch.Tensor
+    row_sorted: torch.Tensor
+    bag_sorted: torch.Tensor
+    offsets: torch.Tensor
+    d_sae: int
+    batch: int
+    bags: int
+
+    @classmethod
+    def of(cls, blocks: list[torch.Tensor], d_sae: int) -> _Layout:
+        batch = blocks[0].shape[0]
+        flat = torch.cat([b.flatten() for b in blocks])  # (N,)
+        crow = torch.zeros(d_sae + 1, dtype=torch.long, device=flat.device)
+        crow[1:] = torch.bincount(flat, minlength=d_sae).cumsum(0)
+        key = flat.to(torch.int16 if d_sae <= torch.iinfo(torch.int16).max else torch.int32)
+        order = key.argsort()  # small keys sort faster
+        row, bag = order.clone(), order.clone()  # each entry's input row and decode bag
+        start = 0
+        for i, b in enumerate(blocks):
+            inside = (order >= start) & (order < start + b.numel())
+            within = torch.div(order - start, b.shape[1], rounding_mode="floor")
+            row = torch.where(inside, within, row)
+            bag = torch.where(inside, within + i * batch, bag)
+            start += b.numel()
+        starts = torch.cumsum(torch.tensor([0] + [b.numel() for b in blocks[:-1]]), 0)
+        offsets = torch.cat(  # where each bag starts in ``flat``
+            [int(s) + torch.arange(batch, device=flat.device) * b.shape[1]
+             for s, b in zip(starts, blocks, strict=True)]
+        )  # fmt: skip
+        return cls(flat, order, crow, row, bag, offsets, d_sae, batch, len(blocks) * batch)
+
+    def by_latent(self, values: torch.Tensor, by_bag: bool) -> torch.Tensor:
+        """The sparse matrix with ``values[i]`` at ``(flat[i], row[i])``: ``(d_sae, B)``, or at
+        ``(flat[i], bag[i])``: ``(d_sae, bags)``."""
+        cols, n = (self.bag_sorted, self.bags) if by_bag else (self.row_sorted, self.batch)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(
+                self.crow, cols, values[self.order], (self.d_sae, n), check_invariants=False
+            )
+
+
+class _Chosen(torch.autograd.Function):
+    """``(sae_in @ W_enc + b_enc)[row[i], flat[i]]`` (N,) with ``sae_in = x - s * b_dec``,
+    given those values; the backward pass multiplies the sparse gradient once."""
+
+    @staticmethod
+    def forward(ctx, values, sae_in, b_dec, w_enc, b_enc, layout: _Layout, b_dec_sign: float):
+        ctx.save_for_backward(sae_in, w_enc)
+        ctx.layout, ctx.b_dec_sign = layout, b_dec_sign
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # grad: (N,)
+        sae_in, w_enc = ctx.saved_tensors
+        lay = ctx.layout
+        grad_b = grad.new_zeros(lay.d_sae).index_add_(0, lay.flat, grad)  # (d_sae,)
+        grad_w = None
+        if ctx.needs_input_grad[3]:
+            grad_w = (lay.by_latent(grad, by_bag=False) @ sae_in).t()  # (d_in, d_sae)
+        grad_b_dec = ctx.b_dec_sign * (w_enc @ grad_b) if ctx.needs_input_grad[2] else None
+        return None, None, grad_b_dec, grad_w, grad_b, None, None
+
+
+class _DecoderGrad(torch.autograd.Function):
+    """Zeros ``(bags, d_in)`` in the forward pass; in the backward pass, the gradient that the
+    bag decode ``out[bag[i]] += w[i] W_dec[flat[i]]`` sends to ``W_dec``, as one sparse
+    product. Added to a decode that gives ``W_dec`` no gradient, it replaces
+    ``embedding_bag``'s slower weight gradient."""
+
+    @staticmethod
+    def forward(ctx, w_dec, layout: _Layout, weights):
+        ctx.save_for_backward(weights)
+        ctx.layout = layout
+        return w_dec.new_zeros(layout.bags, w_dec.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):  # grad: (bags, d_in)
+        (weights,) = ctx.saved_tensors
+        lay = ctx.layout
+        return lay.by_latent(weights, by_bag=True) @ grad, None, None
+
+
+def topk_indices(pre: torch.Tensor, k: int, group: int = 4) -> torch.Tensor:
+    """Indices (B, k) of the ``k`` largest entries of each row of ``pre`` (B, D), in two
+    exact stages: the top ``k`` groups of ``group`` consecutive entries by their maxima, then
+    the top ``k`` among those groups' entries. Every top-k entry lies in such a group (a
+    group whose maximum is beaten by ``k`` other groups' maxima holds no top-k entry), and
+    on a CPU the two small top-k's cost less than one over the whole row. Ties may pick
+    another index of equal value than ``torch.topk``."""
+    rows, width = pre.shape
+    if width % group or width // group < 2 * k:
+        return pre.topk(k, dim=-1, sorted=False).indices
+    grouped = pre.view(rows, width // group, group)
+    top_groups = grouped.amax(-1).topk(k, dim=-1, sorted=False).indices  # (B, k)
+    members = grouped.gather(1, top_groups[..., None].expand(-1, -1, group))  # (B, k, group)
+    best = members.view(rows, k * group).topk(k, dim=-1, sorted=False).indices  # (B, k)
+    return top_groups.gather(1, best // group) * group + best % group
+
+
+class SparseTopKTrainingSAE(TopKTrainingSAE):
+    """SAELens's TopK training SAE whose training pass is sparse (see the module docstring)."""
+
+    def _fast_ok(self) -> bool:
+        cfg = self.cfg
+        hooks = (self.hook_sae_input, self.hook_sae_acts_pre, self.hook_sae_recons)
+        return (
+            cfg.normalize_activations == "none"
+            and cfg.reshape_activations == "none"
+            and not cfg.use_sparse_activations
+            and not self.use_error_term
+            and not any(h._forward_hooks or h._forward_pre_hooks for h in hooks)
+        )
+
+    def _buffer(self, name: str, x: torch.Tensor, fill: int) -> torch.Tensor:
+        """A ``(B, d_sae)`` work tensor kept from step to step: fresh 4 MB tensors every step
+        cost page faults on a CPU (the allocator hands freed memory back to the kernel).
+        Whoever reads the previous step's ``hidden_pre`` / ``feature_acts`` must copy them."""
+        shape = (x.shape[0], self.cfg.d_sae)
+        buf = self.__dict__.setdefault("_buffers_kept", {}).get(name)
+        if buf is None or buf.shape != shape or buf.device != x.device or buf.dtype != x.dtype:
+            buf = (torch.empty if fill == 0 else torch.zeros)(shape, dtype=x.dtype, device=x.device)
+            self._buffers_kept[name] = buf
+            if name == "acts":
+                self.__dict__.pop("_last_idx", None)
+        return buf
+
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        if not self._fast_ok():
+            return super().training_forward_pass(step_input)
+        x = step_input.sae_in.to(self.dtype)  # (B, d_in)
+        sign = -1.0 if self.cfg.apply_b_dec_to_input else 0.0
+        with torch.no_grad():
+            sae_in = x + sign * self.b_dec
+            pre, n, idx, aux_idx, scale, lay, raw = self._choose(x, sae_in, step_input)
+        chosen = _Chosen.apply(raw, sae_in, self.b_dec, self.W_enc, self.b_enc, lay, sign)
+        main = idx.numel()
+        acts = chosen[:main].relu()  # (B * k,)
+        weights = torch.cat([acts, chosen[main:]])  # AuxK decodes its values as they are
+        out = F.embedding_bag(
+            lay.flat, self.W_dec.detach(), lay.offsets, mode="sum", per_sample_weights=weights
+        ) + _DecoderGrad.apply(self.W_dec, lay, weights.detach())  # (B [+ B], d_in)
+        sae_out = out[: len(x)] + self.b_dec
+        mse = self.mse_loss_fn(sae_out, x).sum(dim=-1).mean()
+        aux = sae_out.new_tensor(0.0)
+        if aux_idx is not None:
+            residual = (x - sae_out).detach()
+            aux = self.cfg.aux_loss_coefficient * scale * (out[len(x) :] - residual).pow(2)
+            aux = aux.sum(-1).mean()
+        return TrainStepOutput(
+            sae_in=x,
+            sae_out=sae_out,
+            feature_acts=self._feature_acts(x, idx, acts.detach().view_as(idx) * n[idx]),
+            hidden_pre=pre,
+            loss=mse + aux,
+            losses={"mse_loss": mse, "auxiliary_reconstruction_loss": aux},
+        )
+
+    def _choose(self, x, sae_in, step_input: TrainStepInput):
+        """Steps 1-2: scaled pre-activations, the chosen latents and their layout, and the
+        chosen unscaled values ``raw`` (N,)."""
+        w_dec, b_enc = self.W_dec, self.b_enc
+        if self.cfg.rescale_acts_by_decoder_norm:
+            n = w_dec.norm(dim=-1)  # (d_sae,)
+        else:
+            n = torch.ones_like(b_enc)
+        pre = torch.addmm(b_enc * n, sae_in, self.W_enc * n, out=self._buffer("pre", x, 0))
+        idx = topk_indices(pre, self.cfg.k)  # (B, k)
+        aux_idx, scale = self._aux_latents(pre, step_input.dead_neuron_mask, x.shape[-1])
+        blocks = [idx] if aux_idx is None else [idx, aux_idx]
+        lay = _Layout.of(blocks, pre.shape[1])
+        raw = torch.cat([pre.gather(-1, b).flatten() for b in blocks]) / n[lay.flat]  # (N,)
+        return pre, n, idx, aux_idx, scale, lay, raw
+
+    def _feature_acts(self, x, idx, values) -> torch.Tensor:
+        """The dense ``(B, d_sae)`` activations, in a kept buffer: the last step's entries are
+        cleared and this step's written."""
+        acts = self._buffer("acts", x, 1)
+        last = self.__dict__.get("_last_idx")
+        if last is not None and last.shape == idx.shape and last.device == idx.device:
+            acts.scatter_(-1, last, 0.0)
+        else:
+            acts.zero_()
+        self.__dict__["_last_idx"] = idx
+        return acts.scatter_(-1, idx, values)
+
+    @staticmethod
+    def _aux_latents(pre, dead: torch.Tensor | None, d_in: int):
+        """AuxK's latents (B, k_aux), the top of ``pre`` among the dead, and the loss scale
+        ``min(num_dead / k_aux, 1)`` (SAELens's formula); ``(None, 0)`` with none dead."""
+        if dead is None or (num_dead := int(dead.sum())) == 0:
+            return None, 0.0
+        k_aux = d_in // 2
+        scale = min(num_dead / k_aux, 1.0)
+        dead_idx = torch.nonzero(dead).flatten()  # (num_dead,)
+        top = pre.index_select(-1, dead_idx).topk(min(k_aux, num_dead), dim=-1, sorted=False)
+        return dead_idx[top.indices], scale
