@@ -9,8 +9,10 @@ In one run, on ``reference`` (reference-gated) at ``resid_post.1``:
    as the token count grows (shards stream to disk).
 3. TopK SAE training throughput on the same harvested activations, same width, k, batch,
    steps and Adam learning rate:
-   - gatescope ``train_from_store`` (SAELens's trainer fed by the shuffled store; the rate
-     gatescope records around the training loop);
+   - gatescope ``train_from_store``: SAELens's trainer fed by the shuffled store, training
+     ``probe.sae.sparse_topk.SparseTopKTrainingSAE`` (SAELens's TopK loss computed sparsely:
+     sparse decoder, sparse encoder and decoder gradients); the rate gatescope records
+     around the training loop;
    - SAELens's own path: ``SAETrainer`` with a ``TopKTrainingSAE`` fed an iterator of
      activation batches, as its ``LanguageModelSAETrainingRunner`` drives it (without a
      TransformerLens model, which cannot load Qwen3-Next);
