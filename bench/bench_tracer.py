@@ -8,19 +8,26 @@ MLPs, d_model 256, 8 heads, batch 8 x 128 tokens), as ratios to the plain HF for
    (``attn.hook_q_gate``, ``mlp.hook_pre`` -- the MLP gate -- and ``hook_resid_post``);
 3. nnsight saving the same modules' outputs.
 
-All run with eager attention (the bridge forces it), interleaved round-robin, median of the
-repeats. Also the Tracer streaming gate statistics through a reducer with nothing kept.
+All run with eager attention (the bridge forces it). Also the Tracer streaming gate
+statistics through a reducer with nothing kept. Each runner is timed in blocks of
+``--block`` passes (the first two of each block discarded), the blocks of all runners
+alternating ``--repeats`` times, median per pass: each runner is measured in its own steady
+state. Single passes taken round-robin would charge one runner's page faults to the next:
+freeing another tool's captured tensors makes glibc hand memory back to the kernel, and the
+plain pass run after it then faults it in again.
 
 The timings run twice, each in its own process: with glibc's default allocator settings and
 with freed memory kept for reuse (``MALLOC_TRIM_THRESHOLD_``/``MALLOC_MMAP_THRESHOLD_``/
-``MALLOC_TOP_PAD_``, the same for every runner). Keeping captured tensors alive makes the
-next forward pass allocate fresh pages from the kernel; with the default settings those page
-faults, not the hooks, are most of any tool's capture overhead on this small model.
+``MALLOC_TOP_PAD_``, the same for every runner). With the default settings glibc's dynamic
+thresholds depend on everything the process freed before, so every ratio (plain included:
+its page faults per pass vary from 0 to about 20,000 between runs) moves by up to ~20% from
+run to run; the script prints minor page faults per pass next to the ratios. With freed
+memory kept there are no faults and the ratios are stable.
 
 Then the peak memory (RSS high-water mark above the warmed-up baseline, each mode in its own
 process) of gate statistics over 500 prompts, streamed vs stored.
 
-    .venv/bin/python bench/bench_tracer.py [--repeats 15] [--prompts 500]
+    .venv/bin/python bench/bench_tracer.py [--repeats 6] [--block 6] [--prompts 500]
 """
 
 from __future__ import annotations
@@ -106,7 +113,7 @@ def bridge_runner(hf, ids):
     return run
 
 
-def speed(repeats: int) -> dict:
+def speed(repeats: int, block: int) -> dict:
     hf = build_hf()
     model = load_model(hf, tokenizer=tiny_tokenizer())
     ids = torch.randint(0, 256, (BATCH, SEQ), generator=torch.Generator().manual_seed(1))
@@ -132,17 +139,27 @@ def speed(repeats: int) -> dict:
     runners["nnsight"] = nnsight_runner(hf, ids)
     runners["transformer_lens_bridge"] = bridge_runner(copy.deepcopy(hf), ids)
     times: dict[str, list[float]] = {k: [] for k in runners}
+    faults: dict[str, list[int]] = {k: [] for k in runners}
     with torch.no_grad():
         for fn in runners.values():  # warm-up
             fn()
         for _ in range(repeats):
             for name, fn in runners.items():
-                start = time.perf_counter()
-                result = fn()
-                times[name].append(time.perf_counter() - start)
-                del result  # freed before the next runner, as a caller would
+                for i in range(block):
+                    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                    start = time.perf_counter()
+                    result = fn()
+                    seconds = time.perf_counter() - start
+                    del result  # freed before the next pass, as a caller would
+                    if i >= 2:
+                        times[name].append(seconds)
+                        faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {k: med[k] / med["plain"] for k in med} | {"plain_ms": 1e3 * med["plain"]}
+    return {
+        "ratios": {k: med[k] / med["plain"] for k in med},
+        "plain_ms": 1e3 * med["plain"],
+        "faults_per_pass": {k: statistics.median(v) for k, v in faults.items()},
+    }
 
 
 def memory_child(mode: str, n_prompts: int) -> None:
@@ -193,12 +210,13 @@ KEEP_FREED = {
 }
 
 
-def speed_in_child(repeats: int, threads: int | None, keep_freed: bool) -> dict:
+def speed_in_child(repeats: int, block: int, threads: int | None, keep_freed: bool) -> dict:
     env = dict(os.environ, **(KEEP_FREED if keep_freed else {}))
     if not keep_freed:
         for key in KEEP_FREED:
             env.pop(key, None)
     cmd = [sys.executable, __file__, "--speed-child", "--repeats", str(repeats)]
+    cmd += ["--block", str(block)]
     if threads:
         cmd += ["--threads", str(threads)]
     res = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
@@ -207,7 +225,8 @@ def speed_in_child(repeats: int, threads: int | None, keep_freed: bool) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=6, help="blocks per runner")
+    parser.add_argument("--block", type=int, default=6, help="passes per block (>= 3)")
     parser.add_argument("--prompts", type=int, default=500)
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--memory-child", choices=["streamed", "stored"])
@@ -219,14 +238,18 @@ def main() -> None:
         memory_child(args.memory_child, args.prompts)
         return
     if args.speed_child:
-        print(json.dumps(speed(args.repeats)))
+        print(json.dumps(speed(args.repeats, max(3, args.block))))
         return
     all_ratios = {}
     for label, keep in (("default allocator", False), ("freed memory kept", True)):
-        ratios = all_ratios[label] = speed_in_child(args.repeats, args.threads, keep)
-        print(f"[{label}] plain HF forward: {ratios['plain_ms']:.1f} ms (batch {BATCH} x {SEQ})")
+        res = all_ratios[label] = speed_in_child(args.repeats, args.block, args.threads, keep)
+        print(f"[{label}] plain HF forward: {res['plain_ms']:.1f} ms (batch {BATCH} x {SEQ})")
         for name in ("gatescope", "gatescope_streamed", "transformer_lens_bridge", "nnsight"):
-            print(f"{name:>24}: {ratios[name]:.3f}x plain")
+            print(
+                f"{name:>24}: {res['ratios'][name]:.3f}x plain "
+                f"({res['faults_per_pass'][name]:.0f} page faults per pass; "
+                f"plain {res['faults_per_pass']['plain']:.0f})"
+            )
     ratios = all_ratios
     mem = memory(args.prompts)
     print(
