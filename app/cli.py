@@ -20,6 +20,7 @@ from app.cli_common import (
     DEVICE_MAP_HELP,
     DTYPE_HELP,
     MODEL_HELP,
+    REMOTE_HELP,
     atomic_path,
     check_out_path,
     echo_json,
@@ -60,6 +61,7 @@ def trace(
     device_map: str = typer.Option(None, "--device-map", help=DEVICE_MAP_HELP),
     dtype: str = typer.Option(None, "--dtype", help=DTYPE_HELP),
     backend: str = typer.Option("hooks", "--backend", help=BACKEND_HELP),
+    remote: bool = typer.Option(False, "--remote", help=REMOTE_HELP),
 ) -> None:
     """Capture sites over prompts and save them (one tensor per site) as safetensors."""
     from safetensors.torch import save_file
@@ -71,7 +73,9 @@ def trace(
     if out.suffix != ".safetensors":
         raise GatescopeError(f"--out {out}: expected a .safetensors file name")
     check_out_path(out)
-    m = load(model, device=device, dtype=dtype, device_map=device_map, backend=backend)
+    m = load(
+        model, device=device, dtype=dtype, device_map=device_map, backend=backend, remote=remote
+    )
     pos = [int(p) for p in positions.split(",")] if positions else None
     if pos is None and len(texts) > 1:
         lengths = {int(n) for n in m.tokenize(texts).lengths}
@@ -105,13 +109,16 @@ def gates(
     device_map: str = typer.Option(None, "--device-map", help=DEVICE_MAP_HELP),
     dtype: str = typer.Option(None, "--dtype", help=DTYPE_HELP),
     backend: str = typer.Option("hooks", "--backend", help=BACKEND_HELP),
+    remote: bool = typer.Option(False, "--remote", help=REMOTE_HELP),
 ) -> None:
     """Gate statistics per layer and head: mean gate, sparsity, sink, max activation."""
     from probe.gates import gate_stats
 
     texts = read_prompts(prompt, prompts)
     check_out_path(out)
-    m = load(model, device=device, dtype=dtype, device_map=device_map, backend=backend)
+    m = load(
+        model, device=device, dtype=dtype, device_map=device_map, backend=backend, remote=remote
+    )
     report = gate_stats(m, texts, batch_size=batch_size, progress=not json_)
     if out is not None:
         write_json(report.to_dict(), out)

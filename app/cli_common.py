@@ -48,6 +48,7 @@ DEVICE_HELP = "torch device, e.g. cpu, cuda, cuda:1"
 DEVICE_MAP_HELP = "'auto' spreads a large model over the GPUs (transformers device_map)"
 DTYPE_HELP = "weights dtype: float32, bfloat16 or float16 (statistics stay in float32)"
 BACKEND_HELP = "'hooks' (local PyTorch hooks) or 'nnsight'"
+REMOTE_HELP = "run on NDIF through nnsight (needs --backend nnsight and NDIF_API_KEY)"
 
 
 def load(

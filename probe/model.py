@@ -112,7 +112,10 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        """Where inputs go: the weights' device (the CPU for a model that nnsight built on
+        the meta device and runs remotely)."""
+        device = next(self.hf.parameters()).device
+        return torch.device("cpu") if device.type == "meta" else device
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -279,10 +282,18 @@ def load_model(
     The architecture and config are checked before any weights load. ``dtype`` is a torch
     dtype or its name (``"bfloat16"``); ``device_map="auto"`` spreads a large model over the
     available GPUs through ``transformers``. ``backend="nnsight"`` runs every algorithm through
-    nnsight instead of local hooks (``remote=True``: on NDIF, API key in ``NDIF_API_KEY``).
+    nnsight instead of local hooks (``remote=True``: on NDIF, API key in ``NDIF_API_KEY``); a
+    name or directory is then loaded by nnsight itself, on the meta device, its weights read
+    only for local runs.
     """
     if backend not in ("hooks", "nnsight"):
         raise GatescopeError(f"backend '{backend}' is unknown; choose 'hooks' or 'nnsight'")
+    if remote and backend != "nnsight":
+        raise GatescopeError("remote=True needs backend='nnsight' (NDIF runs nnsight)")
+    if remote:
+        from probe.nnsight_backend import check_remote_key
+
+        check_remote_key(remote)  # before any config is fetched
     if isinstance(model, nn.Module):
         wrapped = _place(_wrap_loaded(model, tokenizer, ""), device)
         return _with_backend(wrapped, backend, remote)
@@ -315,17 +326,29 @@ def load_model(
         kwargs["device_map"] = device_map
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    name = str(model)
+    if backend == "nnsight":
+        return _load_through_nnsight(source, name, tokenizer, device, remote, kwargs)
     hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     tok = tokenizer or _load_tokenizer(source, trust_remote_code)
-    name = str(model)
-    placed = _place(_wrap_loaded(hf, tok, name), None if device_map else device)
-    return _with_backend(placed, backend, remote)
+    return _place(_wrap_loaded(hf, tok, name), None if device_map else device)
+
+
+def _load_through_nnsight(source: str, name: str, tokenizer, device, remote: bool, kwargs):
+    """A model loaded by nnsight (lazily: on the meta device, weights only when local)."""
+    from probe.nnsight_backend import NNsightBackend, load_lazily
+
+    tok = tokenizer or _load_tokenizer(source, kwargs["trust_remote_code"])
+    if device is not None and not remote:
+        kwargs = {**kwargs, "device_map": kwargs.get("device_map", device)}
+    envoy, hf, tok = load_lazily(source, tok, remote, **kwargs)
+    wrapped = _wrap_loaded(hf, tok, name)
+    wrapped.backend = NNsightBackend(hf, remote=remote, envoy=envoy)
+    return wrapped
 
 
 def _with_backend(model: Model, backend: str, remote: bool) -> Model:
     if backend == "hooks":
-        if remote:
-            raise GatescopeError("remote=True needs backend='nnsight' (NDIF runs nnsight)")
         return model
     from probe.nnsight_backend import use_nnsight
 

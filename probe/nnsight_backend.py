@@ -10,6 +10,12 @@ nnsight trace instead of by PyTorch hooks.
 
 ``remote=True`` sends the trace to NDIF (nnsight's remote execution): it needs an API key in
 ``NDIF_API_KEY`` and a model hosted there; without a key it fails before any network call.
+
+Loading by name (:func:`load_lazily`: a hub id or a local directory) goes through nnsight's
+``TransformersModel`` (``LanguageModel`` in older nnsight): the model is built on the meta
+device from its config, so sites, families and plans work with no weights in memory. Locally
+the weights are loaded at once; with ``remote=True`` they never are, and NDIF runs the
+traces. The execution order of modules comes from a dry run that works on meta tensors.
 """
 
 from __future__ import annotations
@@ -45,9 +51,10 @@ def _execution_order(model: Model) -> dict[tuple[int, str], int]:
         for module in model.hf.modules():
             handles.append(module.register_forward_pre_hook(mark((id(module), "input"))))
             handles.append(module.register_forward_hook(mark((id(module), "output"))))
-        ids = torch.zeros((1, 2), dtype=torch.long, device=model.device)
+        device = next(model.hf.parameters()).device  # "meta" for a model loaded lazily
+        ids = torch.zeros((1, 2), dtype=torch.long, device=device)
         with torch.no_grad():
-            model.hf(ids, attention_mask=torch.ones_like(ids))
+            model.hf(ids)  # no mask: building one calls .item(), which meta tensors refuse
     finally:
         for h in handles:
             h.remove()
@@ -59,16 +66,14 @@ class NNsightBackend:
 
     name = "nnsight"
 
-    def __init__(self, model_hf: Any, remote: bool = False) -> None:
-        if remote and not os.environ.get(API_KEY_ENV):
-            raise GatescopeError(
-                f"remote execution on NDIF needs an API key: set {API_KEY_ENV} "
-                "(get one at https://login.ndif.us), or run with remote=False"
-            )
-        from nnsight import NNsight
+    def __init__(self, model_hf: Any, remote: bool = False, envoy: Any = None) -> None:
+        check_remote_key(remote)
+        if envoy is None:
+            from nnsight import NNsight
 
+            envoy = NNsight(model_hf)
         self.remote = remote
-        self.envoy = NNsight(model_hf)
+        self.envoy = envoy
         self._frames: list[tuple[ForwardInfo, list[Planned]]] = []
         self._order: dict[tuple[int, str], int] | None = None
         self._paths = {id(m): name for name, m in model_hf.named_modules()}
@@ -110,6 +115,9 @@ class NNsightBackend:
     ) -> torch.Tensor:
         for info, _ in self._frames:
             info.attention_mask, info.offset = attention_mask, 0
+        if self.remote:  # NDIF takes the inputs from this machine's memory
+            input_ids = input_ids.cpu()
+            attention_mask = None if attention_mask is None else attention_mask.cpu()
         groups = self._groups(model)
         with self.envoy.trace(input_ids, attention_mask=attention_mask, remote=self.remote):
             for module, side, plans in groups:
@@ -143,6 +151,39 @@ def _apply_all(plans: list[Planned], args: tuple, kwargs: dict, output):
     if not changed:
         return None
     return output if plans[0].tap.side == "output" else (args, kwargs)
+
+
+def check_remote_key(remote: bool) -> None:
+    """Refuse remote execution without an NDIF API key (before anything reaches a network)."""
+    if remote and not os.environ.get(API_KEY_ENV):
+        raise GatescopeError(
+            f"remote execution on NDIF needs an API key: set {API_KEY_ENV} "
+            "(get one at https://login.ndif.us), or run with remote=False"
+        )
+
+
+def _nnsight_model_class():
+    try:
+        from nnsight.modeling.transformers import TransformersModel
+
+        return TransformersModel, {"task": "text-generation"}
+    except ImportError:  # nnsight before TransformersModel
+        from nnsight import LanguageModel
+
+        return LanguageModel, {}
+
+
+def load_lazily(
+    source: str, tokenizer: Any, remote: bool, **load_kwargs: Any
+) -> tuple[Any, Any, Any]:
+    """``(envoy, hf_model, tokenizer)`` for a hub id or directory through nnsight: the model
+    is built on the meta device; its weights load now unless ``remote``."""
+    check_remote_key(remote)
+    cls, extra = _nnsight_model_class()
+    if tokenizer is not None:
+        extra["tokenizer"] = tokenizer
+    envoy = cls(source, dispatch=not remote, **extra, **load_kwargs)
+    return envoy, envoy._module, envoy.tokenizer
 
 
 def use_nnsight(model: Model, remote: bool = False) -> Model:

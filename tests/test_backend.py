@@ -110,3 +110,58 @@ def test_same_patching_and_relp_scores(pair):
         b = attribute(nns, task, "mlp_out.*,head_out.*", "relp", gate_rule=rule)
         for x, y in zip(a.components, b.components, strict=True):
             assert abs(x.effect - y.effect) < 1e-4
+
+
+def test_a_model_directory_loads_through_nnsight_lazily(tmp_path):
+    """A name or directory with backend='nnsight' is loaded by nnsight itself (its
+    TransformersModel): locally the weights load, and every site reads as with hooks."""
+    from tiny import save_tiny
+
+    save_tiny(tmp_path / "m", "qwen3_next")
+    nns = load_model(tmp_path / "m", backend="nnsight")
+    local = load_model(tmp_path / "m")
+    assert type(nns.backend.envoy).__name__ in ("TransformersModel", "LanguageModel")
+    assert nns.device.type == "cpu" and next(nns.hf.parameters()).device.type == "cpu"
+    batch = local.tokenize(prompts(2))
+    sites = ["attn_gate.*", "mlp_gate.1", "resid_post.*", "head_out.0"]
+    with Tracer(local, sites) as a:
+        logits_a = local.run(batch)
+    with Tracer(nns, sites) as b:
+        logits_b = nns.run(batch)
+    torch.testing.assert_close(logits_a, logits_b)
+    for site in a.sites:
+        torch.testing.assert_close(a[site], b[site], rtol=1e-5, atol=1e-6)
+
+
+def test_remote_loading_keeps_the_weights_off_this_machine(tmp_path, monkeypatch):
+    """With remote=True the model stays on the meta device: sites and plans resolve, inputs
+    go to the CPU, and nothing runs here (a trace would go to NDIF, so none is started)."""
+    from tiny import save_tiny
+
+    from probe.hooks import plan_hooks
+    from probe.nnsight_backend import _execution_order
+
+    save_tiny(tmp_path / "m", "qwen3_next")
+    monkeypatch.setenv("NDIF_API_KEY", "not-a-real-key")
+    model = load_model(tmp_path / "m", backend="nnsight", remote=True)
+    assert next(model.hf.parameters()).device.type == "meta"
+    assert model.device.type == "cpu" and model.backend.remote
+    assert len(plan_hooks(model, [(Site("attn_gate", 1), lambda v, i: None)], False, None)) == 1
+    order = _execution_order(model)  # the dry run works on meta tensors
+    gate = model.hf.model.layers[0].mlp
+    assert order[(id(gate.act_fn), "output")] < order[(id(gate.up_proj), "output")]
+    with pytest.raises(GatescopeError, match="layer 0 lacks it|out of range"):
+        model.check_site(Site("resid_post", 9))
+
+
+def test_remote_without_key_fails_before_reading_any_config(monkeypatch):
+    import transformers
+
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a config was fetched")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_network)
+    with pytest.raises(GatescopeError, match="NDIF_API_KEY"):
+        load_model("Qwen/Qwen3-Next-80B-A3B-Instruct", backend="nnsight", remote=True)

@@ -170,3 +170,12 @@ def test_gates_through_nnsight_backend_and_bf16(model_dir, tmp_path):
     )
     bad = runner.invoke(app, [*base, "--dtype", "float8"])
     assert bad.exit_code == 2 and "expected float32, bfloat16 or float16" in bad.output
+
+
+def test_remote_needs_the_nnsight_backend_and_a_key(model_dir, monkeypatch):
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    base = ["gates", model_dir, "--prompt", "w1 w2", "--remote"]
+    hooks = runner.invoke(app, base)
+    assert hooks.exit_code == 2 and "needs backend='nnsight'" in hooks.output
+    nns = runner.invoke(app, [*base, "--backend", "nnsight"])
+    assert nns.exit_code == 2 and "NDIF_API_KEY" in nns.output
