@@ -6,7 +6,11 @@ time (median of interleaved repeats):
 
 1. tracing every layer's ``attn_gate``, ``mlp_gate`` and ``resid_post`` (batch 8 x 128);
 2. gate statistics over 64 prompts of 64 tokens (streaming, batch 16);
-3. a write: clamping every attention gate of one layer to 0 (batch 8 x 128).
+3. a write: clamping every attention gate of one layer to 0 (batch 8 x 128);
+4. an activation-patching sweep of every head's output, full passes on both (the hook
+   backend's resumed passes are timed apart, in ``bench_patching.py``), 16 prompt pairs;
+5. RelP over ``head_out`` and ``mlp_out`` of every layer (two forward passes and one
+   backward pass), the same 16 pairs.
 
     .venv/bin/python bench/bench_backend.py [--repeats 10]
 """
@@ -34,7 +38,27 @@ from probe.gates import gate_stats  # noqa: E402
 from probe.nnsight_backend import use_nnsight  # noqa: E402
 
 
+def _task(n: int = 16):
+    from probe.tasks import Task
+
+    g = torch.Generator().manual_seed(3)
+    clean, corrupt, ans, wrong = [], [], [], []
+    for _ in range(n):
+        w = [f"w{int(i)}" for i in torch.randint(10, 200, (24,), generator=g)]
+        clean.append(" ".join(w))
+        corrupt.append(" ".join([*w[:-4], f"w{int(torch.randint(10, 200, (1,), generator=g))}",
+                                 *w[-3:]]))  # fmt: skip
+        ans.append(f"w{int(torch.randint(10, 200, (1,), generator=g))}")
+        wrong.append(f"w{int(torch.randint(10, 200, (1,), generator=g))}")
+    return Task("toy", clean, corrupt, ans, wrong)
+
+
 def workloads(model, ids, prompts):
+    from circuits.attribution import attribute
+    from interventions.patching import activation_patching
+
+    task = _task()
+
     def trace():
         with Tracer(model, ["attn_gate.*", "mlp_gate.*", "resid_post.*"]):
             model.forward(ids, None)
@@ -46,7 +70,20 @@ def workloads(model, ids, prompts):
         with hook_sites(model, [(Site("attn_gate", 2), lambda v, i: torch.zeros_like(v))], True):
             model.forward(ids, None)
 
-    return {"trace": trace, "gate_stats": stats, "clamp_gate": clamp}
+    def patch():
+        activation_patching(model, task, "head_out.*", resume=False, progress=False)
+
+    def relp():
+        with torch.enable_grad():
+            attribute(model, task, "head_out.*,mlp_out.*", "relp")
+
+    return {
+        "trace": trace,
+        "gate_stats": stats,
+        "clamp_gate": clamp,
+        "patching": patch,
+        "relp": relp,
+    }
 
 
 def main() -> None:
