@@ -258,7 +258,8 @@ def test_sparse_topk_step_equals_saelens_dense_step(rescale, b_dec_in, n_dead):
             assert float(b.losses[name]) == pytest.approx(float(a.losses[name]), rel=1e-5)
         for name, g in ga.items():
             assert torch.allclose(gb[name], g, rtol=1e-4, atol=1e-5), name
-        assert torch.allclose(b.feature_acts, a.feature_acts, atol=1e-6)
+        assert torch.allclose(b.feature_acts.to_dense(), a.feature_acts, atol=1e-6)
+        assert torch.equal(b.feature_acts.to_dense().bool().sum(0).float(), sparse.last_fired)
         assert torch.allclose(b.sae_out, a.sae_out, atol=1e-5)
 
 
@@ -270,3 +271,36 @@ def test_two_stage_topk_is_exact():
         pre = torch.randn(rows, width, generator=g)
         want = pre.topk(k, dim=-1).indices.sort(-1).values
         assert torch.equal(topk_indices(pre, k).sort(-1).values, want), (rows, width, k)
+
+
+def test_sparse_topk_training_matches_saelens_training(tmp_path):
+    """A few steps through gatescope's trainer (sparse pass, counts from ``last_fired``) end
+    with the weights and firing statistics of SAELens's dense pass in SAELens's trainer."""
+    from sae_lens.config import SAETrainerConfig
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    from probe.sae.sparse_topk import SparseTopKTrainingSAE
+    from probe.sae.train import _Trainer
+
+    torch.manual_seed(0)
+    cfg = TopKTrainingSAEConfig(d_in=16, d_sae=128, k=4, aux_loss_coefficient=1 / 32)
+    dense, sparse, plain = TopKTrainingSAE(cfg), SparseTopKTrainingSAE(cfg), None
+    sparse.load_state_dict(dense.state_dict())
+    plain = SparseTopKTrainingSAE(cfg)  # the sparse SAE in SAELens's own trainer
+    plain.load_state_dict(dense.state_dict())
+    data = torch.randn(12, 64, 16, generator=torch.Generator().manual_seed(1))
+    tcfg = SAETrainerConfig(
+        total_training_samples=12 * 64, train_batch_size_samples=64, lr=1e-3, lr_end=1e-3,
+        dead_feature_window=2, feature_sampling_window=100,
+    )  # fmt: skip
+    a = SAETrainer(tcfg, dense, iter(data))
+    b = _Trainer(tcfg, sparse, iter(data), out=tmp_path, every=0)
+    c = SAETrainer(tcfg, plain, iter(data))
+    a.fit(), b.fit(), c.fit()
+    assert a.dead_neurons.any()  # AuxK took part
+    assert torch.equal(a.act_freq_scores, b.act_freq_scores)
+    assert torch.equal(a.act_freq_scores, c.act_freq_scores)
+    assert torch.equal(a.n_forward_passes_since_fired, b.n_forward_passes_since_fired)
+    for (name, p), q in zip(dense.named_parameters(), sparse.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5), name

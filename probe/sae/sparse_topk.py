@@ -22,11 +22,12 @@ only what is active:
    bags (Gao et al.'s sparse decoder; sparsify decodes the same way), whose ``W_dec``
    gradient is one sparse product (:class:`_DecoderGrad`).
 
-The trainer's firing statistics read ``feature_acts`` (dense, SAELens's scaled activations)
-from a second kept buffer. The SAE saves as a plain SAELens ``topk`` SAE (same parameters,
-same config). Configurations the fast pass does not cover (activation normalisation,
-``hook_z`` reshaping, sparse activations, an error term, hooks on the SAE) run SAELens's own
-pass.
+``feature_acts`` (SAELens's scaled activations) is a sparse COO tensor, and the per-latent
+firing counts of the step are in ``last_fired``: gatescope's trainer reads those instead of
+summing a dense mask (SAELens's own trainer sums the COO tensor: slower, the same numbers).
+The SAE saves as a plain SAELens ``topk`` SAE (same parameters, same config). Configurations
+the fast pass does not cover (activation normalisation, ``hook_z`` reshaping, sparse
+activations, an error term, hooks on the SAE) run SAELens's own pass.
 """
 
 from __future__ import annotations
@@ -163,17 +164,14 @@ class SparseTopKTrainingSAE(TopKTrainingSAE):
             and not any(h._forward_hooks or h._forward_pre_hooks for h in hooks)
         )
 
-    def _buffer(self, name: str, x: torch.Tensor, fill: int) -> torch.Tensor:
-        """A ``(B, d_sae)`` work tensor kept from step to step: fresh 4 MB tensors every step
-        cost page faults on a CPU (the allocator hands freed memory back to the kernel).
-        Whoever reads the previous step's ``hidden_pre`` / ``feature_acts`` must copy them."""
+    def _buffer(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``(B, d_sae)`` pre-activation tensor, kept from step to step: a fresh 4 MB
+        tensor every step costs page faults on a CPU (the allocator hands freed memory back
+        to the kernel). ``hidden_pre`` of a step is overwritten by the next one."""
         shape = (x.shape[0], self.cfg.d_sae)
-        buf = self.__dict__.setdefault("_buffers_kept", {}).get(name)
+        buf = self.__dict__.get("_pre_buffer")
         if buf is None or buf.shape != shape or buf.device != x.device or buf.dtype != x.dtype:
-            buf = (torch.empty if fill == 0 else torch.zeros)(shape, dtype=x.dtype, device=x.device)
-            self._buffers_kept[name] = buf
-            if name == "acts":
-                self.__dict__.pop("_last_idx", None)
+            buf = self.__dict__["_pre_buffer"] = x.new_empty(shape)
         return buf
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
@@ -201,7 +199,7 @@ class SparseTopKTrainingSAE(TopKTrainingSAE):
         return TrainStepOutput(
             sae_in=x,
             sae_out=sae_out,
-            feature_acts=self._feature_acts(x, idx, acts.detach().view_as(idx) * n[idx]),
+            feature_acts=self._feature_acts(idx, acts.detach() * n[idx.flatten()], pre.shape),
             hidden_pre=pre,
             loss=mse + aux,
             losses={"mse_loss": mse, "auxiliary_reconstruction_loss": aux},
@@ -215,7 +213,7 @@ class SparseTopKTrainingSAE(TopKTrainingSAE):
             n = w_dec.norm(dim=-1)  # (d_sae,)
         else:
             n = torch.ones_like(b_enc)
-        pre = torch.addmm(b_enc * n, sae_in, self.W_enc * n, out=self._buffer("pre", x, 0))
+        pre = torch.addmm(b_enc * n, sae_in, self.W_enc * n, out=self._buffer(x))
         idx = topk_indices(pre, self.cfg.k)  # (B, k)
         aux_idx, scale = self._aux_latents(pre, step_input.dead_neuron_mask, x.shape[-1])
         blocks = [idx] if aux_idx is None else [idx, aux_idx]
@@ -223,17 +221,16 @@ class SparseTopKTrainingSAE(TopKTrainingSAE):
         raw = torch.cat([pre.gather(-1, b).flatten() for b in blocks]) / n[lay.flat]  # (N,)
         return pre, n, idx, aux_idx, scale, lay, raw
 
-    def _feature_acts(self, x, idx, values) -> torch.Tensor:
-        """The dense ``(B, d_sae)`` activations, in a kept buffer: the last step's entries are
-        cleared and this step's written."""
-        acts = self._buffer("acts", x, 1)
-        last = self.__dict__.get("_last_idx")
-        if last is not None and last.shape == idx.shape and last.device == idx.device:
-            acts.scatter_(-1, last, 0.0)
-        else:
-            acts.zero_()
-        self.__dict__["_last_idx"] = idx
-        return acts.scatter_(-1, idx, values)
+    def _feature_acts(self, idx, values, shape) -> torch.Tensor:
+        """SAELens's scaled activations as a sparse COO ``(B, d_sae)`` tensor; the tokens on
+        which each latent fired go to ``last_fired`` (d_sae,), which gatescope's trainer
+        counts instead of summing a dense ``(B, d_sae)`` mask."""
+        rows = torch.arange(len(idx), device=idx.device).repeat_interleave(idx.shape[1])
+        flat = idx.flatten()
+        self.last_fired = torch.bincount(flat[values > 0], minlength=shape[1]).to(values.dtype)
+        return torch.sparse_coo_tensor(
+            torch.stack([rows, flat]), values, shape, check_invariants=False
+        )
 
     @staticmethod
     def _aux_latents(pre, dead: torch.Tensor | None, d_in: int):

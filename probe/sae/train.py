@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from sae_lens.config import SAETrainerConfig
 from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+from sae_lens.saes.sae import TrainStepInput
 from sae_lens.training.sae_trainer import SAETrainer
 
 from probe.errors import GatescopeError
@@ -166,6 +167,39 @@ class _Trainer(SAETrainer):
             os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
+
+    def _train_step(self, sae, sae_in: torch.Tensor):
+        """SAELens's training step; for an SAE that reports ``last_fired`` (the sparse TopK
+        pass), the firing statistics come from those counts, not from a dense mask."""
+        from probe.sae.sparse_topk import SparseTopKTrainingSAE
+
+        if not isinstance(sae, SparseTopKTrainingSAE):
+            return super()._train_step(sae, sae_in)
+        sae.train()
+        with self.autocast_if_enabled:
+            out = sae.training_forward_pass(
+                step_input=TrainStepInput(
+                    sae_in=sae_in,
+                    dead_neuron_mask=self.dead_neurons,
+                    coefficients=self.get_coefficients(),
+                    n_training_steps=self.n_training_steps,
+                    is_logging_step=self._is_logging_step(),
+                )
+            )
+            with torch.no_grad():
+                fired = sae.last_fired  # (d_sae,) tokens each latent fired on
+                self.n_forward_passes_since_fired += 1
+                self.n_forward_passes_since_fired[fired > 0] = 0
+                self.act_freq_scores += fired
+                self.n_frac_active_samples += self.cfg.train_batch_size_samples
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.lr_scheduler.step()
+        for scheduler in self.coefficient_schedulers.values():
+            scheduler.step()
+        return out
 
     def _checkpoint_if_needed(self) -> None:
         if self._every and (self.n_training_steps + 1) % self._every == 0:
