@@ -15,17 +15,21 @@ def pair():
     return local, use_nnsight(local)
 
 
-def test_same_logits_and_captured_sites(pair):
-    local, remote_like = pair
-    batch = local.tokenize(prompts(3))
-    sites = [f"{k}.*" for k in local.kinds]
-    with Tracer(local, sites) as a:
-        logits_a = local.run(batch)
-    with Tracer(remote_like, sites) as b:
-        logits_b = remote_like.run(batch)
+def _assert_same_traces(first, second, sites, n_prompts: int) -> None:
+    """Both models give the same logits and the same captured sites on the same prompts."""
+    batch = first.tokenize(prompts(n_prompts))
+    with Tracer(first, sites) as a:
+        logits_a = first.run(batch)
+    with Tracer(second, sites) as b:
+        logits_b = second.run(batch)
     torch.testing.assert_close(logits_a, logits_b)
     for site in a.sites:
         torch.testing.assert_close(a[site], b[site], rtol=1e-5, atol=1e-6)
+
+
+def test_same_logits_and_captured_sites(pair):
+    local, remote_like = pair
+    _assert_same_traces(local, remote_like, [f"{k}.*" for k in local.kinds], 3)
 
 
 def test_same_gate_statistics(pair):
@@ -122,15 +126,7 @@ def test_a_model_directory_loads_through_nnsight_lazily(tmp_path):
     local = load_model(tmp_path / "m")
     assert type(nns.backend.envoy).__name__ in ("TransformersModel", "LanguageModel")
     assert nns.device.type == "cpu" and next(nns.hf.parameters()).device.type == "cpu"
-    batch = local.tokenize(prompts(2))
-    sites = ["attn_gate.*", "mlp_gate.1", "resid_post.*", "head_out.0"]
-    with Tracer(local, sites) as a:
-        logits_a = local.run(batch)
-    with Tracer(nns, sites) as b:
-        logits_b = nns.run(batch)
-    torch.testing.assert_close(logits_a, logits_b)
-    for site in a.sites:
-        torch.testing.assert_close(a[site], b[site], rtol=1e-5, atol=1e-6)
+    _assert_same_traces(local, nns, ["attn_gate.*", "mlp_gate.1", "resid_post.*", "head_out.0"], 2)
 
 
 def test_remote_loading_keeps_the_weights_off_this_machine(tmp_path, monkeypatch):
