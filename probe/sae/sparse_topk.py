@@ -19,8 +19,8 @@ only what is active:
 4. SAELens decodes ``relu(raw * n) / n * W_dec[i] = relu(raw) * W_dec[i]`` (AuxK: ``raw``), so
    the decoder norm only chooses latents; its gradient through that rescaling cancels and it
    stays out of autograd. Both reconstructions decode in one ``embedding_bag`` over ``2B``
-   bags (Gao et al.'s sparse decoder; sparsify decodes the same way), whose ``W_dec``
-   gradient is one sparse product (:class:`_DecoderGrad`).
+   bags (Gao et al.'s sparse decoder; sparsify decodes the same way), whose backward pass
+   is two sparse products (:class:`_BagDecode`).
 
 ``feature_acts`` (SAELens's scaled activations) is a sparse COO tensor, and the per-latent
 firing counts of the step are in ``last_fired``: gatescope's trainer reads those instead of
@@ -60,26 +60,27 @@ class _Layout:
 
     @classmethod
     def of(cls, blocks: list[torch.Tensor], d_sae: int) -> _Layout:
-        batch = blocks[0].shape[0]
+        batch, dev = blocks[0].shape[0], blocks[0].device
         flat = torch.cat([b.flatten() for b in blocks])  # (N,)
-        crow = torch.zeros(d_sae + 1, dtype=torch.long, device=flat.device)
+        lengths = torch.cat([torch.full((batch,), b.shape[1], device=dev) for b in blocks])
+        offsets = torch.cumsum(lengths, 0) - lengths  # (bags,) where each bag starts
+        small = torch.int16 if d_sae <= torch.iinfo(torch.int16).max else torch.int32
+        order = flat.to(small).argsort()  # small keys sort faster
+        crow = torch.zeros(d_sae + 1, dtype=torch.int32, device=dev)
         crow[1:] = torch.bincount(flat, minlength=d_sae).cumsum(0)
-        key = flat.to(torch.int16 if d_sae <= torch.iinfo(torch.int16).max else torch.int32)
-        order = key.argsort()  # small keys sort faster
-        row, bag = order.clone(), order.clone()  # each entry's input row and decode bag
-        start = 0
-        for i, b in enumerate(blocks):
-            inside = (order >= start) & (order < start + b.numel())
-            within = torch.div(order - start, b.shape[1], rounding_mode="floor")
-            row = torch.where(inside, within, row)
-            bag = torch.where(inside, within + i * batch, bag)
-            start += b.numel()
-        starts = torch.cumsum(torch.tensor([0] + [b.numel() for b in blocks[:-1]]), 0)
-        offsets = torch.cat(  # where each bag starts in ``flat``
-            [int(s) + torch.arange(batch, device=flat.device) * b.shape[1]
-             for s, b in zip(starts, blocks, strict=True)]
-        )  # fmt: skip
-        return cls(flat, order, crow, row, bag, offsets, d_sae, batch, len(blocks) * batch)
+        bags = torch.arange(len(lengths), dtype=torch.int32, device=dev)
+        bag_sorted = bags.repeat_interleave(lengths)[order]  # (N,) decode bag of each pair
+        row_sorted = bag_sorted % batch  # its input row
+        return cls(flat, order, crow, row_sorted, bag_sorted, offsets, d_sae, batch, len(bags))
+
+    def by_bag(self, values: torch.Tensor) -> torch.Tensor:
+        """The sparse ``(bags, d_sae)`` matrix with ``values[i]`` at ``(bag[i], flat[i])``."""
+        crow = torch.cat([self.offsets, self.offsets.new_tensor([self.flat.numel()])])
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(
+                crow, self.flat, values, (self.bags, self.d_sae), check_invariants=False
+            )  # rows are bags; int64 indices like ``flat``
 
     def by_latent(self, values: torch.Tensor, by_bag: bool) -> torch.Tensor:
         """The sparse matrix with ``values[i]`` at ``(flat[i], row[i])``: ``(d_sae, B)``, or at
@@ -114,23 +115,31 @@ class _Chosen(torch.autograd.Function):
         return None, None, grad_b_dec, grad_w, grad_b, None, None
 
 
-class _DecoderGrad(torch.autograd.Function):
-    """Zeros ``(bags, d_in)`` in the forward pass; in the backward pass, the gradient that the
-    bag decode ``out[bag[i]] += w[i] W_dec[flat[i]]`` sends to ``W_dec``, as one sparse
-    product. Added to a decode that gives ``W_dec`` no gradient, it replaces
-    ``embedding_bag``'s slower weight gradient."""
+class _BagDecode(torch.autograd.Function):
+    """``out[bag[i]] += w[i] * W_dec[flat[i]]``: ``(bags, d_in)``, by ``embedding_bag``. The
+    backward pass is two sparse products: ``W_dec``'s gradient ``(d_sae, bags) @ grad`` and the
+    weights' ``grad @ W_dec^T`` sampled at the ``N`` (bag, latent) pairs."""
 
     @staticmethod
-    def forward(ctx, w_dec, layout: _Layout, weights):
-        ctx.save_for_backward(weights)
+    def forward(ctx, weights, w_dec, layout: _Layout):
+        ctx.save_for_backward(weights, w_dec)
         ctx.layout = layout
-        return w_dec.new_zeros(layout.bags, w_dec.shape[1])
+        return F.embedding_bag(
+            layout.flat, w_dec, layout.offsets, mode="sum", per_sample_weights=weights
+        )
 
     @staticmethod
     def backward(ctx, grad):  # grad: (bags, d_in)
-        (weights,) = ctx.saved_tensors
+        weights, w_dec = ctx.saved_tensors
         lay = ctx.layout
-        return lay.by_latent(weights, by_bag=True) @ grad, None, None
+        grad_weights = grad_w_dec = None
+        if ctx.needs_input_grad[0]:
+            pattern = lay.by_bag(weights)  # (bags, d_sae): where to sample
+            grad_weights = torch.sparse.sampled_addmm(pattern, grad, w_dec.t(), beta=0.0)
+            grad_weights = grad_weights.values()  # (N,) in the order of ``flat``
+        if ctx.needs_input_grad[1]:
+            grad_w_dec = lay.by_latent(weights, by_bag=True) @ grad  # (d_sae, d_in)
+        return grad_weights, grad_w_dec, None
 
 
 def topk_indices(pre: torch.Tensor, k: int, group: int = 4) -> torch.Tensor:
@@ -144,7 +153,7 @@ def topk_indices(pre: torch.Tensor, k: int, group: int = 4) -> torch.Tensor:
     if width % group or width // group < 2 * k:
         return pre.topk(k, dim=-1, sorted=False).indices
     grouped = pre.view(rows, width // group, group)
-    top_groups = grouped.amax(-1).topk(k, dim=-1, sorted=False).indices  # (B, k)
+    top_groups = torch.amax(grouped, -1).topk(k, dim=-1, sorted=False).indices  # (B, k)
     members = grouped.gather(1, top_groups[..., None].expand(-1, -1, group))  # (B, k, group)
     best = members.view(rows, k * group).topk(k, dim=-1, sorted=False).indices  # (B, k)
     return top_groups.gather(1, best // group) * group + best % group
@@ -186,9 +195,7 @@ class SparseTopKTrainingSAE(TopKTrainingSAE):
         main = idx.numel()
         acts = chosen[:main].relu()  # (B * k,)
         weights = torch.cat([acts, chosen[main:]])  # AuxK decodes its values as they are
-        out = F.embedding_bag(
-            lay.flat, self.W_dec.detach(), lay.offsets, mode="sum", per_sample_weights=weights
-        ) + _DecoderGrad.apply(self.W_dec, lay, weights.detach())  # (B [+ B], d_in)
+        out = _BagDecode.apply(weights, self.W_dec, lay)  # (B [+ B], d_in)
         sae_out = out[: len(x)] + self.b_dec
         mse = self.mse_loss_fn(sae_out, x).sum(dim=-1).mean()
         aux = sae_out.new_tensor(0.0)
