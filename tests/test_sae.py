@@ -304,3 +304,21 @@ def test_sparse_topk_training_matches_saelens_training(tmp_path):
     assert torch.equal(a.n_forward_passes_since_fired, b.n_forward_passes_since_fired)
     for (name, p), q in zip(dense.named_parameters(), sparse.parameters(), strict=True):
         assert torch.allclose(p, q, atol=1e-5), name
+
+
+def test_sparse_topk_falls_back_to_saelens_pass_and_still_counts():
+    from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
+
+    from probe.sae.sparse_topk import SparseTopKTrainingSAE
+
+    torch.manual_seed(0)
+    cfg = TopKTrainingSAEConfig(d_in=16, d_sae=64, k=4)
+    dense, sparse = TopKTrainingSAE(cfg), SparseTopKTrainingSAE(cfg)
+    sparse.load_state_dict(dense.state_dict())
+    sparse.hook_sae_acts_pre.add_hook(lambda act, hook: act)  # a hook: SAELens's own pass
+    assert not sparse._fast_ok()
+    x = torch.randn(32, 16)
+    a, _ = _one_step(dense, x, None)
+    b, _ = _one_step(sparse, x, None)
+    assert torch.equal(a.feature_acts, b.feature_acts) and not b.feature_acts.is_sparse
+    assert torch.equal(sparse.last_fired, (a.feature_acts != 0).sum(0).float())

@@ -26,8 +26,9 @@ only what is active:
 firing counts of the step are in ``last_fired``: gatescope's trainer reads those instead of
 summing a dense mask (SAELens's own trainer sums the COO tensor: slower, the same numbers).
 The SAE saves as a plain SAELens ``topk`` SAE (same parameters, same config). Configurations
-the fast pass does not cover (activation normalisation, ``hook_z`` reshaping, sparse
-activations, an error term, hooks on the SAE) run SAELens's own pass.
+the fast pass does not cover (an SAE off the CPU -- its sparse kernels are tested on CPUs
+only --, activation normalisation, ``hook_z`` reshaping, sparse activations, an error term,
+hooks on the SAE) run SAELens's own pass.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ import torch
 import torch.nn.functional as F
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 from sae_lens.saes.topk_sae import TopKTrainingSAE
+
+
+def _csr(crow, cols, values, shape) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, cols, values, shape, check_invariants=False)
 
 
 @dataclass
@@ -76,21 +83,13 @@ class _Layout:
     def by_bag(self, values: torch.Tensor) -> torch.Tensor:
         """The sparse ``(bags, d_sae)`` matrix with ``values[i]`` at ``(bag[i], flat[i])``."""
         crow = torch.cat([self.offsets, self.offsets.new_tensor([self.flat.numel()])])
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            return torch.sparse_csr_tensor(
-                crow, self.flat, values, (self.bags, self.d_sae), check_invariants=False
-            )  # rows are bags; int64 indices like ``flat``
+        return _csr(crow, self.flat, values, (self.bags, self.d_sae))
 
     def by_latent(self, values: torch.Tensor, by_bag: bool) -> torch.Tensor:
         """The sparse matrix with ``values[i]`` at ``(flat[i], row[i])``: ``(d_sae, B)``, or at
         ``(flat[i], bag[i])``: ``(d_sae, bags)``."""
         cols, n = (self.bag_sorted, self.bags) if by_bag else (self.row_sorted, self.batch)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            return torch.sparse_csr_tensor(
-                self.crow, cols, values[self.order], (self.d_sae, n), check_invariants=False
-            )
+        return _csr(self.crow, cols, values[self.order], (self.d_sae, n))
 
 
 class _Chosen(torch.autograd.Function):
@@ -166,7 +165,8 @@ class SparseTopKTrainingSAE(TopKTrainingSAE):
         cfg = self.cfg
         hooks = (self.hook_sae_input, self.hook_sae_acts_pre, self.hook_sae_recons)
         return (
-            cfg.normalize_activations == "none"
+            self.W_enc.device.type == "cpu"  # the sparse kernels are checked on CPUs only
+            and cfg.normalize_activations == "none"
             and cfg.reshape_activations == "none"
             and not cfg.use_sparse_activations
             and not self.use_error_term
@@ -185,7 +185,10 @@ class SparseTopKTrainingSAE(TopKTrainingSAE):
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         if not self._fast_ok():
-            return super().training_forward_pass(step_input)
+            out = super().training_forward_pass(step_input)
+            with torch.no_grad():
+                self.last_fired = (out.feature_acts != 0).sum(-2).to(out.feature_acts.dtype)
+            return out
         x = step_input.sae_in.to(self.dtype)  # (B, d_in)
         sign = -1.0 if self.cfg.apply_b_dec_to_input else 0.0
         with torch.no_grad():
