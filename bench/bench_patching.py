@@ -11,9 +11,10 @@ TransformerLens runs one full pass per head. gatescope rides every head of a lay
 pass and resumes it (``probe.resume``): the prefix the clean and corrupt prompts share (IOI's
 corrupt prompt changes the second subject, near the end) runs once with a KV cache, and each
 patched pass starts at its layer from the base run's recorded layer inputs, over the
-positions after the prefix only, stopping at the answer and wrong logits. The script prints
-the pass and row counts and the shared prefix next to the times; ``--no-resume`` times full
-passes instead.
+positions after the prefix only, stopping at the answer and wrong logits. Resuming is
+checked against the full forward of two prompts once per model (the first sweep, printed
+apart) and by two unpatched rows in every sweep's first pass. The script prints the pass and
+row counts and the shared prefix next to the times; ``--no-resume`` times full passes.
 
     .venv/bin/python bench/bench_patching.py [--model reference] [--prompts 24] [--repeats 3]
 """
@@ -100,13 +101,18 @@ def main() -> None:
         f"{med['transformer_lens'] / med['gatescope']:.1f}x faster"
     )
     print(f"largest difference in patched logit difference: {diff:.2e}")
+    first = times["gatescope"][0]
+    print(
+        f"gatescope's first sweep on the model, with the once-per-model check of resumed passes "
+        f"against the full forward: {first:.2f} s ({med['transformer_lens'] / first:.1f}x)"
+    )
     n, layers, heads_per = len(task), model.dims.n_layers, model.dims.n_heads
     tokens = batch.clean_ids.shape[1]
     if result.resumed:
         suffix = tokens - result.shared_prefix
         how = (
-            f"gatescope {3 + layers} passes: the shared prefix ({result.shared_prefix} tokens), "
-            f"a 2-prompt check, source and base suffixes, then one pass per layer of "
+            f"gatescope {2 + layers} passes: the shared prefix ({result.shared_prefix} tokens), "
+            f"the source and base suffixes in one pass, then one pass per layer of "
             f"{heads_per * n} rows x {suffix} tokens from that layer on"
         )
     else:

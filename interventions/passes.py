@@ -96,6 +96,13 @@ class _Scorer:
         except Exception as exc:  # noqa: BLE001 -- any failure means: use the full forward
             log.debug("patching: no fast logit path (%s)", exc)
 
+    @classmethod
+    def trusted(cls, model: Model) -> _Scorer:
+        """A fast scorer for a model whose fast formula has been checked before."""
+        score = cls.__new__(cls)
+        score.model, score.fast = model, True
+        return score
+
     def from_hidden(self, hidden: torch.Tensor, batch: TaskBatch, offset: int = 0) -> torch.Tensor:
         """Per-row logit difference from the last layer's output ``hidden`` (B, T', d), whose
         first position is ``offset``."""
@@ -194,19 +201,38 @@ def full_runs(model: Model, batch: TaskBatch, base, source, sites: list[Site]) -
     return _Runs(cache, 0, score, source_rows, score(base, batch.attention_mask, [], batch))
 
 
-def resumed_runs(model, batch: TaskBatch, base, source, sites, start: int) -> _Runs | None:
-    """Source and base runs past the shared prefix; ``None`` unless the fast logit formula and
-    the resumed base run reproduce the full forward on the first two prompts."""
-    if model.backend.name != "hooks" or not 0 < start < int(batch.lengths.min()):
-        return None
+RESUME_CHECK = "patching.resumed_passes"  # the key of the check in ``Model.verified``
+
+
+def _full_forward_of_two(model: Model, batch: TaskBatch, base):
+    """The first two prompts of ``batch`` run in full: ``(rows, logit differences, scorer)``,
+    the scorer fast if its formula reproduced those logit differences."""
     sub = select_rows(batch, torch.arange(min(2, len(batch))))
     last = Site("resid_post", model.dims.n_layers - 1)
     with Tracer(model, [last]) as probe:
         full = logit_diff(model.forward(base[: len(sub), : sub.clean_ids.shape[1]],
                                         sub.attention_mask), sub).float().cpu()  # fmt: skip
-    score = _Scorer(model, sub, probe[last], full)
-    if not score.fast:
+    return sub, full, _Scorer(model, sub, probe[last], full)
+
+
+def resumed_runs(model, batch: TaskBatch, base, source, sites, start: int) -> _Runs | None:
+    """Source and base runs past the shared prefix, or ``None`` where passes cannot resume.
+
+    The first time on a model, the fast logit formula and the resumed base run must
+    reproduce the full forward of the first two prompts; the outcome is kept in
+    ``model.verified`` (the first resumed pass of every sweep is checked as well)."""
+    if model.backend.name != "hooks" or not 0 < start < int(batch.lengths.min()):
         return None
+    verdict = model.verified.get(RESUME_CHECK)
+    if verdict is False:
+        return None
+    if verdict is None:
+        sub, full, score = _full_forward_of_two(model, batch, base)
+        if not score.fast:
+            model.verified[RESUME_CHECK] = False
+            return None
+    else:
+        score = _Scorer.trusted(model)
     try:
         resumed = ResumablePass(model, base, batch.attention_mask, start)
         with Tracer(model, sorted(set(sites))) as traced:  # source and base in one pass
@@ -218,9 +244,12 @@ def resumed_runs(model, batch: TaskBatch, base, source, sites, start: int) -> _R
     except Exception as exc:  # noqa: BLE001 -- any failure means: run full passes
         log.debug("patching: cannot resume passes (%s)", exc)
         return None
-    if not torch.allclose(base_rows[: len(sub)], full, rtol=1e-4, atol=1e-4):
-        log.debug("patching: the resumed base run differs from the full forward")
-        return None
+    if verdict is None:
+        same = torch.allclose(base_rows[: len(sub)], full, rtol=1e-4, atol=1e-4)
+        model.verified[RESUME_CHECK] = same
+        if not same:
+            log.debug("patching: the resumed base run differs from the full forward")
+            return None
     return _Runs(cache, start, score, source_rows, base_rows, resumed)
 
 

@@ -11,10 +11,10 @@
    different patch from the cache.
 4. Resume (``probe.resume``): the shared prefix runs once with a KV cache, and each patched
    pass starts at its components' layer from the base run's recorded layer inputs, covering
-   only the positions after the prefix (one layer per pass). This is checked first: on two
-   prompts against the full forward, and by two unpatched rows in the first pass that must
-   reproduce the base run; where anything differs, or the backend cannot resume, every pass
-   runs in full.
+   only the positions after the prefix (one layer per pass). This is checked: once per model
+   on two prompts against the full forward (kept in ``model.verified``), and in every sweep
+   by two unpatched rows in the first pass that must reproduce the base run; where anything
+   differs, or the backend cannot resume, every pass runs in full.
 5. Metric: logit difference ``logit(answer) - logit(wrong)`` averaged over prompts,
    normalised: denoising ``(LD_patched - LD_corrupt) / (LD_clean - LD_corrupt)``, noising
    ``(LD_patched - LD_clean) / (LD_clean - LD_corrupt)``.
@@ -41,6 +41,7 @@ from typing import NamedTuple
 import torch
 
 from interventions.passes import (
+    RESUME_CHECK,
     ResumeMismatch,
     full_runs,
     hook_site,
@@ -257,6 +258,7 @@ def activation_patching(
         sweep(todo, runs, base, batch, batch_rows, progress, mode)
     except ResumeMismatch:
         log.debug("patching: a resumed pass differs from the base run; running full passes")
+        model.verified[RESUME_CHECK] = False
         runs, resumed = full_runs(model, batch, base, source, sites), False
         base_ld, clean_ld, corrupt_ld = normalisers(runs, mode)
         sweep(todo, runs, base, batch, batch_rows, progress, mode)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,8 @@ class Model:
         dims: layer, head and width counts.
         name: what it was loaded from.
         backend: who runs it (local PyTorch hooks by default; see ``probe.backend``).
+        verified: outcomes of checks of this model's code paths against its full forward,
+            by name, so they run once per model (e.g. resumed patching passes).
     """
 
     hf: nn.Module
@@ -103,6 +105,7 @@ class Model:
     dims: Dims
     name: str = ""
     backend: Any = None  # a probe.backend.Backend; None means local hooks
+    verified: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.backend is None:

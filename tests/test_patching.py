@@ -238,9 +238,14 @@ def test_resumed_sweep_of_one_prompt_and_a_mismatch_falls_back(model, monkeypatc
     def off_by_a_bit(self, *args, **kwargs):
         return run(self, *args, **kwargs) + 1e-2
 
+    from interventions.passes import RESUME_CHECK
+
+    assert model.verified[RESUME_CHECK] is True  # checked once, kept for the next sweeps
     monkeypatch.setattr(ResumablePass, "run", off_by_a_bit)
     task = _late_task()
     fallback = activation_patching(model, task, "head_out.*", progress=False)
     full = activation_patching(model, task, "head_out.*", resume=False, progress=False)
-    assert not fallback.resumed
+    assert not fallback.resumed and model.verified[RESUME_CHECK] is False
     assert [c.effect for c in fallback.components] == [c.effect for c in full.components]
+    assert not activation_patching(model, task, "head_out.*", progress=False).resumed
+    model.verified.clear()
