@@ -12,7 +12,9 @@ only what is active:
    or 1. ``(B, d_sae)``, in a buffer kept from step to step (a fresh 4 MB tensor per step
    costs page faults on a CPU).
 2. ``idx = topk(pre, k)`` (:func:`topk_indices`, exact, in two stages); AuxK's
-   ``k_aux = d_in / 2`` latents are the top of ``pre`` among the dead latents only.
+   ``k_aux = d_in / 2`` latents are the top of ``pre`` among the dead latents only. With few
+   dead latents (at most ``4 * k_aux``) AuxK runs as dense products over those columns;
+   with more, its latents join the sparse steps below.
 3. The ``N`` chosen pre-activations ``raw = pre / n`` get autograd through
    :class:`_Chosen`, whose backward pass is one sparse ``(d_sae, B) @ (B, d_in)`` product for
    ``W_enc`` and a vector-matrix product for ``b_dec`` (``sae_in = x - b_dec``).
@@ -40,6 +42,9 @@ import torch
 import torch.nn.functional as F
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 from sae_lens.saes.topk_sae import TopKTrainingSAE
+
+#: With at most this many times ``k_aux`` dead latents, AuxK runs as dense products over them.
+DENSE_AUX_FACTOR = 4
 
 
 def _csr(crow, cols, values, shape) -> torch.Tensor:
@@ -141,6 +146,38 @@ class _BagDecode(torch.autograd.Function):
         return grad_weights, grad_w_dec, None
 
 
+@dataclass
+class _Aux:
+    """AuxK's choice for a step: the dead latents ``dead`` (n_dead,), the loss scale
+    ``min(n_dead / k_aux, 1)``, and the top ``k_aux`` dead latents of each row, either as
+    latent indices ``latents`` (B, k_aux), decoded sparsely with the main ones, or (with few
+    dead latents, where dense products over them cost less) as a 0/1 ``mask`` (B, n_dead)."""
+
+    dead: torch.Tensor
+    scale: float
+    latents: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+
+    @property
+    def sparse(self) -> bool:
+        return self.latents is not None
+
+
+def _aux_latents(pre, dead: torch.Tensor | None, d_in: int) -> _Aux | None:
+    """AuxK's latents: the top of ``pre`` among the dead (SAELens's formula); None when no
+    latent is dead."""
+    if dead is None or (num_dead := int(dead.sum())) == 0:
+        return None
+    k_aux = d_in // 2
+    scale = min(num_dead / k_aux, 1.0)
+    dead_idx = torch.nonzero(dead).flatten()  # (n_dead,)
+    top = pre.index_select(-1, dead_idx).topk(min(k_aux, num_dead), dim=-1, sorted=False)
+    if num_dead > DENSE_AUX_FACTOR * k_aux:
+        return _Aux(dead_idx, scale, latents=dead_idx[top.indices])
+    mask = torch.zeros(pre.shape[0], num_dead, dtype=pre.dtype, device=pre.device)
+    return _Aux(dead_idx, scale, mask=mask.scatter_(-1, top.indices, 1.0))
+
+
 def topk_indices(pre: torch.Tensor, k: int, group: int = 4) -> torch.Tensor:
     """Indices (B, k) of the ``k`` largest entries of each row of ``pre`` (B, D), in two
     exact stages: the top ``k`` groups of ``group`` consecutive entries by their maxima, then
@@ -193,7 +230,7 @@ class SparseTopKTrainingSAE(TopKTrainingSAE):
         sign = -1.0 if self.cfg.apply_b_dec_to_input else 0.0
         with torch.no_grad():
             sae_in = x + sign * self.b_dec
-            pre, n, idx, aux_idx, scale, lay, raw = self._choose(x, sae_in, step_input)
+            pre, n, idx, aux, lay, raw = self._choose(x, sae_in, step_input)
         chosen = _Chosen.apply(raw, sae_in, self.b_dec, self.W_enc, self.b_enc, lay, sign)
         main = idx.numel()
         acts = chosen[:main].relu()  # (B * k,)
@@ -201,23 +238,27 @@ class SparseTopKTrainingSAE(TopKTrainingSAE):
         out = _BagDecode.apply(weights, self.W_dec, lay)  # (B [+ B], d_in)
         sae_out = out[: len(x)] + self.b_dec
         mse = self.mse_loss_fn(sae_out, x).sum(dim=-1).mean()
-        aux = sae_out.new_tensor(0.0)
-        if aux_idx is not None:
+        aux_loss = sae_out.new_tensor(0.0)
+        if aux is not None:
+            if aux.sparse:  # decoded in the bags after the main ones
+                recons = out[len(x) :]
+            else:
+                recons = self._dense_aux(x, sign, aux)
             residual = (x - sae_out).detach()
-            aux = self.cfg.aux_loss_coefficient * scale * (out[len(x) :] - residual).pow(2)
-            aux = aux.sum(-1).mean()
+            aux_loss = (recons - residual).pow(2).sum(-1).mean()
+            aux_loss = self.cfg.aux_loss_coefficient * aux.scale * aux_loss
         return TrainStepOutput(
             sae_in=x,
             sae_out=sae_out,
             feature_acts=self._feature_acts(idx, acts.detach() * n[idx.flatten()], pre.shape),
             hidden_pre=pre,
-            loss=mse + aux,
-            losses={"mse_loss": mse, "auxiliary_reconstruction_loss": aux},
+            loss=mse + aux_loss,
+            losses={"mse_loss": mse, "auxiliary_reconstruction_loss": aux_loss},
         )
 
     def _choose(self, x, sae_in, step_input: TrainStepInput):
-        """Steps 1-2: scaled pre-activations, the chosen latents and their layout, and the
-        chosen unscaled values ``raw`` (N,)."""
+        """Steps 1-2: scaled pre-activations, the chosen latents (and AuxK's), the layout of
+        the sparse ones, and their unscaled values ``raw`` (N,)."""
         w_dec, b_enc = self.W_dec, self.b_enc
         if self.cfg.rescale_acts_by_decoder_norm:
             n = w_dec.norm(dim=-1)  # (d_sae,)
@@ -225,11 +266,19 @@ class SparseTopKTrainingSAE(TopKTrainingSAE):
             n = torch.ones_like(b_enc)
         pre = torch.addmm(b_enc * n, sae_in, self.W_enc * n, out=self._buffer(x))
         idx = topk_indices(pre, self.cfg.k)  # (B, k)
-        aux_idx, scale = self._aux_latents(pre, step_input.dead_neuron_mask, x.shape[-1])
-        blocks = [idx] if aux_idx is None else [idx, aux_idx]
+        aux = _aux_latents(pre, step_input.dead_neuron_mask, x.shape[-1])
+        blocks = [idx, aux.latents] if aux is not None and aux.sparse else [idx]
         lay = _Layout.of(blocks, pre.shape[1])
         raw = torch.cat([pre.gather(-1, b).flatten() for b in blocks]) / n[lay.flat]  # (N,)
-        return pre, n, idx, aux_idx, scale, lay, raw
+        return pre, n, idx, aux, lay, raw
+
+    def _dense_aux(self, x, sign: float, aux: _Aux) -> torch.Tensor:
+        """AuxK's reconstruction over the few dead latents as dense products: their unscaled
+        pre-activations, kept where chosen, times their decoder rows (B, d_in)."""
+        cols = aux.dead  # (n_dead,)
+        sae_in = x + sign * self.b_dec  # with autograd, for b_dec's share
+        values = sae_in @ self.W_enc[:, cols] + self.b_enc[cols]  # (B, n_dead)
+        return (values * aux.mask) @ self.W_dec[cols]
 
     def _feature_acts(self, idx, values, shape) -> torch.Tensor:
         """SAELens's scaled activations as a sparse COO ``(B, d_sae)`` tensor; the tokens on
@@ -241,15 +290,3 @@ class SparseTopKTrainingSAE(TopKTrainingSAE):
         return torch.sparse_coo_tensor(
             torch.stack([rows, flat]), values, shape, check_invariants=False
         )
-
-    @staticmethod
-    def _aux_latents(pre, dead: torch.Tensor | None, d_in: int):
-        """AuxK's latents (B, k_aux), the top of ``pre`` among the dead, and the loss scale
-        ``min(num_dead / k_aux, 1)`` (SAELens's formula); ``(None, 0)`` with none dead."""
-        if dead is None or (num_dead := int(dead.sum())) == 0:
-            return None, 0.0
-        k_aux = d_in // 2
-        scale = min(num_dead / k_aux, 1.0)
-        dead_idx = torch.nonzero(dead).flatten()  # (num_dead,)
-        top = pre.index_select(-1, dead_idx).topk(min(k_aux, num_dead), dim=-1, sorted=False)
-        return dead_idx[top.indices], scale
