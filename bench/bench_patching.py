@@ -29,7 +29,8 @@ import time
 
 import torch
 
-from interventions.patching import _select, activation_patching, equal_length_rows
+from interventions.passes import select_rows
+from interventions.patching import activation_patching, equal_length_rows
 from probe import load_model
 from probe.tasks import Task, load_task
 
@@ -52,7 +53,7 @@ def main() -> None:
         "ioi",
         *[[getattr(task, f)[i] for i in rows] for f in ("clean", "corrupt", "answers", "wrongs")],
     )
-    batch = _select(task.tokenize(model.tokenizer), torch.arange(len(task)))
+    batch = select_rows(task.tokenize(model.tokenizer), torch.arange(len(task)))
 
     folder = tempfile.mkdtemp()
     model.hf.save_pretrained(folder)

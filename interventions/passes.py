@@ -20,7 +20,7 @@ import torch
 from probe.errors import GatescopeError
 from probe.hooks import hook_sites
 from probe.model import Model, resolve_path
-from probe.resume import ResumablePass
+from probe.resume import ResumablePass, StopPass
 from probe.sites import Site
 from probe.tasks import TaskBatch, logit_diff
 from probe.tracer import Tracer
@@ -70,14 +70,6 @@ def _patch_fn(jobs: list[tuple[int, Component]], cache: torch.Tensor, n: int, sr
     return fn
 
 
-class _Stop(Exception):
-    """Raised by a read hook after the last layer, carrying the residual stream."""
-
-    def __init__(self, value: torch.Tensor) -> None:
-        super().__init__("stop")
-        self.value = value
-
-
 class _Scorer:
     """Per-row logit difference of forward passes with some hooks installed.
 
@@ -122,12 +114,12 @@ class _Scorer:
         last = Site("resid_post", self.model.dims.n_layers - 1)
 
         def stop(value, info):
-            raise _Stop(value)
+            raise StopPass(value)
 
         try:
             with hook_sites(self.model, [*entries, (last, stop)], write=True):
                 self.model.forward(ids, mask)
-        except _Stop as caught:
+        except StopPass as caught:
             return self.from_hidden(caught.value, batch)
         raise RuntimeError("the forward pass never reached the last layer")
 

@@ -56,8 +56,6 @@ from probe.resume import shared_prefix
 from probe.sites import HEADED_KINDS
 from probe.tasks import Task, TaskBatch
 
-_select = select_rows  # the name earlier scripts import
-
 log = logging.getLogger(__name__)
 MODES = ("denoise", "noise")
 
@@ -206,6 +204,27 @@ def _prepare(model: Model, task: Task, positions) -> TaskBatch:
     return select_rows(batch, rows)
 
 
+def _measure(model, batch, base, source, sites, todo, start, mode, batch_rows, resume, progress):
+    """Set the normalised effect of every component in ``todo``; returns ``(LD_clean,
+    LD_corrupt, resumed)``. Resumed passes are tried first; if one differs from the base run,
+    everything reruns in full."""
+    runs = resumed_runs(model, batch, base, source, sites, start) if resume else None
+    log.debug("patching: %s passes", "resumed" if runs else "full")
+    runs = runs or full_runs(model, batch, base, source, sites)
+    base_ld, clean_ld, corrupt_ld = normalisers(runs, mode)
+    try:
+        sweep(todo, runs, base, batch, batch_rows, progress, mode)
+    except ResumeMismatch:
+        log.debug("patching: a resumed pass differs from the base run; running full passes")
+        model.verified[RESUME_CHECK] = False
+        runs = full_runs(model, batch, base, source, sites)
+        base_ld, clean_ld, corrupt_ld = normalisers(runs, mode)
+        sweep(todo, runs, base, batch, batch_rows, progress, mode)
+    for c in todo:
+        c.effect = (c.effect - base_ld) / (clean_ld - corrupt_ld)
+    return clean_ld, corrupt_ld, runs.resumed is not None
+
+
 @torch.no_grad()
 def activation_patching(
     model: Model,
@@ -243,27 +262,15 @@ def activation_patching(
         if mode == "denoise"
         else (batch.clean_ids, batch.corrupt_ids)
     )
-    sites = [hook_site(c) for c in comps]
     start = shared_prefix(base, source)
-    runs = resumed_runs(model, batch, base, source, sites, start) if resume else None
-    log.debug("patching: %s passes", "resumed" if runs else "full")
-    runs = runs or full_runs(model, batch, base, source, sites)
-    base_ld, clean_ld, corrupt_ld = normalisers(runs, mode)
     todo = [c for c in comps if c.position is None or c.position >= start]
     for c in comps:
         if c.position is not None and c.position < start:
             c.effect = 0.0  # both runs agree before the first differing token
-    resumed = runs.resumed is not None
-    try:
-        sweep(todo, runs, base, batch, batch_rows, progress, mode)
-    except ResumeMismatch:
-        log.debug("patching: a resumed pass differs from the base run; running full passes")
-        model.verified[RESUME_CHECK] = False
-        runs, resumed = full_runs(model, batch, base, source, sites), False
-        base_ld, clean_ld, corrupt_ld = normalisers(runs, mode)
-        sweep(todo, runs, base, batch, batch_rows, progress, mode)
-    for c in todo:
-        c.effect = (c.effect - base_ld) / (clean_ld - corrupt_ld)
+    sites = [hook_site(c) for c in comps]
+    clean_ld, corrupt_ld, resumed = _measure(
+        model, batch, base, source, sites, todo, start, mode, batch_rows, resume, progress
+    )
     tokens = [model.tokenizer.decode([t]) for t in batch.clean_ids[0][: int(batch.lengths[0])]]
     return PatchingResult(
         model.name, task.name, mode, n, clean_ld, corrupt_ld, comps, tokens, start, resumed

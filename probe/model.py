@@ -300,6 +300,21 @@ def load_model(
     if isinstance(model, nn.Module):
         wrapped = _place(_wrap_loaded(model, tokenizer, ""), device)
         return _with_backend(wrapped, backend, remote)
+    source = _checked_source(model, trust_remote_code)
+    kwargs = _load_kwargs(dtype, device_map, attn_implementation, trust_remote_code)
+    name = str(model)
+    if backend == "nnsight":
+        return _load_through_nnsight(source, name, tokenizer, device, remote, kwargs)
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    tok = tokenizer or _load_tokenizer(source, trust_remote_code)
+    return _place(_wrap_loaded(hf, tok, name), None if device_map else device)
+
+
+def _checked_source(model: str | os.PathLike, trust_remote_code: bool) -> str:
+    """Where to load ``model`` from (a bundled name resolved), after refusing a missing
+    directory and an unsupported architecture or config, before any weights load."""
     source = str(model)
     bundled = _bundled(source)
     if bundled is not None:
@@ -309,7 +324,7 @@ def load_model(
             f"model '{model}': not a model directory (no such directory or not a directory); "
             "give a directory saved with save_pretrained, a hub id, or 'reference'"
         )
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -320,6 +335,11 @@ def load_model(
         ) from None
     text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     family_for_config(text_cfg)  # refuse before loading weights
+    return source
+
+
+def _load_kwargs(dtype, device_map, attn_implementation, trust_remote_code: bool) -> dict:
+    """Keyword arguments for ``from_pretrained`` (only those the caller set)."""
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
@@ -329,12 +349,7 @@ def load_model(
         kwargs["device_map"] = device_map
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    name = str(model)
-    if backend == "nnsight":
-        return _load_through_nnsight(source, name, tokenizer, device, remote, kwargs)
-    hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    tok = tokenizer or _load_tokenizer(source, trust_remote_code)
-    return _place(_wrap_loaded(hf, tok, name), None if device_map else device)
+    return kwargs
 
 
 def _load_through_nnsight(source: str, name: str, tokenizer, device, remote: bool, kwargs):

@@ -177,8 +177,8 @@ def load_lazily(
     source: str, tokenizer: Any, remote: bool, **load_kwargs: Any
 ) -> tuple[Any, Any, Any]:
     """``(envoy, hf_model, tokenizer)`` for a hub id or directory through nnsight: the model
-    is built on the meta device; its weights load now unless ``remote``."""
-    check_remote_key(remote)
+    is built on the meta device; its weights load now unless ``remote`` (callers have
+    checked the API key: :func:`check_remote_key`)."""
     cls, extra = _nnsight_model_class()
     if tokenizer is not None:
         extra["tokenizer"] = tokenizer

@@ -85,7 +85,10 @@ class _Call:
         return self.args[0] if self.args else self.kwargs[_HIDDEN]
 
 
-class _Stop(Exception):
+class StopPass(Exception):
+    """Raised by a hook after the last layer, carrying its output: the rest of the forward
+    pass (final norm, every position's logits) is not needed."""
+
     def __init__(self, value: torch.Tensor) -> None:
         super().__init__("stop")
         self.value = value
@@ -113,29 +116,36 @@ class ResumablePass:
         self._recorded = (0, 0)  # (rows of the recorded pass, first row that run() resumes)
         self._tiled: dict[tuple[int, int], object] = {}
 
+    def _to_last_layer(self, ids, pre_hooks: dict[int, object], **kwargs) -> torch.Tensor:
+        """Run the model's own forward on ``ids`` with ``pre_hooks`` (layer index -> forward
+        pre-hook with kwargs) and stop after the last decoder layer; its output."""
+
+        def stop(module, args, output):
+            raise StopPass(_output(output))
+
+        handles = [self.layers[-1].register_forward_hook(stop)]
+        handles += [
+            self.layers[i].register_forward_pre_hook(fn, with_kwargs=True)
+            for i, fn in pre_hooks.items()
+        ]
+        try:
+            self.model.hf(ids, use_cache=True, **kwargs)
+        except StopPass as caught:
+            return caught.value
+        finally:
+            for handle in handles:
+                handle.remove()
+        raise RuntimeError("the forward pass never reached the last decoder layer")
+
     def _prefix_cache(self, ids: torch.Tensor, mask: torch.Tensor):
         """The KV cache of ``ids``: the one the model makes and hands its decoder layers,
-        taken from the first layer's call, of a pass stopped after the last layer (its
-        logits are not needed)."""
+        taken from the first layer's call (its logits are not needed)."""
         made = []
 
         def take(module, args, kwargs):
             made.extend(x for x in (*args, *kwargs.values()) if _is_cache(x))
 
-        def stop(module, args, output):
-            raise _Stop(_output(output))
-
-        handles = [
-            self.layers[0].register_forward_pre_hook(take, with_kwargs=True),
-            self.layers[-1].register_forward_hook(stop),
-        ]
-        try:
-            self.model.hf(ids, attention_mask=mask, use_cache=True)
-        except _Stop:
-            pass
-        finally:
-            for handle in handles:
-                handle.remove()
+        self._to_last_layer(ids, {0: take}, attention_mask=mask)
         if not made:
             raise RuntimeError("the model passed its decoder layers no KV cache")
         return made[0]
@@ -177,26 +187,10 @@ class ResumablePass:
 
             return pre
 
-        def stop(module, args, output):
-            raise _Stop(_output(output))
-
-        handles = [self.layers[-1].register_forward_hook(stop)]
-        if record is not None:
-            handles += [
-                layer.register_forward_pre_hook(recorder(i), with_kwargs=True)
-                for i, layer in enumerate(self.layers)
-            ]
+        hooks = {i: recorder(i) for i in range(len(self.layers))} if record is not None else {}
         suffix = ids[:, self.start :].to(self.model.device)  # (m * n, T - start)
         cache = {_cache_keyword(self.model.hf): self._cache_for(m)}  # m tiles
-        try:
-            self.model.hf(suffix, attention_mask=self.mask.repeat(m, 1), use_cache=True, **cache)
-        except _Stop as caught:
-            hidden = caught.value
-        else:
-            raise RuntimeError("the forward pass never reached the last decoder layer")
-        finally:
-            for handle in handles:
-                handle.remove()
+        hidden = self._to_last_layer(suffix, hooks, attention_mask=self.mask.repeat(m, 1), **cache)
         if record is not None:
             if any(c is None for c in calls):
                 raise RuntimeError("a decoder layer was not called by the forward pass")

@@ -175,22 +175,11 @@ def _start(cfg: TrainConfig, documents: list[str]):
     return cls.from_pretrained(init), tokenizer, info
 
 
-def train_reference(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True):
-    """Train one reference model into ``out``; returns the final model directory."""
-    from tqdm.auto import tqdm
-
-    out = Path(out)
-    if cfg.init is not None:
-        _check_init(cfg)  # before the corpus is built
-    start_time = time.time()
-    torch.manual_seed(cfg.seed)
-    corpus = build_corpus(cfg.seed, cfg.corpus_scale, cfg.induction_tail)
-    model, tokenizer, init_info = _start(cfg, corpus.documents)
-    check_single_tokens(tokenizer, iter_task_words())
-    windows = token_windows(corpus.documents, tokenizer, cfg.seq)
+def _optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on the matrices only."""
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
+    return torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": cfg.weight_decay},
             {"params": no_decay, "weight_decay": 0},
@@ -198,11 +187,13 @@ def train_reference(cfg: TrainConfig, out: Path, resume: bool = False, progress:
         lr=cfg.lr,
         betas=(0.9, 0.95),
     )
-    ckpt = out / "checkpoint"
-    step, losses = 0, []
-    if resume and (ckpt / "checkpoint.json").is_file():
-        step, losses = _load_checkpoint(model, opt, ckpt)
-        log.info("resumed from step %d", step)
+
+
+def _train_steps(model, opt, windows, cfg: TrainConfig, step: int, losses: list, ckpt, progress):
+    """Steps ``step .. cfg.steps``, each batch drawn from its own seed (so a resumed run sees
+    the same batches), checkpointing every ``cfg.checkpoint_every``; appends to ``losses``."""
+    from tqdm.auto import tqdm
+
     model.train()
     bar = tqdm(range(step, cfg.steps), desc=f"train {cfg.arch}", disable=not progress)
     for step in bar:
@@ -219,6 +210,26 @@ def train_reference(cfg: TrainConfig, out: Path, resume: bool = False, progress:
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             _save_checkpoint(model, opt, step + 1, losses, ckpt)
+
+
+def train_reference(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True):
+    """Train one reference model into ``out``; returns the final model directory."""
+    out = Path(out)
+    if cfg.init is not None:
+        _check_init(cfg)  # before the corpus is built
+    start_time = time.time()
+    torch.manual_seed(cfg.seed)
+    corpus = build_corpus(cfg.seed, cfg.corpus_scale, cfg.induction_tail)
+    model, tokenizer, init_info = _start(cfg, corpus.documents)
+    check_single_tokens(tokenizer, iter_task_words())
+    windows = token_windows(corpus.documents, tokenizer, cfg.seq)
+    opt = _optimizer(model, cfg)
+    ckpt = out / "checkpoint"
+    step, losses = 0, []
+    if resume and (ckpt / "checkpoint.json").is_file():
+        step, losses = _load_checkpoint(model, opt, ckpt)
+        log.info("resumed from step %d", step)
+    _train_steps(model, opt, windows, cfg, step, losses, ckpt, progress)
     model.eval()
     final = out / "model"
     model.save_pretrained(final, safe_serialization=True)
