@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from probe.errors import GatescopeError
-from probe.families import Family, family_for_config
+from probe.families import Family, LayerInfo, family_for_config
 from probe.sites import Site, expand_sites, unknown_kind_message
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,12 @@ class Dims:
     d_mlp: int
     vocab: int
     n_ctx: int
+    n_v_heads: int = 0  # Gated-DeltaNet value heads (0: no linear-attention layers)
+    n_k_heads: int = 0
+    d_v: int = 0
+    d_k: int = 0
+    n_experts: int = 0  # MoE experts per layer (0: dense MLPs only)
+    top_k: int = 0
 
 
 @dataclass
@@ -71,6 +77,12 @@ def _dims_from_config(cfg: Any) -> Dims:
         d_mlp=_get(cfg, "intermediate_size", "d_mlp", "n_inner", default=4 * d_model),
         vocab=_get(cfg, "vocab_size", "d_vocab"),
         n_ctx=_get(cfg, "max_position_embeddings", "n_ctx", "n_positions", default=2048),
+        n_v_heads=_get(cfg, "linear_num_value_heads", default=0),
+        n_k_heads=_get(cfg, "linear_num_key_heads", default=0),
+        d_v=_get(cfg, "linear_value_head_dim", default=0),
+        d_k=_get(cfg, "linear_key_head_dim", default=0),
+        n_experts=_get(cfg, "num_experts", "num_local_experts", "n_routed_experts", default=0),
+        top_k=_get(cfg, "num_experts_per_tok", "moe_topk", default=0),
     )
 
 
@@ -140,17 +152,58 @@ class Model:
             raise GatescopeError(f"{self.name}: none of the modules {paths} exist")
         return found
 
+    @property
+    def text_config(self) -> Any:
+        """The (text) config of the model (a multimodal config's text part)."""
+        cfg = getattr(self.hf, "config", None) or getattr(self.hf, "cfg", None)
+        return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+    def n_heads_of(self, kind: str) -> int:
+        """How many heads (attention heads, value heads or experts) a site of ``kind`` has."""
+        tap = self.family.taps.get(kind)
+        field_ = tap.heads if tap is not None else None
+        return getattr(self.dims, field_) if field_ else self.dims.n_heads
+
+    def has_site(self, site: Site) -> bool:
+        """Whether this model has ``site`` (its kind exists on that layer)."""
+        tap = self.family.taps.get(site.kind)
+        return tap is not None and resolve_path(self.layer(site.layer), tap.modules) is not None
+
+    def layers_with(self, kind: str) -> list[int]:
+        """The layers that have site kind ``kind`` (all of them on a homogeneous model)."""
+        return [i for i in range(self.dims.n_layers) if self.has_site(Site(kind, i))]
+
+    def layer_map(self) -> list[LayerInfo]:
+        """Which token mixer and which MLP each layer has (see :class:`LayerInfo`)."""
+        return [self.family.describe_layer(self.layer(i), i) for i in range(self.dims.n_layers)]
+
     def sites(self, pattern: str | Site | Sequence[str | Site]) -> list[Site]:
-        """Expand site patterns against this model and check each site exists here."""
-        sites = expand_sites(pattern, self.dims.n_layers, self.dims.n_heads)
+        """Expand site patterns against this model and check each site exists here.
+
+        ``KIND.*`` means every layer that has the kind (on a hybrid model, e.g. ``attn_gate.*``
+        is the full-attention layers only); an explicit layer without it is an error naming
+        the layers that have it.
+        """
+        items = [pattern] if isinstance(pattern, str | Site) else list(pattern)
+        sites: list[Site] = []
+        for item in items:
+            parts = [item] if isinstance(item, Site) else [t for t in item.split(",") if t.strip()]
+            for part in parts:
+                expanded = expand_sites(
+                    part, self.dims.n_layers, lambda kind: self.n_heads_of(kind)
+                )
+                wildcard = isinstance(part, str) and part.strip().split(".")[1:2] == ["*"]
+                if wildcard and expanded and expanded[0].kind in self.family.taps:
+                    kept = [s for s in expanded if self.has_site(s)]
+                    expanded = kept or expanded  # none: let check_site say where it is
+                sites.extend(expanded)
+        sites = list(dict.fromkeys(sites))
         for site in sites:
             self.check_site(site)
         return sites
 
     def check_site(self, site: Site) -> None:
         """Raise a clear error if this model lacks ``site`` (kind, layer range, layer type)."""
-        from probe.hooks import locate  # local: hooks imports Model's types
-
         if site.kind not in self.family.taps:
             raise GatescopeError(
                 f"site '{site}': {unknown_kind_message(site.kind, self.kinds)} "
@@ -161,12 +214,21 @@ class Model:
                 f"site '{site}': layer {site.layer} is out of range; this model has layers "
                 f"0-{self.dims.n_layers - 1}"
             )
-        if site.head is not None and site.head >= self.dims.n_heads:
+        n_heads = self.n_heads_of(site.kind)
+        if site.head is not None and site.head >= n_heads:
+            what = "expert" if site.kind.startswith("router") else "head"
             raise GatescopeError(
-                f"site '{site}': head {site.head} is out of range; this model has heads "
-                f"0-{self.dims.n_heads - 1}"
+                f"site '{site}': {what} {site.head} is out of range; this model has {what}s "
+                f"0-{n_heads - 1} at {site.kind}"
             )
-        locate(self, site)
+        if not self.has_site(site):
+            where = self.layers_with(site.kind)
+            span = ", ".join(map(str, where)) if where else "no layer of this model"
+            info = self.family.describe_layer(self.layer(site.layer), site.layer)
+            raise GatescopeError(
+                f"site '{site}': layer {site.layer} ({info.mixer}, {info.mlp} MLP) has no "
+                f"{site.kind}. {site.kind} exists on layers: {span}"
+            )
 
     def tokenize(self, prompts: str | Sequence[str]) -> Batch:
         """Tokenize prompts (right-padded), refusing empty prompts and over-long ones."""
