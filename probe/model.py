@@ -134,11 +134,13 @@ class Model:
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return self.family.kinds
+        """The site kinds this model has on at least one layer (a subset of its family's)."""
+        return tuple(k for k in self.family.kinds if self.layers_with(k))
 
     @property
     def is_gated(self) -> bool:
-        return self.family.has_attn_gate
+        """Whether any layer has an attention output gate."""
+        return "attn_gate" in self.family.taps and bool(self.layers_with("attn_gate"))
 
     def layer(self, index: int) -> nn.Module:
         layers = resolve_path(self.hf, self.family.layers)

@@ -115,6 +115,10 @@ class Family:
     def kinds(self) -> tuple[str, ...]:
         return tuple(self.taps)
 
+    @property
+    def has_attn_gate(self) -> bool:
+        return "attn_gate" in self.taps
+
     def matches(self, config) -> bool:
         """Whether this family handles ``config`` (its model type, then its predicate)."""
         if getattr(config, "model_type", None) not in self.model_types:
@@ -150,10 +154,6 @@ def _has(layer, path: str) -> bool:
         return True
     except AttributeError:
         return False
-
-    @property
-    def has_attn_gate(self) -> bool:
-        return "attn_gate" in self.taps
 
 
 #: Taps of the standard pre-norm decoder layer (Llama, Qwen, Mistral, Gemma 1): the residual
