@@ -33,9 +33,11 @@ def _hybrid_moe():
 
 def test_hybrid_layers_refuse_gate_sites_with_the_layers_that_have_them():
     model = _hybrid_moe()
-    with pytest.raises(GatescopeError, match=r"layer 0 \(linear_attention.*no attn_gate.*exists on layers: 1"):
+    lacks_gate = r"layer 0 \(linear_attention.*no attn_gate.*exists on layers: 1"
+    with pytest.raises(GatescopeError, match=lacks_gate):
         model.check_site(Site("attn_gate", 0))
-    with pytest.raises(GatescopeError, match=r"layer 1 \(full_attention, moe MLP\) has no mlp_gate.*exists on layers: 0"):
+    lacks_glu = r"layer 1 \(full_attention, moe MLP\) has no mlp_gate.*exists on layers: 0"
+    with pytest.raises(GatescopeError, match=lacks_glu):
         model.check_site(Site("mlp_gate", 1))
 
 
