@@ -176,7 +176,7 @@ def _components(model: Model, sites, positions, length: int | None) -> list[Comp
             raise GatescopeError(f"{site.kind} cannot be patched (read-only)")
         heads = [site.head] if site.head is not None else [None]
         if site.kind in HEADED_KINDS and site.head is None:
-            heads = list(range(model.dims.n_heads))
+            heads = list(range(model.n_heads_of(site.kind)))
         if positions is None:
             pos_list = [None]
         elif positions == "each":

@@ -263,3 +263,27 @@ def test_bad_gate_edits_are_refused_clearly():
         BanExperts("router_prob.2", experts=[0])
     with pytest.raises(GatescopeError, match="gate edits need a gate site"):
         ScaleGate("resid_post.1", factor=0.5)
+
+
+@pytest.mark.slow
+def test_patching_sweeps_value_heads_and_experts_as_components():
+    from interventions import activation_patching
+    from probe.tasks import Task
+
+    model = _model("qwen3_next_hybrid")
+    clean = ["w11 w12 w13 w14 w15", "w21 w22 w23 w24 w25"]
+    corrupt = ["w12 w11 w13 w14 w15", "w22 w21 w23 w24 w25"]
+    task = Task("toy", clean, corrupt, ["w31", "w32"], ["w41", "w42"])
+    fast = activation_patching(model, task, "delta_beta.1,router_prob.2", progress=False)
+    full = activation_patching(
+        model, task, "delta_beta.1,router_prob.2", resume=False, progress=False
+    )
+    kinds = [(c.kind, c.head) for c in fast.components]
+    heads, experts = model.dims.n_v_heads, model.dims.n_experts
+    assert kinds == [("delta_beta", h) for h in range(heads)] + [
+        ("router_prob", e) for e in range(experts)
+    ]
+    got = torch.tensor([c.effect for c in fast.components])
+    want = torch.tensor([c.effect for c in full.components])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert bool(got.abs().sum() > 0)
