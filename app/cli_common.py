@@ -60,7 +60,7 @@ def load(
     **kw: Any,
 ):
     """Load MODEL for a command (see :func:`probe.load_model`)."""
-    from probe.model import load_model
+    from probe.load import load_model
 
     if dtype is not None and dtype not in ("float32", "bfloat16", "float16"):
         raise GatescopeError(f"--dtype {dtype}: expected float32, bfloat16 or float16")

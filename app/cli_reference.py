@@ -108,7 +108,7 @@ def bundle_cmd(
     """Evaluate a trained model and install it as a bundled reference model (with README)."""
     import json
 
-    from probe.model import load_model
+    from probe.load import load_model
     from probe.reference.bundle import bundle
     from probe.reference.evaluate import evaluate_reference
 

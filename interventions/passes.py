@@ -19,7 +19,8 @@ import torch
 
 from probe.errors import GatescopeError
 from probe.hooks import hook_sites
-from probe.model import Model, resolve_path
+from probe.locate import resolve_path
+from probe.model import Model
 from probe.resume import ResumablePass, StopPass
 from probe.sites import Site
 from probe.tasks import TaskBatch, logit_diff

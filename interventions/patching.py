@@ -1,4 +1,4 @@
-"""Activation patching sweeps (METHODS.md, "Activation patching"; Zhang & Nanda, arXiv
+"""Activation patching sweeps (docs/METHODS.md, "Activation patching"; Zhang & Nanda, arXiv
 2309.16042; Heimersheim & Nanda, arXiv 2404.15255).
 
 1. Run the source prompts (clean for denoising, corrupt for noising) once and cache every

@@ -23,7 +23,8 @@ from torch import nn
 from probe.errors import GatescopeError
 from probe.families.base import Tap
 from probe.families.layouts import Ctx
-from probe.model import Model, resolve_path
+from probe.locate import locate
+from probe.model import Model
 from probe.sites import Site
 
 
@@ -41,38 +42,6 @@ class ForwardInfo:
 
 
 HookFn = Callable[[torch.Tensor, ForwardInfo], torch.Tensor | None]
-
-
-def _describe_missing(layer: nn.Module, path: str) -> str:
-    node, walked = layer, []
-    for part in path.split("."):
-        child = getattr(node, part, None)
-        if not isinstance(child, nn.Module):
-            holder = ".".join(walked) or "the layer"
-            kind = type(node).__name__
-            has = ", ".join(n for n, _ in node.named_children()) or "nothing"
-            return f"{holder} ({kind}) has no '{part}' (it has: {has})"
-        node, walked = child, [*walked, part]
-    return f"'{path}' is not usable"
-
-
-def locate(model: Model, site: Site, tap: Tap | None = None) -> nn.Module:
-    """The module holding ``site`` (or the given tap of its layer); refuse clearly if absent."""
-    tap = tap or model.family.taps[site.kind]
-    layer = model.layer(site.layer)
-    module = resolve_path(layer, tap.modules)
-    if module is None:
-        where = [
-            i
-            for i in range(model.dims.n_layers)
-            if resolve_path(model.layer(i), tap.modules) is not None
-        ]
-        span = ", ".join(map(str, where)) if where else "no layer of this model"
-        raise GatescopeError(
-            f"site '{site}': layer {site.layer} lacks it: "
-            f"{_describe_missing(layer, tap.modules[0])}. {site.kind} exists on: {span}"
-        )
-    return module
 
 
 def _ctx(model: Model, site: Site, module: nn.Module, tokens=None) -> Ctx:

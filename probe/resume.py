@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import torch
 
 from probe.hooks import HookFn, hook_sites
-from probe.model import Model, resolve_path
+from probe.locate import resolve_path
+from probe.model import Model
 from probe.sites import Site
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from tiny import prompts, tiny_hf, tiny_tokenizer
 
 from probe import GatescopeError, Site, Tracer, hook_sites, load_model
-from probe.hooks import locate
+from probe.locate import locate
 
 FAMILIES = [
     "qwen3_next",
