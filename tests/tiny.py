@@ -117,6 +117,11 @@ CLASSES = {
 }
 
 
+#: The families every invariant test runs on: one homogeneous tiny model per architecture in
+#: CONFIGS (the hybrid / MoE variants have tests of their own in test_gate_sites.py).
+FAMILIES = [name for name in CONFIGS if name not in ("qwen3_next_hybrid", "qwen3_5", "qwen3_5_moe")]
+
+
 def tiny_hf(name: str, seed: int = 0, attn: str = "eager", config=None):
     """A random tiny HF model of architecture ``name`` with non-trivial norm weights."""
     torch.manual_seed(seed)
