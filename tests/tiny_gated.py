@@ -59,3 +59,61 @@ def save_gated_attention(path, mode: str = "headwise", seed: int = 0, **extra) -
         saved = json.loads((path / "config.json").read_text())
         (path / "config.json").write_text(json.dumps({**saved, **extra}))
     return path
+
+
+def _randomise(model, *names: str):
+    """Random values for parameters the model initialises to zero (router weights, biases),
+    so that routing is not decided by ties."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if any(n.endswith(name) for name in names):
+                p.copy_(torch.randn_like(p))
+    return model
+
+
+def qwen3_moe_config(**extra):
+    """3 layers: layer 0 dense (``mlp_only_layers``), layers 1-2 MoE (4 experts, top-2)."""
+    kw = _common(num_hidden_layers=3, mlp_only_layers=[0], norm_topk_prob=True, **MOE)
+    kw.update(extra)
+    return tf.Qwen3MoeConfig(**kw)
+
+
+def gpt_oss_config(**extra):
+    kw = _common(
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        layer_types=["sliding_attention", "full_attention"],
+        sliding_window=8,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    kw.update(extra)
+    return tf.GptOssConfig(**kw)
+
+
+def afmoe_config(**extra):
+    """3 layers: layer 0 dense (``num_dense_layers``), layers 1-2 MoE with a shared expert;
+    sigmoid routing with a route scale != 1."""
+    kw = _common(
+        num_hidden_layers=3,
+        num_dense_layers=1,
+        num_shared_experts=1,
+        route_scale=2.5,
+        global_attn_every_n_layers=2,
+        sliding_window=8,
+        **MOE,
+    )
+    kw.update(extra)
+    return tf.AfmoeConfig(**kw)
+
+
+def tiny_gated_hf(name: str, seed: int = 0, config=None):
+    """A random tiny model of family ``name`` (routers and expert biases randomised)."""
+    builders = {
+        "qwen3_moe": (qwen3_moe_config, tf.Qwen3MoeForCausalLM, ("gate.weight",)),
+        "gpt_oss": (gpt_oss_config, tf.GptOssForCausalLM, ("router.weight", "router.bias")),
+        "afmoe": (afmoe_config, tf.AfmoeForCausalLM, ("router.gate.weight", "expert_bias")),
+    }
+    make, cls, zeroed = builders[name]
+    model = _build(cls, config or make(), seed)
+    torch.manual_seed(seed + 1)
+    return _randomise(model, *zeroed)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from probe.errors import GatescopeError
 from probe.families import (
+    afmoe,
     gated_attention,
     gemma,
     gpt2,
+    gpt_oss,
     hooked_transformer,
     llama,
+    qwen3_moe,
     qwen3_next,
 )
 from probe.families.base import Family, LayerInfo, Tap
@@ -16,6 +19,9 @@ from probe.families.base import Family, LayerInfo, Tap
 FAMILIES: tuple[Family, ...] = (
     *qwen3_next.FAMILIES,
     gated_attention.FAMILY,
+    qwen3_moe.FAMILY,
+    gpt_oss.FAMILY,
+    afmoe.FAMILY,
     llama.FAMILY,
     *gemma.FAMILIES,
     gpt2.FAMILY,
