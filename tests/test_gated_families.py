@@ -169,9 +169,8 @@ def test_router_sites_equal_the_routers_own_output_and_weights(moe):
         logit = tr[Site("router_logit", i)]
         assert logit.shape == (b, t, model.dims.n_experts)
         assert torch.equal(logit.reshape(-1, logit.shape[-1]), logits)
-        torch.testing.assert_close(
-            logits.float(), _router_logits_from_weights(model.layer(i).get_submodule(router_path), x)
-        )
+        router = model.layer(i).get_submodule(router_path)
+        torch.testing.assert_close(logits.float(), _router_logits_from_weights(router, x))
         torch.testing.assert_close(tr[Site("router_prob", i)], prob_fn(logit))
         weight = tr[Site("router_weight", i)].reshape(b * t, -1)
         assert torch.equal(weight.gather(1, idx), scores)
