@@ -60,6 +60,8 @@ def _wrap_loaded(obj: nn.Module, tokenizer: Any, name: str) -> Model:
         )
     text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
     family = family_for_config(text_cfg)
+    if family.check is not None:
+        family.check(text_cfg, obj)
     if tokenizer is None and getattr(config, "_name_or_path", ""):
         path = config._name_or_path
         tokenizer = _load_tokenizer(path, False) if Path(path).is_dir() else None
@@ -106,7 +108,17 @@ def load_model(
         return _load_through_nnsight(source, name, tokenizer, device, remote, kwargs)
     from transformers import AutoModelForCausalLM
 
-    hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except RuntimeError as exc:
+        if "mismatched" not in str(exc):
+            raise
+        raise GatescopeError(
+            f"model '{model}': its weights do not fit its config (size mismatch, see the load "
+            "report above): a size or flag of config.json contradicts the checkpoint (e.g. "
+            "headwise_attn_output_gate / elementwise_attn_output_gate against q_proj's width); "
+            "fix config.json"
+        ) from None
     tok = tokenizer or _load_tokenizer(source, trust_remote_code)
     return _place(_wrap_loaded(hf, tok, name), None if device_map else device)
 
@@ -128,13 +140,25 @@ def _checked_source(model: str | os.PathLike, trust_remote_code: bool) -> str:
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
+        if "trust_remote_code" in str(exc):
+            raise _needs_remote_code(model) from None
         raise GatescopeError(
             f"model '{model}': could not read its config ({exc}). Give 'reference', "
             "'reference-plain', a local model directory, or a hub id with network access"
         ) from None
     text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    family_for_config(text_cfg)  # refuse before loading weights
+    family = family_for_config(text_cfg)  # refuse before loading weights
+    if family.remote_code and not trust_remote_code:
+        raise _needs_remote_code(model, family.name)
     return source
+
+
+def _needs_remote_code(model, family: str = "") -> GatescopeError:
+    what = f"transformers has none for family {family}" if family else "its config names it"
+    return GatescopeError(
+        f"model '{model}' needs its own modelling code ({what}; the checkpoint ships it): "
+        "load it with --trust-remote-code (trust_remote_code=True) if you trust its source"
+    )
 
 
 def _load_kwargs(dtype, device_map, attn_implementation, trust_remote_code: bool) -> dict:

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 from probe.errors import GatescopeError
-from probe.families import gemma, gpt2, hooked_transformer, llama, qwen3_next
+from probe.families import (
+    afmoe,
+    gated_attention,
+    gemma,
+    gpt2,
+    gpt_oss,
+    hooked_transformer,
+    llama,
+    qwen3_moe,
+    qwen3_next,
+)
 from probe.families.base import Family, LayerInfo, Tap
 
 FAMILIES: tuple[Family, ...] = (
     *qwen3_next.FAMILIES,
+    gated_attention.FAMILY,
+    qwen3_moe.FAMILY,
+    gpt_oss.FAMILY,
+    afmoe.FAMILY,
     llama.FAMILY,
     *gemma.FAMILIES,
     gpt2.FAMILY,

@@ -91,6 +91,11 @@ class Family:
         mixers: token-mixer name -> its module relative to a layer (``full_attention``:
             ``self_attn``, ``linear_attention``: ``linear_attn``, ...), for the layer map.
         moe: the module whose presence makes a layer's MLP a mixture of experts (its router).
+        check: called as ``check(config, hf_model)`` once a model of this family is loaded;
+            raises a :class:`~probe.errors.GatescopeError` where the config contradicts the
+            weights (e.g. gate flags that do not fit ``q_proj``'s width).
+        remote_code: the family's checkpoints run their own modelling code (transformers has
+            none for them): loading needs ``trust_remote_code``.
         description: one line for listings and errors.
     """
 
@@ -109,6 +114,8 @@ class Family:
     match: Callable[[object], bool] | None = None
     mixers: Mapping[str, str] = field(default_factory=lambda: {"full_attention": "self_attn"})
     moe: str | None = None
+    check: Callable[[object, object], None] | None = None
+    remote_code: bool = False
     description: str = ""
 
     @property
