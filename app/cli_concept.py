@@ -120,11 +120,11 @@ def probe_cmd(
     from probe.concepts import probe_layers
     from probe.io import read_jsonl
 
-    rows = read_jsonl(labels, "--labels", ("text", "label"))
-    y, names = _labels(labels, [r["label"] for r in rows])
     wanted = [_kind_layer(k.strip()) for k in sites.split(",") if k.strip()]
     if not wanted:
         raise GatescopeError(f"--sites {sites!r}: give site kinds, e.g. resid_post,attn_gate")
+    rows = read_jsonl(labels, "--labels", ("text", "label"))
+    y, names = _labels(labels, [r["label"] for r in rows])
     m = load(model)
     for kind, layer in wanted:  # unknown kinds and layers out of range fail here, not later
         m.sites(f"{kind}.{0 if layer is None else layer}")

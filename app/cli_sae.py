@@ -28,6 +28,9 @@ def _texts(path: Path | None, model, split: str) -> list[str]:
     from probe.sae.data import fit_texts, read_texts, reference_texts
 
     if path is not None:
+        from probe.io import read_text
+
+        read_text(path, "--text")  # missing, a directory or not UTF-8: named here
         return read_texts(path, model)
     return fit_texts(reference_texts(split), model)
 
