@@ -7,6 +7,7 @@ commands through a ``register(app)`` function in its own ``app/cli_*.py`` module
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import subprocess
 import sys
@@ -15,19 +16,18 @@ from pathlib import Path
 import typer
 
 from app.cli_common import (
-    BACKEND_HELP,
-    DEVICE_HELP,
-    DEVICE_MAP_HELP,
-    DTYPE_HELP,
     MODEL_HELP,
-    REMOTE_HELP,
     atomic_path,
-    check_out_path,
-    echo_json,
+    check_out,
+    emit,
+    json_out,
     load,
+    model_options,
+    note,
+    positive,
     read_prompts,
+    show_progress,
     user_errors,
-    write_json,
 )
 
 app = typer.Typer(
@@ -47,8 +47,22 @@ COMMAND_MODULES = (
 )
 
 
+def _positions(text: str | None) -> list[int] | None:
+    from probe.errors import GatescopeError
+
+    if not text:
+        return None
+    try:
+        return [int(p) for p in text.split(",")]
+    except ValueError:
+        raise GatescopeError(
+            f"--positions {text}: expected token indices like -1 or 0,3,-1"
+        ) from None
+
+
 @app.command()
 @user_errors
+@model_options
 def trace(
     model: str = typer.Argument(..., help=MODEL_HELP),
     sites: str = typer.Option(..., "--sites", help="e.g. 'attn_gate.*,resid_post.3'"),
@@ -57,11 +71,8 @@ def trace(
     prompts: Path = typer.Option(None, "--prompts", help="file: one prompt per line, or JSONL"),
     positions: str = typer.Option(None, "--positions", help="e.g. '-1' or '0,3,-1'"),
     batch_size: int = typer.Option(16, "--batch-size"),
-    device: str = typer.Option(None, "--device", help=DEVICE_HELP),
-    device_map: str = typer.Option(None, "--device-map", help=DEVICE_MAP_HELP),
-    dtype: str = typer.Option(None, "--dtype", help=DTYPE_HELP),
-    backend: str = typer.Option("hooks", "--backend", help=BACKEND_HELP),
-    remote: bool = typer.Option(False, "--remote", help=REMOTE_HELP),
+    json_: bool = typer.Option(False, "--json", help="print the shapes and provenance as JSON"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing --out file"),
 ) -> None:
     """Capture sites over prompts and save them (one tensor per site) as safetensors."""
     from safetensors.torch import save_file
@@ -69,14 +80,13 @@ def trace(
     from probe.errors import GatescopeError
     from probe.tracer import Tracer
 
-    texts = read_prompts(prompt, prompts)
+    positive(batch_size, "--batch-size")
     if out.suffix != ".safetensors":
         raise GatescopeError(f"--out {out}: expected a .safetensors file name")
-    check_out_path(out)
-    m = load(
-        model, device=device, dtype=dtype, device_map=device_map, backend=backend, remote=remote
-    )
-    pos = [int(p) for p in positions.split(",")] if positions else None
+    check_out(out, force)
+    texts = read_prompts(prompt, prompts)
+    pos = _positions(positions)
+    m = load(model)
     if pos is None and len(texts) > 1:
         lengths = {int(n) for n in m.tokenize(texts).lengths}
         if len(lengths) > 1:
@@ -84,13 +94,21 @@ def trace(
                 "prompts have different token lengths; pass --positions (e.g. -1) "
                 "or prompts of equal length"
             )
+    bar = show_progress() and len(texts) > batch_size
     with Tracer(m, sites, positions=pos, device="cpu") as tr:
-        for batch in m.batches(texts, batch_size, progress=len(texts) > batch_size):
+        for batch in m.batches(texts, batch_size, progress=bar):
             m.forward(batch.input_ids, batch.attention_mask)
     tensors = {str(s): v.contiguous() for s, v in tr.activations.items()}
+    note(n_prompts=len(texts), sites=",".join(tensors))
+    result = {"out": str(out), "shapes": {k: list(t.shape) for k, t in tensors.items()}}
+    from app.cli_common import provenance
+
     meta = {"model": m.name, "family": m.family.name, "prompts": str(len(texts))}
+    meta["provenance"] = json.dumps(provenance(result))
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
+    if emit(result, json_, None):
+        return
     for name, t in tensors.items():
         typer.echo(f"{name}\t{tuple(t.shape)}")
     typer.echo(f"saved {len(tensors)} sites to {out}")
@@ -98,32 +116,25 @@ def trace(
 
 @app.command()
 @user_errors
+@model_options
+@json_out
 def gates(
     model: str = typer.Argument(..., help=MODEL_HELP),
     prompt: str = typer.Option(None, "--prompt"),
     prompts: Path = typer.Option(None, "--prompts"),
+    batch_size: int = typer.Option(16, "--batch-size"),
     json_: bool = typer.Option(False, "--json", help="print the full report as JSON"),
     out: Path = typer.Option(None, "--out", help="write the report as JSON"),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    device: str = typer.Option(None, "--device", help=DEVICE_HELP),
-    device_map: str = typer.Option(None, "--device-map", help=DEVICE_MAP_HELP),
-    dtype: str = typer.Option(None, "--dtype", help=DTYPE_HELP),
-    backend: str = typer.Option("hooks", "--backend", help=BACKEND_HELP),
-    remote: bool = typer.Option(False, "--remote", help=REMOTE_HELP),
 ) -> None:
     """Gate statistics per layer and head: mean gate, sparsity, sink, max activation."""
     from probe.gates import gate_stats
 
+    positive(batch_size, "--batch-size")
     texts = read_prompts(prompt, prompts)
-    check_out_path(out)
-    m = load(
-        model, device=device, dtype=dtype, device_map=device_map, backend=backend, remote=remote
-    )
-    report = gate_stats(m, texts, batch_size=batch_size, progress=not json_)
-    if out is not None:
-        write_json(report.to_dict(), out)
-    if json_:
-        echo_json(report.to_dict())
+    m = load(model)
+    report = gate_stats(m, texts, batch_size=batch_size, progress=show_progress())
+    note(n_prompts=len(texts), sites="attn_gate.*,mlp_gate.*,resid_post.*", positions="all")
+    if emit(report.to_dict(), json_, out):
         return
     _print_gate_table(report)
 

@@ -6,7 +6,19 @@ from pathlib import Path
 
 import typer
 
-from app.cli_common import MODEL_HELP, check_out_path, echo_json, load, user_errors, write_json
+from app.cli_common import (
+    MODEL_HELP,
+    check_out_path,
+    echo_json,
+    emit,
+    json_out,
+    load,
+    model_options,
+    positive,
+    show_progress,
+    user_errors,
+    write_json,
+)
 
 TASK_HELP = "bundled task (ioi, facts, induction) or a JSONL file"
 GLU_HELP = "RelP rule for the GLU product: half (LRP) or gradient"
@@ -15,6 +27,7 @@ GLU_HELP = "RelP rule for the GLU product: half (LRP) or gradient"
 def _task(task: str, limit: int | None):
     from probe.tasks import load_task
 
+    positive(limit, "--limit")
     t = load_task(task)
     return t.subset(limit) if limit else t
 
@@ -106,6 +119,7 @@ def agreement_cmd(
     ),
     limit: int = typer.Option(None, "--limit"),
     json_: bool = typer.Option(False, "--json"),
+    out: Path = typer.Option(None, "--out"),
 ) -> None:
     """Pearson/Spearman r of AtP, RelP and IG against activation patching, per site kind."""
     from circuits.agreement import agreement
@@ -116,15 +130,14 @@ def agreement_cmd(
     bad = [k for k in kinds if k not in SITE_KINDS]
     if bad:
         raise GatescopeError(f"--sites: unknown site kinds {bad}; known: {', '.join(SITE_KINDS)}")
-    result = agreement(load(model), _task(task, limit), kinds, progress=not json_)
-    if json_:
-        echo_json({"pearson": result.pearson, "spearman": result.spearman})
+    result = agreement(load(model), _task(task, limit), kinds, progress=show_progress())
+    if emit({"pearson": result.pearson, "spearman": result.spearman}, json_, out):
         return
     typer.echo("Pearson r with activation patching")
     typer.echo(result.table())
 
 
 def register(app: typer.Typer) -> None:
-    app.command("attribute")(user_errors(attribute_cmd))
-    app.command("circuit")(user_errors(circuit_cmd))
-    app.command("agreement")(user_errors(agreement_cmd))
+    app.command("attribute")(user_errors(model_options(json_out(attribute_cmd))))
+    app.command("circuit")(user_errors(model_options(json_out(circuit_cmd))))
+    app.command("agreement")(user_errors(model_options(json_out(agreement_cmd))))

@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
-from app.cli_common import MODEL_HELP, check_out_path, echo_json, load, user_errors, write_json
+from app.cli_common import MODEL_HELP, emit, json_out, load, model_options, note, user_errors
 from probe.errors import GatescopeError
 
 concept_app = typer.Typer(help="Concept activation vectors, TCAV and linear probes.")
 SET_HELP = "bundled set name (e.g. concept_sport) or a JSONL file with a text field"
 OUT_HELP = "also write the numbers to this JSON file"
-
-
-def _emit(obj: dict | list, json_: bool, out: Path | None) -> bool:
-    """Write ``obj`` to ``out`` and/or print it as JSON; True if printed."""
-    if out is not None:
-        write_json(obj, out)
-    if json_:
-        echo_json(obj)
-    return json_
 
 
 def _random_sets(spec: str) -> list[list[str]]:
@@ -38,6 +28,8 @@ def _random_sets(spec: str) -> list[list[str]]:
 
 @concept_app.command("cav")
 @user_errors
+@model_options
+@json_out
 def cav_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     concept: str = typer.Option(..., "--concept", help=SET_HELP),
@@ -51,7 +43,6 @@ def cav_cmd(
     from probe.concepts import fit_cav, pooled_activations
     from probe.tasks import load_texts
 
-    check_out_path(out)
     m = load(model)
     sites = m.sites(site)
     if len(sites) != 1:
@@ -63,9 +54,10 @@ def cav_cmd(
         xr = pooled_activations(m, texts, where, pooling)[where]
         cavs.append(fit_cav(xc, xr, i, site, (concept, f"random set {i}"), pooling))
     rows = [{"random": c.random, "accuracy": c.accuracy, "gap": c.gap} for c in cavs]
+    note(n_prompts=len(xc), positions=pooling)
     if out is not None:
-        write_json({"site": site, "concept": concept, "cavs": [c.to_dict() for c in cavs]}, out)
-    if _emit({"site": site, "concept": concept, "cavs": rows}, json_, None):
+        emit({"site": site, "concept": concept, "cavs": [c.to_dict() for c in cavs]}, False, out)
+    if emit({"site": site, "concept": concept, "cavs": rows}, json_, None):
         return
     for r in rows:
         typer.echo(f"{concept} vs {r['random']}: held-out accuracy {r['accuracy']:.3f}")
@@ -73,6 +65,8 @@ def cav_cmd(
 
 @concept_app.command("tcav")
 @user_errors
+@model_options
+@json_out
 def tcav_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     concept: str = typer.Option(..., "--concept", help=SET_HELP),
@@ -89,18 +83,17 @@ def tcav_cmd(
     from probe.concepts import cross_layer, tcav
     from probe.tasks import load_texts
 
-    check_out_path(out)
-    m = load(model)
     args = (load_texts(concept), _random_sets(random))
+    m = load(model)
     rest = (target, load_texts(inputs), pooling)
     if site.endswith(".*"):
         layers = cross_layer(m, *args, site[:-2], *rest)
         results = layers.results
-        if _emit(layers.to_dict(), json_, out):
+        if emit(layers.to_dict(), json_, out):
             return
     else:
         results = [tcav(m, *args, site, *rest)]
-        if _emit(results[0].to_dict(), json_, out):
+        if emit(results[0].to_dict(), json_, out):
             return
     for r in results:
         random_mean = sum(r.random_scores) / len(r.random_scores)
@@ -113,6 +106,8 @@ def tcav_cmd(
 
 @concept_app.command("probe")
 @user_errors
+@model_options
+@json_out
 def probe_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     labels: Path = typer.Option(..., "--labels", help="JSONL with text and label fields"),
@@ -123,29 +118,59 @@ def probe_cmd(
 ) -> None:
     """Linear probe accuracy per layer (and a shuffled-label baseline) for each site kind."""
     from probe.concepts import probe_layers
+    from probe.io import read_jsonl
 
-    check_out_path(out)
-    if not Path(labels).is_file():
-        raise GatescopeError(f"--labels {labels}: no such file")
-    rows = [json.loads(x) for x in Path(labels).read_text().splitlines() if x.strip()]
-    if not rows or any("text" not in r or "label" not in r for r in rows):
-        raise GatescopeError(f"--labels {labels}: every line needs 'text' and 'label'")
+    wanted = [_kind_layer(k.strip()) for k in sites.split(",") if k.strip()]
+    if not wanted:
+        raise GatescopeError(f"--sites {sites!r}: give site kinds, e.g. resid_post,attn_gate")
+    rows = read_jsonl(labels, "--labels", ("text", "label"))
+    y, names = _labels(labels, [r["label"] for r in rows])
     m = load(model)
-    results = [
-        probe_layers(
-            m,
-            [r["text"] for r in rows],
-            [int(r["label"]) for r in rows],
-            kind.strip().split(".")[0],
-            pooling,
-        )
-        for kind in sites.split(",")
-    ]
-    if _emit([r.to_dict() for r in results], json_, out):
+    for kind, layer in wanted:  # unknown kinds and layers out of range fail here, not later
+        m.sites(f"{kind}.{0 if layer is None else layer}")
+    texts = [r["text"] for r in rows]
+    results = []
+    for kind, layer in wanted:
+        r = probe_layers(m, texts, y, kind, pooling).to_dict()
+        if layer is not None:  # resid_post.2: that layer only
+            keep = [i for i, x in enumerate(r["layers"]) if x == layer]
+            r = {k: [v[i] for i in keep] if isinstance(v, list) else v for k, v in r.items()}
+        if names:
+            r["label_names"] = names
+        results.append(r)
+    note(n_prompts=len(texts), positions=pooling, seed=0)
+    if emit(results, json_, out):
         return
     for r in results:
-        for layer, acc, base in zip(r.layers, r.accuracy, r.shuffled, strict=True):
-            typer.echo(f"{r.kind}.{layer}: accuracy {acc:.3f} (shuffled labels {base:.3f})")
+        for layer, acc, base in zip(r["layers"], r["accuracy"], r["shuffled"], strict=True):
+            typer.echo(f"{r['kind']}.{layer}: accuracy {acc:.3f} (shuffled labels {base:.3f})")
+
+
+def _kind_layer(text: str) -> tuple[str, int | None]:
+    kind, _, layer = text.partition(".")
+    if layer in ("", "*"):
+        return kind, None
+    try:
+        return kind, int(layer)
+    except ValueError:
+        raise GatescopeError(
+            f"--sites {text}: expected a site kind (resid_post) or one layer (resid_post.2)"
+        ) from None
+
+
+def _labels(path: Path, raw: list) -> tuple[list[int], list[str] | None]:
+    """Integer labels as given; text labels (``"sport"``) numbered in sorted order."""
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in raw):
+        return list(raw), None
+    if all(isinstance(v, str) and v for v in raw):
+        names = sorted(set(raw))
+        return [names.index(v) for v in raw], names
+    kinds = (int, str)
+    bad = next((i for i, v in enumerate(raw, 1) if not isinstance(v, kinds) or v is True), 1)
+    raise GatescopeError(
+        f"--labels {path}: labels must be all whole numbers or all texts (line {bad} has "
+        f'{raw[bad - 1]!r}); e.g. {{"text": "...", "label": "sport"}}'
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
-from app.cli_common import MODEL_HELP, check_out_path, echo_json, load, read_prompts, user_errors
+from app.cli_common import (
+    MODEL_HELP,
+    check_out,
+    emit,
+    finite,
+    json_out,
+    load,
+    model_options,
+    note,
+    positive,
+    provenance,
+    read_prompts,
+    show_progress,
+    user_errors,
+)
 from probe.errors import GatescopeError
+from probe.io import read_jsonl
 
 steer_app = typer.Typer(help="Build steering vectors, generate with them, evaluate them.")
 
@@ -38,20 +52,18 @@ def patch(
     out: Path = typer.Option(None, "--out", help="write the result as JSON"),
 ) -> None:
     """Activation patching sweep: the normalised effect of each component."""
-    from app.cli_common import write_json
     from interventions.patching import activation_patching
     from probe.tasks import load_task
 
-    check_out_path(out)
+    positive(limit, "--limit")
+    pos = _positions(positions)
     t = load_task(task)
     t = t.subset(limit) if limit else t
     result = activation_patching(
-        load(model), t, sites, positions=_positions(positions), mode=mode, progress=not json_
+        load(model), t, sites, positions=pos, mode=mode, progress=show_progress()
     )
-    if out is not None:
-        write_json(result.to_dict(), out)
-    if json_:
-        echo_json(result.to_dict())
+    note(positions=positions or "all")
+    if emit(result.to_dict(), json_, out):
         return
     typer.echo(
         f"{mode} patching on {t.name} ({result.n_prompts} prompts): clean LD "
@@ -62,37 +74,50 @@ def patch(
 
 
 def _pairs(path: Path) -> tuple[list[str], list[str]]:
-    if not Path(path).is_file():
-        raise GatescopeError(f"--pairs {path}: no such file")
-    rows = [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
-    if not rows or any("positive" not in r or "negative" not in r for r in rows):
-        raise GatescopeError(f"--pairs {path}: expected JSON lines with 'positive' and 'negative'")
+    rows = read_jsonl(path, "--pairs", ("positive", "negative"))
+    for n, r in enumerate(rows, 1):
+        if not all(isinstance(r[k], str) and r[k].strip() for k in ("positive", "negative")):
+            raise GatescopeError(
+                f"--pairs {path} pair {n}: 'positive' and 'negative' must be non-empty texts"
+            )
     return [r["positive"] for r in rows], [r["negative"] for r in rows]
 
 
 @steer_app.command("build")
 @user_errors
+@model_options
 def build(
     model: str = typer.Argument(..., help=MODEL_HELP),
     method: str = typer.Option("caa", "--method", help="actadd, caa or pca"),
     pairs: Path = typer.Option(..., "--pairs", help="JSONL with positive/negative texts"),
     site: str = typer.Option(..., "--site", help="e.g. resid_post.1"),
     out: Path = typer.Option(..., "--out", help="NAME.safetensors (+ NAME.json)"),
+    json_: bool = typer.Option(False, "--json", help="print the vector's summary as JSON"),
+    force: bool = typer.Option(False, "--force", help="overwrite an existing vector"),
 ) -> None:
     """Build a steering vector from contrast pairs."""
     from interventions.steering import build_vector
 
-    check_out_path(out)
+    target = Path(out).with_suffix(".safetensors")
+    check_out(target, force)
+    check_out(target.with_suffix(".json"), force)
     pos, neg = _pairs(pairs)
     vec = build_vector(load(model), method, pos, neg, site, data=Path(pairs).name)
+    vec.provenance = {**(vec.provenance or {}), **provenance()}
     path = vec.save(out)
-    typer.echo(
-        f"saved {method} vector at {vec.site} (norm {float(vec.direction.norm()):.3f}) to {path}"
-    )
+    norm = float(vec.direction.norm())
+    note(n_prompts=len(pos))
+    if emit(
+        {"vector": str(path), "site": str(vec.site), "method": method, "norm": norm}, json_, None
+    ):
+        return
+    typer.echo(f"saved {method} vector at {vec.site} (norm {norm:.3f}) to {path}")
 
 
 @steer_app.command("generate")
 @user_errors
+@model_options
+@json_out
 def steer_generate(
     model: str = typer.Argument(..., help=MODEL_HELP),
     vector: Path = typer.Option(..., "--vector"),
@@ -102,59 +127,79 @@ def steer_generate(
     positions: str = typer.Option(
         "all", "--positions", help="all, prompt, generated, or token indices like 0,-1"
     ),
+    json_: bool = typer.Option(False, "--json"),
+    out: Path = typer.Option(None, "--out", help="write both texts as JSON"),
 ) -> None:
     """Generate with and without the steering vector, side by side."""
     from interventions.steering import SteeringVector, generate
 
+    finite(coef, "--coef")
+    positive(max_new_tokens, "--max-new-tokens", allow_none=False)
+    if not prompt.strip():
+        raise GatescopeError("--prompt is empty; give some text")
     pos = positions if positions in ("prompt", "generated") else _positions(positions)
     if pos == "each":
         raise GatescopeError("--positions each: steering takes all, prompt, generated or indices")
+    SteeringVector.load(vector)  # a broken vector file fails before the model loads
     m = load(model)
     vec = SteeringVector.load(vector, m)
-    typer.echo(f"unsteered: {prompt}{generate(m, prompt, None, max_new_tokens=max_new_tokens)}")
+    plain = generate(m, prompt, None, max_new_tokens=max_new_tokens)
     steered = generate(m, prompt, vec, coef, max_new_tokens, pos)
+    note(n_prompts=1, site=str(vec.site), positions=positions, coef=coef)
+    result = {"prompt": prompt, "coef": coef, "unsteered": plain, "steered": steered}
+    if emit(result, json_, out):
+        return
+    typer.echo(f"unsteered: {prompt}{plain}")
     typer.echo(f"steered ({coef:+g}): {prompt}{steered}")
 
 
 @steer_app.command("eval")
 @user_errors
+@model_options
+@json_out
 def steer_eval(
     model: str = typer.Argument(..., help=MODEL_HELP),
     vector: Path = typer.Option(..., "--vector"),
     prompts: Path = typer.Option(..., "--prompts", help="held-out prompts (text or JSONL)"),
-    positive: str = typer.Option(None, "--positive-words", help="comma-separated"),
-    negative: str = typer.Option(None, "--negative-words", help="comma-separated"),
+    positive_words: str = typer.Option(None, "--positive-words", help="comma-separated"),
+    negative_words: str = typer.Option(None, "--negative-words", help="comma-separated"),
     coefs: str = typer.Option("-4,-2,-1,0,1,2,4", "--coefs"),
     n_random: int = typer.Option(10, "--random", help="random vectors of equal norm"),
     json_: bool = typer.Option(False, "--json"),
+    out: Path = typer.Option(None, "--out", help="write the curves as JSON"),
 ) -> None:
     """Behaviour metric per coefficient for the vector and random controls of equal norm."""
     from interventions.steering import SteeringVector, evaluate_steering, word_logit_metric
+    from probe.io import read_json
     from probe.tasks import TASKS_DIR
 
-    m = load(model)
-    vec = SteeringVector.load(vector, m)
-    if positive is None or negative is None:
-        words = json.loads((TASKS_DIR / "sentiment_words.json").read_text())
-        positive = positive or ",".join(words["positive"])
-        negative = negative or ",".join(words["negative"])
-    metric = word_logit_metric(m, positive.split(","), negative.split(","))
     try:
         coef_list = [float(c) for c in coefs.split(",")]
     except ValueError:
         raise GatescopeError(f"--coefs {coefs}: expected numbers like -2,0,2") from None
-    result = evaluate_steering(m, vec, read_prompts(None, prompts), metric, coef_list, n_random)
-    if json_:
-        echo_json(result.to_dict())
+    for c in coef_list:
+        finite(c, "--coefs")
+    if n_random < 0:
+        raise GatescopeError(f"--random {n_random}: expected 0 or more random vectors")
+    texts = read_prompts(None, prompts)
+    SteeringVector.load(vector)
+    if positive_words is None or negative_words is None:
+        words = read_json(TASKS_DIR / "sentiment_words.json", "word list")
+        positive_words = positive_words or ",".join(words["positive"])
+        negative_words = negative_words or ",".join(words["negative"])
+    m = load(model)
+    vec = SteeringVector.load(vector, m)
+    metric = word_logit_metric(m, positive_words.split(","), negative_words.split(","))
+    result = evaluate_steering(m, vec, texts, metric, coef_list, n_random)
+    note(n_prompts=len(texts), site=str(vec.site), positions="all", seed=0)
+    if emit(result.to_dict(), json_, out):
         return
     for i, c in enumerate(result.coefs):
         rand = [r[i] for r in result.random]
-        typer.echo(
-            f"coef {c:+6.2f}: vector {result.vector[i]:+.3f}   random "
-            f"[{min(rand):+.3f}, {max(rand):+.3f}]"
-        )
+        span = f"[{min(rand):+.3f}, {max(rand):+.3f}]" if rand else "-"
+        typer.echo(f"coef {c:+6.2f}: vector {result.vector[i]:+.3f}   random {span}")
 
 
 def register(app: typer.Typer) -> None:
-    app.command("patch")(user_errors(patch))
+    app.command("patch")(user_errors(model_options(json_out(patch))))
     app.add_typer(steer_app, name="steer")

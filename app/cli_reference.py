@@ -6,7 +6,16 @@ from pathlib import Path
 
 import typer
 
-from app.cli_common import MODEL_HELP, echo_json, load, user_errors
+from app.cli_common import (
+    MODEL_HELP,
+    check_name,
+    emit,
+    json_out,
+    load,
+    model_options,
+    positive,
+    user_errors,
+)
 
 reference_app = typer.Typer(help="Train and evaluate the bundled reference models.")
 
@@ -63,17 +72,20 @@ def train(
 
 @reference_app.command("eval")
 @user_errors
+@model_options
+@json_out
 def evaluate(
     model: str = typer.Argument("reference", help=MODEL_HELP),
     json_: bool = typer.Option(False, "--json"),
+    out: Path = typer.Option(None, "--out", help="write the figures as JSON"),
     limit: int = typer.Option(None, "--limit", help="use only the first N IOI/induction rows"),
 ) -> None:
     """Held-out figures: IOI, induction, facts, prose perplexity, gates and sink."""
     from probe.reference.evaluate import evaluate_reference
 
+    positive(limit, "--limit")
     result = evaluate_reference(load(model), limit=limit)
-    if json_:
-        echo_json(result.to_dict())
+    if emit(result.to_dict(), json_, out):
         return
     for key, value in result.to_dict().items():
         if isinstance(value, float):
@@ -107,6 +119,8 @@ def bundle_cmd(
 ) -> None:
     """Evaluate a trained model and install it as a bundled reference model (with README)."""
     import json
+
+    check_name(name)
 
     from probe.load import load_model
     from probe.reference.bundle import bundle

@@ -12,7 +12,9 @@ from app.cli_common import (
     MODEL_HELP,
     check_out_path,
     echo_json,
+    json_out,
     load,
+    model_options,
     user_errors,
     write_json,
 )
@@ -26,12 +28,16 @@ def _texts(path: Path | None, model, split: str) -> list[str]:
     from probe.sae.data import fit_texts, read_texts, reference_texts
 
     if path is not None:
+        from probe.io import read_text
+
+        read_text(path, "--text")  # missing, a directory or not UTF-8: named here
         return read_texts(path, model)
     return fit_texts(reference_texts(split), model)
 
 
 @sae_app.command("harvest")
 @user_errors
+@model_options
 def harvest_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     site: str = typer.Option(..., "--site", help="one site, e.g. mlp_gate.2 or resid_post.1"),
@@ -64,6 +70,7 @@ def _one_site(model, site: str):
 
 @sae_app.command("train")
 @user_errors
+@model_options
 def train_cmd(
     model: str = typer.Argument(None, help=MODEL_HELP + " (or give --store)"),
     site: str = typer.Option(None, "--site", help="site to train on (with MODEL)"),
@@ -124,6 +131,8 @@ def _open(path: Path, model: str | None, device: str | None):
 
 @sae_app.command("eval")
 @user_errors
+@model_options
+@json_out
 def eval_cmd(
     path: Path = typer.Argument(..., help="SAE directory"),
     model: str = typer.Option(None, "--model", help="default: the model it was trained on"),
@@ -150,6 +159,8 @@ def eval_cmd(
 
 @sae_app.command("features")
 @user_errors
+@model_options
+@json_out
 def features_cmd(
     path: Path = typer.Argument(..., help="SAE directory"),
     top: int = typer.Option(5, "--top", help="contexts per latent"),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -83,25 +84,31 @@ class SteeringVector:
     @classmethod
     def load(cls, path: str | Path, model: Model | None = None) -> SteeringVector:
         """Load; with ``model``, refuse a width mismatch and warn on another model's vector."""
-        from safetensors.torch import load_file
+        from probe.io import load_tensors, read_json
 
         path = Path(path).with_suffix(".safetensors")
         if not path.is_file() or not path.with_suffix(".json").is_file():
             raise GatescopeError(f"{path}: expected NAME.safetensors and NAME.json beside it")
+        meta = read_json(path.with_suffix(".json"), "steering vector metadata")
+        direction = load_tensors(path, "steering vector", ("direction",))["direction"]
         try:
-            meta = json.loads(path.with_suffix(".json").read_text())
             vec = cls(
-                load_file(str(path))["direction"],
+                direction,
                 Site.parse(meta["site"]),
                 float(meta.get("coef", 1.0)),
                 meta.get("method", "direction"),
                 meta.get("provenance", {}),
             )
-        except (KeyError, ValueError, TypeError, OSError) as exc:
+        except (KeyError, ValueError, TypeError) as exc:
             raise GatescopeError(
                 f"{path}: not a gatescope steering vector ({type(exc).__name__}: {exc}); "
                 "expected NAME.safetensors with a 'direction' tensor and NAME.json with 'site'"
             ) from None
+        if not bool(torch.isfinite(direction).all()):
+            raise GatescopeError(
+                f"steering vector {path}: 'direction' has NaN or infinite values; rebuild it "
+                "with gatescope steer build"
+            )
         if model is not None:
             vec.check(model)
         return vec
@@ -240,6 +247,10 @@ def generate(
     """Greedy continuation of ``prompt``, steered by ``vector`` (HF ``generate``)."""
     if not hasattr(model.hf, "generate"):
         raise GatescopeError(f"{type(model.hf).__name__} cannot generate; use a HF model")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise GatescopeError(f"max_new_tokens {max_new_tokens}: expected at least 1 new token")
+    if coef is not None and not math.isfinite(coef):
+        raise GatescopeError(f"coef {coef}: not a finite number; give e.g. 4 or -2")
     batch = model.tokenize(prompt)
     n_prompt = batch.input_ids.shape[1]
     edits = [vector.edit(coef, positions, n_prompt)] if vector is not None else []

@@ -8,7 +8,6 @@ A task file is JSONL with one object per line: ``clean``, ``corrupt``, ``answer`
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,11 +56,21 @@ class Task:
                 f"{len(self.wrongs)})"
             )
 
+        same = [i for i, (a, b) in enumerate(zip(self.clean, self.corrupt, strict=True)) if a == b]
+        if same:
+            raise GatescopeError(
+                f"task '{self.name}' row {same[0]}: the clean and corrupt prompts are the same "
+                f"text ({len(same)} such rows); patching needs a corrupt prompt that differs "
+                "(e.g. another name)"
+            )
+
     def __len__(self) -> int:
         return len(self.clean)
 
     def subset(self, n: int) -> Task:
-        """The first ``n`` rows."""
+        """The first ``n`` rows (``n`` >= 1)."""
+        if n < 1:
+            raise GatescopeError(f"task '{self.name}': a subset needs at least 1 row, not {n}")
         return Task(self.name, self.clean[:n], self.corrupt[:n], self.answers[:n], self.wrongs[:n])
 
     def tokenize(self, tokenizer) -> TaskBatch:
@@ -122,19 +131,10 @@ def logit_diff(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
     return last[rows, batch.answer_ids.to(dev)] - last[rows, batch.wrong_ids.to(dev)]
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise GatescopeError(f"{path}: no such file")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise GatescopeError(f"{path} line {n}: not valid JSON ({exc.msg})") from None
-    if not rows:
-        raise GatescopeError(f"{path}: the file is empty; expected JSON lines")
-    return rows
+def _read_jsonl(path: Path, what: str, fields: tuple[str, ...] = ()) -> list[dict]:
+    from probe.io import read_jsonl
+
+    return read_jsonl(path, what, fields)
 
 
 def _resolve(name_or_path: str | Path, kind: str) -> Path:
@@ -154,14 +154,11 @@ def _resolve(name_or_path: str | Path, kind: str) -> Path:
 def load_task(name_or_path: str | Path) -> Task:
     """A bundled task (``ioi``, ``facts``, ``induction``) or a JSONL file of pairs."""
     path = _resolve(name_or_path, "task")
-    rows = _read_jsonl(path)
-    need = ("clean", "corrupt", "answer", "wrong")
+    rows = _read_jsonl(path, "task", ("clean", "corrupt", "answer", "wrong"))
     for i, row in enumerate(rows):
-        missing = [k for k in need if k not in row]
-        if missing:
-            raise GatescopeError(
-                f"{path} row {i}: missing {', '.join(missing)}; each line needs {', '.join(need)}"
-            )
+        for key in ("clean", "corrupt", "answer", "wrong"):
+            if not isinstance(row[key], str) or not row[key]:
+                raise GatescopeError(f"task {path} row {i}: '{key}' must be a non-empty text")
     return Task(
         path.stem,
         [r["clean"] for r in rows],
@@ -175,8 +172,8 @@ def load_texts(name_or_path: str | Path) -> list[str]:
     """Sentences of a bundled set (``concept_sport``, ``random_0``, ...) or a JSONL file with a
     ``text`` field per line."""
     path = _resolve(name_or_path, "text set")
-    rows = _read_jsonl(path)
-    try:
-        return [r["text"] for r in rows]
-    except (KeyError, TypeError):
-        raise GatescopeError(f"{path}: every line needs a 'text' field") from None
+    rows = _read_jsonl(path, "text set", ("text",))
+    for n, r in enumerate(rows, 1):
+        if not isinstance(r["text"], str) or not r["text"].strip():
+            raise GatescopeError(f"text set {path} row {n}: 'text' must be a non-empty text")
+    return [r["text"] for r in rows]

@@ -177,6 +177,6 @@ def test_remote_needs_the_nnsight_backend_and_a_key(model_dir, monkeypatch):
     monkeypatch.delenv("NDIF_API_KEY", raising=False)
     base = ["gates", model_dir, "--prompt", "w1 w2", "--remote"]
     hooks = runner.invoke(app, base)
-    assert hooks.exit_code == 2 and "needs backend='nnsight'" in hooks.output
+    assert hooks.exit_code == 2 and "--remote needs --backend nnsight" in hooks.output
     nns = runner.invoke(app, [*base, "--backend", "nnsight"])
     assert nns.exit_code == 2 and "NDIF_API_KEY" in nns.output

@@ -81,7 +81,7 @@ def test_cav_tcav_probe(model_dir, tmp_path):  # noqa: F811
         ],
     )
     assert res.exit_code == 0, res.output
-    assert [r["kind"] for r in json.loads(res.stdout)] == ["attn_gate", "resid_post"]
+    assert [r["kind"] for r in json.loads(res.stdout)["results"]] == ["attn_gate", "resid_post"]
 
 
 @pytest.mark.parametrize(
