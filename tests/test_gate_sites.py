@@ -287,3 +287,31 @@ def test_patching_sweeps_value_heads_and_experts_as_components():
     want = torch.tensor([c.effect for c in full.components])
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert bool(got.abs().sum() > 0)
+
+
+def test_cli_traces_kind_star_on_a_hybrid_and_reports_every_gate_type(tmp_path):
+    from tiny import save_tiny
+    from typer.testing import CliRunner
+
+    from app.cli import app
+
+    path = save_tiny(tmp_path / "hybrid", "qwen3_next_hybrid")
+    runner = CliRunner()
+    out = tmp_path / "acts.safetensors"
+    res = runner.invoke(
+        app,
+        ["trace", str(path), "--prompt", "w1 w2 w3", "--sites", "attn_gate.*,delta_beta.*"]
+        + ["--out", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    assert "attn_gate.*: layers 3" in res.output
+    from safetensors import safe_open
+
+    with safe_open(str(out), "pt") as f:
+        assert set(f.keys()) == {"attn_gate.3", "delta_beta.0", "delta_beta.1", "delta_beta.2"}
+    res = runner.invoke(app, ["gates", str(path), "--prompt", "w1 w2 w3 w4", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout[res.stdout.index("{") :])
+    assert report["mean_gate"][0] is None and report["router"]["load"][1] is not None
+    res = runner.invoke(app, ["gates", str(path), "--prompt", "w1 w2 w3 w4"])
+    assert res.exit_code == 0 and "Gated-DeltaNet" in res.output and "MoE routers" in res.output
