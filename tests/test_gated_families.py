@@ -276,3 +276,75 @@ def test_afmoe_attention_gate_is_the_sigmoid_of_its_gate_proj():
     out = ed["head_out.1"]
     assert torch.equal(out[:, :, 2], torch.zeros_like(out[:, :, 2]))
     assert torch.equal(out[:, :, :2], tr["head_out.1"][:, :, :2])
+
+
+# ---------------------------------------------------------------- lfm3
+
+
+@pytest.fixture(scope="module")
+def lfm3():
+    from tiny import tiny_tokenizer
+    from tiny_gated import tiny_lfm3
+
+    return load_model(tiny_lfm3(), tokenizer=tiny_tokenizer())
+
+
+def test_lfm3_every_site_traces_exactly_on_the_layers_that_have_it(lfm3):
+    model = lfm3
+    mixers = [i.mixer for i in model.layer_map()]
+    assert mixers == ["conv", "full_attention", "full_attention", "conv"]
+    assert model.layers_with("attn_gate") == [1, 2]
+    assert model.layers_with("conv_gate") == model.layers_with("conv_out_gate") == [0, 3]
+    batch = model.tokenize(prompts(2))
+    tr = _trace_is_exact(model, [f"{k}.*" for k in model.kinds], batch)
+    for i in range(model.dims.n_layers):
+        get = lambda k, i=i: tr[Site(k, i)]  # noqa: E731
+        assert torch.equal(get("resid_pre") + get("attn_out"), get("resid_mid"))
+        assert torch.equal(get("resid_mid") + get("mlp_out"), get("resid_post"))
+        torch.testing.assert_close(
+            get("mlp_gate"), torch.nn.functional.silu(get("mlp_gate_pre")), rtol=0, atol=0
+        )
+
+
+def test_lfm3_headwise_gate_is_the_sigmoid_of_g_proj_one_per_head(lfm3):
+    model = lfm3
+    g_proj = model.layer(2).self_attn.g_proj
+    xs, handle = _capture_inputs(g_proj)
+    batch = model.tokenize(prompts(2))
+    try:
+        tr = _trace_is_exact(model, ["attn_gate.2", "head_out.2"], batch)
+    finally:
+        handle.remove()
+    expect = torch.sigmoid(xs[0] @ g_proj.weight.detach().T)[..., None]
+    assert tr["attn_gate.2"].shape == (*batch.input_ids.shape, model.dims.n_heads, 1)
+    torch.testing.assert_close(tr["attn_gate.2"], expect, rtol=1e-5, atol=1e-6)
+    with intervene(model, ClampGate("attn_gate.2.1", value=0.0)), Tracer(model, "head_out.2") as ed:
+        model.run(batch)
+    out = ed["head_out.2"]
+    assert torch.equal(out[:, :, 1], torch.zeros_like(out[:, :, 1]))
+    assert torch.equal(out[:, :, 0], tr["head_out.2"][:, :, 0])
+
+
+def test_lfm3_conv_gates_are_the_b_and_c_chunks_of_in_proj(lfm3):
+    from interventions.edits import Apply
+
+    model = lfm3
+    in_proj = model.layer(0).conv.in_proj
+    xs, handle = _capture_inputs(in_proj)
+    batch = model.tokenize(prompts(2))
+    try:
+        tr = _trace_is_exact(model, ["conv_gate.0", "conv_out_gate.0"], batch)
+    finally:
+        handle.remove()
+    d, w = model.dims.d_model, in_proj.weight.detach()
+    torch.testing.assert_close(tr["conv_gate.0"], xs[0] @ w[:d].T, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(tr["conv_out_gate.0"], xs[0] @ w[d : 2 * d].T, rtol=1e-5, atol=1e-6)
+    clean = model.run(batch)
+    for kind in ("conv_gate", "conv_out_gate"):  # a closed gate silences the conv layer
+        with (
+            intervene(model, Apply(f"{kind}.0", fn=torch.zeros_like)),
+            Tracer(model, "attn_out.0") as ed,
+        ):
+            edited = model.run(batch)
+        assert torch.equal(ed["attn_out.0"], torch.zeros_like(ed["attn_out.0"]))
+        assert not torch.equal(edited, clean)
