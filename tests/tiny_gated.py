@@ -136,3 +136,24 @@ def lfm3_config(**extra):
 
 def tiny_lfm3(seed: int = 0, config=None):
     return _build(tf.Lfm3ForCausalLM, config or lfm3_config(), seed)
+
+
+def olmo_hybrid_config(**extra):
+    """4 layers: DeltaNet, DeltaNet, DeltaNet, attention (2 key heads, 4 value heads)."""
+    kw = _common(
+        num_hidden_layers=4,
+        layer_types=["linear_attention"] * 3 + ["full_attention"],
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+        linear_conv_kernel_dim=4,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    kw.update(extra)
+    return tf.OlmoHybridConfig(**kw)
+
+
+def tiny_olmo_hybrid(seed: int = 0, config=None):
+    return _build(tf.OlmoHybridForCausalLM, config or olmo_hybrid_config(), seed)

@@ -12,6 +12,7 @@ from probe.families import (
     hooked_transformer,
     lfm3,
     llama,
+    olmo_hybrid,
     qwen3_moe,
     qwen3_next,
 )
@@ -24,6 +25,7 @@ FAMILIES: tuple[Family, ...] = (
     gpt_oss.FAMILY,
     afmoe.FAMILY,
     lfm3.FAMILY,
+    olmo_hybrid.FAMILY,
     llama.FAMILY,
     *gemma.FAMILIES,
     gpt2.FAMILY,
