@@ -276,3 +276,142 @@ def test_afmoe_attention_gate_is_the_sigmoid_of_its_gate_proj():
     out = ed["head_out.1"]
     assert torch.equal(out[:, :, 2], torch.zeros_like(out[:, :, 2]))
     assert torch.equal(out[:, :, :2], tr["head_out.1"][:, :, :2])
+
+
+# ---------------------------------------------------------------- lfm3
+
+
+@pytest.fixture(scope="module")
+def lfm3():
+    from tiny import tiny_tokenizer
+    from tiny_gated import tiny_lfm3
+
+    return load_model(tiny_lfm3(), tokenizer=tiny_tokenizer())
+
+
+def test_lfm3_every_site_traces_exactly_on_the_layers_that_have_it(lfm3):
+    model = lfm3
+    mixers = [i.mixer for i in model.layer_map()]
+    assert mixers == ["conv", "full_attention", "full_attention", "conv"]
+    assert model.layers_with("attn_gate") == [1, 2]
+    assert model.layers_with("conv_gate") == model.layers_with("conv_out_gate") == [0, 3]
+    batch = model.tokenize(prompts(2))
+    tr = _trace_is_exact(model, [f"{k}.*" for k in model.kinds], batch)
+    for i in range(model.dims.n_layers):
+        get = lambda k, i=i: tr[Site(k, i)]  # noqa: E731
+        assert torch.equal(get("resid_pre") + get("attn_out"), get("resid_mid"))
+        assert torch.equal(get("resid_mid") + get("mlp_out"), get("resid_post"))
+        torch.testing.assert_close(
+            get("mlp_gate"), torch.nn.functional.silu(get("mlp_gate_pre")), rtol=0, atol=0
+        )
+
+
+def test_lfm3_headwise_gate_is_the_sigmoid_of_g_proj_one_per_head(lfm3):
+    model = lfm3
+    g_proj = model.layer(2).self_attn.g_proj
+    xs, handle = _capture_inputs(g_proj)
+    batch = model.tokenize(prompts(2))
+    try:
+        tr = _trace_is_exact(model, ["attn_gate.2", "head_out.2"], batch)
+    finally:
+        handle.remove()
+    expect = torch.sigmoid(xs[0] @ g_proj.weight.detach().T)[..., None]
+    assert tr["attn_gate.2"].shape == (*batch.input_ids.shape, model.dims.n_heads, 1)
+    torch.testing.assert_close(tr["attn_gate.2"], expect, rtol=1e-5, atol=1e-6)
+    with intervene(model, ClampGate("attn_gate.2.1", value=0.0)), Tracer(model, "head_out.2") as ed:
+        model.run(batch)
+    out = ed["head_out.2"]
+    assert torch.equal(out[:, :, 1], torch.zeros_like(out[:, :, 1]))
+    assert torch.equal(out[:, :, 0], tr["head_out.2"][:, :, 0])
+
+
+def test_lfm3_conv_gates_are_the_b_and_c_chunks_of_in_proj(lfm3):
+    from interventions.edits import Apply
+
+    model = lfm3
+    in_proj = model.layer(0).conv.in_proj
+    xs, handle = _capture_inputs(in_proj)
+    batch = model.tokenize(prompts(2))
+    try:
+        tr = _trace_is_exact(model, ["conv_gate.0", "conv_out_gate.0"], batch)
+    finally:
+        handle.remove()
+    d, w = model.dims.d_model, in_proj.weight.detach()
+    torch.testing.assert_close(tr["conv_gate.0"], xs[0] @ w[:d].T, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(tr["conv_out_gate.0"], xs[0] @ w[d : 2 * d].T, rtol=1e-5, atol=1e-6)
+    clean = model.run(batch)
+    for kind in ("conv_gate", "conv_out_gate"):  # a closed gate silences the conv layer
+        with (
+            intervene(model, Apply(f"{kind}.0", fn=torch.zeros_like)),
+            Tracer(model, "attn_out.0") as ed,
+        ):
+            edited = model.run(batch)
+        assert torch.equal(ed["attn_out.0"], torch.zeros_like(ed["attn_out.0"]))
+        assert not torch.equal(edited, clean)
+
+
+# ---------------------------------------------------------------- olmo_hybrid
+
+
+@pytest.fixture(scope="module")
+def olmo_hybrid():
+    from tiny import tiny_tokenizer
+    from tiny_gated import tiny_olmo_hybrid
+
+    return load_model(tiny_olmo_hybrid(), tokenizer=tiny_tokenizer())
+
+
+def test_olmo_hybrid_every_site_traces_exactly_on_the_layers_that_have_it(olmo_hybrid):
+    model = olmo_hybrid
+    assert [i.mixer for i in model.layer_map()] == ["linear_attention"] * 3 + ["full_attention"]
+    assert model.layers_with("delta_beta") == model.layers_with("delta_out") == [0, 1, 2]
+    assert model.layers_with("head_out") == [3] and model.layers_with("mlp_gate") == [0, 1, 2, 3]
+    batch = model.tokenize(prompts(2))
+    tr = _trace_is_exact(model, [f"{k}.*" for k in model.kinds], batch)
+    for i in range(model.dims.n_layers):
+        get = lambda k, i=i: tr[Site(k, i)]  # noqa: E731
+        assert torch.equal(get("resid_pre") + get("attn_out") + get("mlp_out"), get("resid_post"))
+
+
+def test_olmo_hybrid_delta_sites_equal_values_recomputed_from_the_weights(olmo_hybrid):
+    model = olmo_hybrid
+    mixer = model.layer(1).linear_attn
+    xs, handle = _capture_inputs(mixer.b_proj)
+    batch = model.tokenize(prompts(2))
+    kinds = ["delta_beta", "delta_decay", "delta_gate_pre", "delta_gate", "delta_out"]
+    try:
+        tr = _trace_is_exact(model, [f"{k}.1" for k in kinds], batch)
+    finally:
+        handle.remove()
+    x, f = xs[0], torch.nn.functional
+    b, t = batch.input_ids.shape
+    hv, dv = model.dims.n_v_heads, model.dims.d_v
+    close = dict(rtol=1e-5, atol=1e-6)
+    assert model.text_config.linear_allow_neg_eigval  # beta in [0, 2]
+    beta = 2 * torch.sigmoid(x @ mixer.b_proj.weight.detach().T)
+    torch.testing.assert_close(tr["delta_beta.1"], beta, **close)
+    a = x @ mixer.a_proj.weight.detach().T
+    decay = -mixer.A_log.detach().exp() * f.softplus(a + mixer.dt_bias.detach())
+    torch.testing.assert_close(tr["delta_decay.1"], decay, **close)
+    z = (x @ mixer.g_proj.weight.detach().T).view(b, t, hv, dv)
+    torch.testing.assert_close(tr["delta_gate_pre.1"], z, **close)
+    torch.testing.assert_close(tr["delta_gate.1"], f.silu(z), **close)
+    assert tr["delta_out.1"].shape == (b, t, hv, dv)
+
+
+def test_olmo_hybrid_zero_write_strength_zeroes_the_recurrence_output(olmo_hybrid):
+    from interventions.edits import Apply
+
+    model = olmo_hybrid
+    batch = model.tokenize(prompts(2))
+    clean = model.run(batch)
+    with (
+        intervene(model, Apply("delta_beta.0", fn=torch.zeros_like)),
+        Tracer(model, "delta_out.0") as ed,
+    ):
+        edited = model.run(batch)
+    assert torch.equal(ed["delta_out.0"], torch.zeros_like(ed["delta_out.0"]))
+    assert not torch.equal(edited, clean)
+    with pytest.raises(GatescopeError, match=r"\[0, 2\]"):
+        with intervene(model, Apply("delta_beta.0", fn=lambda v: v + 3)):
+            model.run(batch)

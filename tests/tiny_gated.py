@@ -117,3 +117,43 @@ def tiny_gated_hf(name: str, seed: int = 0, config=None):
     model = _build(cls, config or make(), seed)
     torch.manual_seed(seed + 1)
     return _randomise(model, *zeroed)
+
+
+def lfm3_config(**extra):
+    """4 layers: conv, sliding attention, full attention, conv (headwise gate, sandwich norms)."""
+    kw = _common(
+        num_hidden_layers=4,
+        layer_types=["conv", "sliding_attention", "full_attention", "conv"],
+        sliding_window=8,
+        conv_L_cache=3,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=1,
+    )
+    kw.update(extra)
+    return tf.Lfm3Config(**kw)
+
+
+def tiny_lfm3(seed: int = 0, config=None):
+    return _build(tf.Lfm3ForCausalLM, config or lfm3_config(), seed)
+
+
+def olmo_hybrid_config(**extra):
+    """4 layers: DeltaNet, DeltaNet, DeltaNet, attention (2 key heads, 4 value heads)."""
+    kw = _common(
+        num_hidden_layers=4,
+        layer_types=["linear_attention"] * 3 + ["full_attention"],
+        linear_num_key_heads=2,
+        linear_num_value_heads=4,
+        linear_key_head_dim=8,
+        linear_value_head_dim=8,
+        linear_conv_kernel_dim=4,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    kw.update(extra)
+    return tf.OlmoHybridConfig(**kw)
+
+
+def tiny_olmo_hybrid(seed: int = 0, config=None):
+    return _build(tf.OlmoHybridForCausalLM, config or olmo_hybrid_config(), seed)

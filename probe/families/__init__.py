@@ -10,7 +10,9 @@ from probe.families import (
     gpt2,
     gpt_oss,
     hooked_transformer,
+    lfm3,
     llama,
+    olmo_hybrid,
     qwen3_moe,
     qwen3_next,
 )
@@ -22,6 +24,8 @@ FAMILIES: tuple[Family, ...] = (
     qwen3_moe.FAMILY,
     gpt_oss.FAMILY,
     afmoe.FAMILY,
+    lfm3.FAMILY,
+    olmo_hybrid.FAMILY,
     llama.FAMILY,
     *gemma.FAMILIES,
     gpt2.FAMILY,
