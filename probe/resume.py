@@ -96,7 +96,7 @@ def _replace(layer, fn):
 def _layers_of(cache) -> list:
     layers = getattr(cache, "layers", None)
     if layers is None:
-        raise RuntimeError(f"a {type(cache).__name__} has no per-layer states to tile")
+        raise CannotResume(f"a {type(cache).__name__} has no per-layer states to tile")
     return layers
 
 
@@ -174,6 +174,11 @@ class _Call:
         return self.args[0] if self.args else self.kwargs[_HIDDEN]
 
 
+class CannotResume(RuntimeError):
+    """This model or backend cannot resume passes (the reason is the message); callers run
+    full passes instead."""
+
+
 class StopPass(Exception):
     """Raised by a hook after the last layer, carrying its output: the rest of the forward
     pass (final norm, every position's logits) is not needed."""
@@ -193,12 +198,12 @@ class ResumablePass:
 
     def __init__(self, model: Model, ids: torch.Tensor, mask: torch.Tensor, start: int) -> None:
         if model.backend.name != "hooks":
-            raise RuntimeError(f"the {model.backend.name} backend cannot resume passes")
+            raise CannotResume(f"the {model.backend.name} backend cannot resume passes")
         self.model, self.start, self.n = model, start, ids.shape[0]
         self.mask = mask.to(model.device)
         layers = resolve_path(model.hf, model.family.layers)
         if layers is None:
-            raise RuntimeError("no decoder layer list")
+            raise CannotResume("no decoder layer list")
         self.layers = list(layers)[: model.dims.n_layers]
         self.cache = self._prefix_cache(ids[:, :start].to(model.device), self.mask[:, :start])
         self.calls: list[_Call] | None = None
@@ -236,7 +241,7 @@ class ResumablePass:
 
         self._to_last_layer(ids, {0: take}, attention_mask=mask)
         if not made:
-            raise RuntimeError("the model passed its decoder layers no KV cache")
+            raise CannotResume("the model passed its decoder layers no KV cache")
         return made[0]
 
     def _cache_for(self, k: int, extra: int = 0):
@@ -273,7 +278,7 @@ class ResumablePass:
         hidden = self._to_last_layer(suffix, hooks, attention_mask=self.mask.repeat(m, 1), **cache)
         if record is not None:
             if any(c is None for c in calls):
-                raise RuntimeError("a decoder layer was not called by the forward pass")
+                raise CannotResume("a decoder layer was not called by the forward pass")
             self.calls, self._recorded = calls, (m * self.n, record * self.n)  # type: ignore
         return hidden
 
