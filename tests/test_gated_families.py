@@ -87,6 +87,22 @@ def test_paper_layout_needs_trust_remote_code(paper):
         load_model(path)
 
 
+def test_a_config_naming_its_own_code_needs_trust_remote_code(tmp_path):
+    import json
+    import shutil
+
+    from tiny_gated import GATED_ATTENTION_CODE
+
+    for f in GATED_ATTENTION_CODE.glob("*.py"):
+        shutil.copy(f, tmp_path / f.name)
+    auto = {"AutoConfig": "configuration_gated_attention.GatedAttentionConfig"}
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "type_transformers_lacks", "auto_map": auto})
+    )
+    with pytest.raises(GatescopeError, match="own modelling code.*--trust-remote-code"):
+        load_model(tmp_path)
+
+
 def test_paper_layout_refuses_gate_flags_that_contradict_q_proj(paper, tmp_path):
     mode, path, model = paper
     other = "elementwise" if mode == "headwise" else "headwise"
