@@ -87,6 +87,22 @@ def test_paper_layout_needs_trust_remote_code(paper):
         load_model(path)
 
 
+def test_a_config_naming_its_own_code_needs_trust_remote_code(tmp_path):
+    import json
+    import shutil
+
+    from tiny_gated import GATED_ATTENTION_CODE
+
+    for f in GATED_ATTENTION_CODE.glob("*.py"):
+        shutil.copy(f, tmp_path / f.name)
+    auto = {"AutoConfig": "configuration_gated_attention.GatedAttentionConfig"}
+    (tmp_path / "config.json").write_text(
+        json.dumps({"model_type": "type_transformers_lacks", "auto_map": auto})
+    )
+    with pytest.raises(GatescopeError, match="own modelling code.*--trust-remote-code"):
+        load_model(tmp_path)
+
+
 def test_paper_layout_refuses_gate_flags_that_contradict_q_proj(paper, tmp_path):
     mode, path, model = paper
     other = "elementwise" if mode == "headwise" else "headwise"
@@ -415,3 +431,43 @@ def test_olmo_hybrid_zero_write_strength_zeroes_the_recurrence_output(olmo_hybri
     with pytest.raises(GatescopeError, match=r"\[0, 2\]"):
         with intervene(model, Apply("delta_beta.0", fn=lambda v: v + 3)):
             model.run(batch)
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def _gate_means_match_traced(model):
+    from probe.gates import gate_stats
+
+    texts = prompts(3, seed=5)
+    report = gate_stats(model, texts, batch_size=2, progress=False)
+    layers = model.layers_with("attn_gate")
+    assert layers
+    with Tracer(model, "attn_gate.*") as tr:
+        for batch in model.batches(texts, 2):
+            model.forward(batch.input_ids, batch.attention_mask)
+    batches = list(model.batches(texts, 2))
+    for layer in layers:
+        real = [_real(p, b) for p, b in zip(tr.passes(f"attn_gate.{layer}"), batches, strict=True)]
+        values = torch.cat(real, dim=1).double()  # (1, N, H, g)
+        expect = values.mean((0, 1, 3))
+        got = torch.tensor(report.mean_gate[layer], dtype=torch.float64)
+        torch.testing.assert_close(got, expect)
+
+
+def _real(value, batch):
+    """The values of real (unpadded) tokens, as ``(1, N, H, g)``."""
+    return value[batch.attention_mask.bool()][None]
+
+
+def test_gate_statistics_of_the_paper_layout_equal_traced_means(paper):
+    _gate_means_match_traced(paper[2])
+
+
+@pytest.mark.parametrize("name", ["afmoe", "lfm3"])
+def test_gate_statistics_of_gate_modules_equal_traced_means(name, lfm3):
+    from tiny import tiny_tokenizer
+    from tiny_gated import tiny_gated_hf
+
+    model = lfm3 if name == "lfm3" else load_model(tiny_gated_hf(name), tokenizer=tiny_tokenizer())
+    _gate_means_match_traced(model)
