@@ -24,7 +24,7 @@ pass for ``atp`` / ``relp``):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -75,7 +75,7 @@ class CircuitGraph:
         blocks = {_block_of(n) for n in keep} | {"logits"}
         edges = [e for e in self.edges if e.source in names and e.target in blocks]
         nodes = [n for n in self.nodes if n.name in names]
-        return CircuitGraph(self.method, self.model, self.task, nodes, edges, None, self.n_layers)
+        return replace(self, nodes=nodes, edges=edges, faithfulness=None, meta=dict(self.meta))
 
     def node_names(self) -> set[str]:
         return {n.name for n in self.nodes}
@@ -155,11 +155,17 @@ def _block_of(node: Node) -> str:
 
 
 def _o_proj_slices(model: Model, layer: int) -> torch.Tensor:
-    """(H, d_model, d_head) the per-head slices of the output projection."""
+    """(H, d_model, d_head) the per-head slices of the output projection.
+
+    The module is called on the basis vectors (minus its bias), so the layout of its weight
+    (``nn.Linear`` (out, in), GPT-2's ``Conv1D`` (in, out), square or not) does not matter."""
     o_proj = locate(model, Site("head_out", layer))
     h, d = model.dims.n_heads, model.dims.d_head
-    weight = o_proj.weight if o_proj.weight.shape[1] == h * d else o_proj.weight.T
-    return weight.detach().float().view(weight.shape[0], h, d).permute(1, 0, 2)
+    param = next(o_proj.parameters())
+    with torch.no_grad():
+        basis = torch.eye(h * d, dtype=param.dtype, device=param.device)
+        rows = o_proj(basis) - o_proj(torch.zeros_like(basis[:1]))  # (h*d, d_model)
+    return rows.float().view(h, d, -1).transpose(1, 2)
 
 
 def _node_deltas(model: Model, clean: dict, corrupt: dict):
