@@ -10,6 +10,21 @@ from app.cli_common import MODEL_HELP, check_out_path, echo_json, load, user_err
 
 TASK_HELP = "bundled task (ioi, facts, induction) or a JSONL file"
 GLU_HELP = "RelP rule for the GLU product: half (LRP) or gradient"
+GATE_HELP = "RelP rule for the attention output gate: half or constant"
+HOLD_HELP = "RelP: hold attention probabilities constant (the AH rule; default on)"
+STEPS_HELP = "IG / EAP-IG interpolation steps (default 5)"
+#: The default of ``gatescope circuit`` (see README / the agreement study).
+CIRCUIT_DEFAULT = "atp"
+
+
+def _options(gate_rule, glu_rule, steps, hold_attention) -> dict:
+    """The method fields given on the command line (unset ones are left to the method)."""
+    return {
+        "gate_rule": gate_rule,
+        "glu_rule": glu_rule,
+        "steps": steps,
+        "hold_attention": hold_attention,
+    }
 
 
 def _task(task: str, limit: int | None):
@@ -22,17 +37,18 @@ def _task(task: str, limit: int | None):
 def attribute_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     task: str = typer.Option(..., "--task", help=TASK_HELP),
-    method: str = typer.Option("relp", "--method", help="atp, relp or ig"),
+    method: str = typer.Option("relp", "--method", help="atp, atp*, relp, relp*, ig"),
     sites: str = typer.Option(..., "--sites"),
     positions: str = typer.Option(None, "--positions", help="all (default) or each"),
-    gate_rule: str = typer.Option("half", "--gate-rule", help="RelP rule for the gate"),
-    glu_rule: str = typer.Option("half", "--glu-rule", help=GLU_HELP),
-    steps: int = typer.Option(5, "--steps", help="IG steps"),
+    gate_rule: str = typer.Option(None, "--gate-rule", help=GATE_HELP),
+    glu_rule: str = typer.Option(None, "--glu-rule", help=GLU_HELP),
+    steps: int = typer.Option(None, "--steps", help=STEPS_HELP),
+    hold_attention: bool = typer.Option(None, "--hold-attention/--free-attention", help=HOLD_HELP),
     limit: int = typer.Option(None, "--limit"),
     json_: bool = typer.Option(False, "--json"),
     out: Path = typer.Option(None, "--out"),
 ) -> None:
-    """Attribution scores (AtP, RelP or IG) for every component of SITES."""
+    """Attribution scores (AtP, AtP*, RelP, RelP*, IG) for every component of SITES."""
     from circuits.attribution import attribute
 
     check_out_path(out)
@@ -43,9 +59,7 @@ def attribute_cmd(
         sites,
         method,
         positions=pos,
-        gate_rule=gate_rule,
-        steps=steps,
-        glu_rule=glu_rule,
+        **_options(gate_rule, glu_rule, steps, hold_attention),
     )
     if out is not None:
         write_json(result.to_dict(), out)
@@ -59,11 +73,14 @@ def attribute_cmd(
 def circuit_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     task: str = typer.Option(..., "--task", help=TASK_HELP),
-    method: str = typer.Option("relp", "--method", help="atp, relp or ig"),
+    method: str = typer.Option(
+        CIRCUIT_DEFAULT, "--method", help="atp, atp*, relp, relp*, ig, eap, eap-ig"
+    ),
     top_n: int = typer.Option(..., "--top-n", help="nodes to keep"),
-    gate_rule: str = typer.Option("half", "--gate-rule", help="RelP rule: half or constant"),
-    glu_rule: str = typer.Option("half", "--glu-rule", help=GLU_HELP),
-    steps: int = typer.Option(5, "--steps", help="IG steps"),
+    gate_rule: str = typer.Option(None, "--gate-rule", help=GATE_HELP),
+    glu_rule: str = typer.Option(None, "--glu-rule", help=GLU_HELP),
+    steps: int = typer.Option(None, "--steps", help=STEPS_HELP),
+    hold_attention: bool = typer.Option(None, "--hold-attention/--free-attention", help=HOLD_HELP),
     curve: bool = typer.Option(False, "--curve", help="also faithfulness at every size"),
     limit: int = typer.Option(None, "--limit"),
     json_: bool = typer.Option(False, "--json"),
@@ -74,7 +91,7 @@ def circuit_cmd(
 
     check_out_path(out)
     m, t = load(model), _task(task, limit)
-    full = build_graph(m, t, method, gate_rule, steps, glu_rule)
+    full = build_graph(m, t, method, **_options(gate_rule, glu_rule, steps, hold_attention))
     graph = full.prune(top_n)
     graph.faithfulness = faithfulness(m, t, graph.node_names())
     data = graph.to_dict()
@@ -107,7 +124,8 @@ def agreement_cmd(
     limit: int = typer.Option(None, "--limit"),
     json_: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Pearson/Spearman r of AtP, RelP and IG against activation patching, per site kind."""
+    """Pearson r, Spearman r, n and top-5/10 overlap of every registered node method with
+    activation patching, per site kind, and each method's time / the patching sweep."""
     from circuits.agreement import agreement
     from probe.errors import GatescopeError
     from probe.sites import SITE_KINDS
@@ -118,9 +136,17 @@ def agreement_cmd(
         raise GatescopeError(f"--sites: unknown site kinds {bad}; known: {', '.join(SITE_KINDS)}")
     result = agreement(load(model), _task(task, limit), kinds, progress=not json_)
     if json_:
-        echo_json({"pearson": result.pearson, "spearman": result.spearman})
+        echo_json(
+            {
+                "pearson": result.pearson,
+                "spearman": result.spearman,
+                "stats": result.stats,
+                "seconds": result.seconds,
+                "methods": result.methods,
+            }
+        )
         return
-    typer.echo("Pearson r with activation patching")
+    typer.echo("agreement with activation patching (time: ratio to the patching sweep)")
     typer.echo(result.table())
 
 

@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from circuits.attribution import EMBED, check_method, gradient_pass
+from circuits.attribution import EMBED, gradient_pass
+from circuits.methods import AtPStar, Method, RelPStar, make
 from interventions.edits import Patch, intervene
 from probe.errors import GatescopeError
 from probe.hooks import locate
@@ -200,23 +201,20 @@ def _feeds(name: str, layer: int, block: str, block_layer: int) -> bool:
     return block.startswith("mlp") and name.startswith("head")
 
 
-def build_graph(
-    model: Model,
-    task: Task,
-    method: str = "relp",
-    gate_rule: str = "half",
-    steps: int = 5,
-    glu_rule: str = "half",
-) -> CircuitGraph:
-    """The full graph with node and edge scores from ``method`` (module docstring)."""
-    check_method(method, gate_rule, steps, glu_rule)
+def build_graph(model: Model, task: Task, method: str | Method = "relp", **options) -> CircuitGraph:
+    """The full graph with node and edge scores from ``method`` (a name or object of
+    :mod:`circuits.methods`, ``options`` its fields; module docstring). ``eap`` / ``eap-ig``
+    are the edge methods by name (AtP's gradient; EAP-IG's interpolation k = 1 .. m);
+    ``atp*`` / ``relp*`` add their attention corrections to the node scores only (edges
+    keep the uncorrected gradient, so their sums are the uncorrected node scores)."""
+    method = make(method, **options)
     n = model.dims.n_layers
     sites = [EMBED]
     for layer in range(n):
         sites += [Site(k, layer) for k in ("resid_pre", "resid_mid", "resid_post")]
         sites += [Site("head_out", layer), Site("mlp_out", layer)]
     batch = task.tokenize(model.tokenizer)
-    run = gradient_pass(model, sorted(set(sites)), batch, method, gate_rule, steps, glu_rule)
+    run = gradient_pass(model, sorted(set(sites)), batch, method)
     span = run.clean_logit_diff - run.corrupt_logit_diff
     if abs(span) < 1e-6:
         raise GatescopeError("clean and corrupt runs give the same logit difference")
@@ -236,14 +234,32 @@ def build_graph(
         for block, (block_layer, grad) in blocks.items():
             if _feeds(name, layer, block, block_layer):
                 edges.append(Edge(name, block, float((delta * grad).sum()) / span))
+    if isinstance(method, AtPStar | RelPStar):
+        _correct_nodes(model, task, method, nodes, span)
     meta = {
         "clean_logit_diff": run.clean_logit_diff,
         "corrupt_logit_diff": run.corrupt_logit_diff,
-        "gate_rule": gate_rule if method == "relp" else None,
-        "glu_rule": glu_rule if method == "relp" else None,
-        "steps": steps if method == "ig" else None,
+        "method": method.to_dict(),
     }
-    return CircuitGraph(method, model.name, task.name, nodes, edges, None, n, meta)
+    return CircuitGraph(method.name, model.name, task.name, nodes, edges, None, n, meta)
+
+
+def _correct_nodes(model, task, method, nodes: list[Node], span: float) -> None:
+    """Node scores of the attention-corrected methods (heads and MLPs via ``attribute``)."""
+    from circuits.attribution import attribute
+
+    scores = attribute(model, task, "resid_pre.0,head_out.*,mlp_out.*", method)
+    by_name = {}
+    for c in scores.components:
+        key = (
+            "embed"
+            if c.kind == "resid_pre"
+            else (f"head.{c.layer}.{c.head}" if c.kind == "head_out" else f"mlp.{c.layer}")
+        )
+        by_name[key] = c.effect
+    for node in nodes:
+        if node.name in by_name:
+            node.score = by_name[node.name]
 
 
 class _Faithfulness:
