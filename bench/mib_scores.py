@@ -4,7 +4,8 @@ For each bundled model and task, each method's graph (:func:`circuits.graph.buil
 ranks its edges; circuits of the top 0.1 % .. 100 % of edges are scored by edge patching
 (:mod:`circuits.mib`): f(C), CPR (area under f, higher is better) and CMD (area under
 |1 - f|, lower is better). Methods: EAP (AtP's gradient), EAP-IG (k = 1..5), IG's gradient
-(k = 0..4), RelP with attention held constant (AH) and without.
+(k = 0..4; ig2: k = 0, 1 of 2, the default of ``gatescope circuit``), RelP with attention
+held constant (AH) and without.
 
     .venv/bin/python bench/mib_scores.py [--prompts 100] [--tasks ioi,facts,induction]
         [--models reference,reference-plain] [--html PREFIX]
@@ -27,6 +28,7 @@ METHODS = {
     "eap": EAP(),
     "eap-ig": EAPIG(steps=5),
     "ig": IG(steps=5),
+    "ig2": IG(steps=2),
     "relp AH": RelP(),
     "relp": RelP(hold_attention=False),
 }

@@ -122,3 +122,11 @@ def test_prune_keeps_meta_and_circuit_out_writes_it(setup, tmp_path):
     assert res.exit_code == 0, res.output
     meta = json.loads(out.read_text())["meta"]
     assert meta["clean_logit_diff"] > meta["corrupt_logit_diff"]
+    assert meta["method"] == {"name": "ig", "steps": 2}  # the default method
+    res = CliRunner().invoke(
+        app,
+        ["circuit", str(model_dir), "--task", str(task), "--top-n", "3", "--method", "eap"]
+        + ["--mib"],
+    )
+    assert res.exit_code == 0, res.output
+    assert "MIB: CPR" in res.stdout and "100:1.00" in res.stdout
