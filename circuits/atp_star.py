@@ -38,7 +38,7 @@ from probe.sites import Site
 from probe.tasks import TaskBatch
 
 PROBE_ATTENTION = "gatescope_probe"
-_STATE: dict = {"record": None, "frozen": None}
+_STATE: dict = {"record": None, "frozen": None, "qkv": None, "substitute": None}
 RESIDUAL_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "head_out")
 
 
@@ -49,7 +49,16 @@ def correction_sites(model: Model) -> list[Site]:
 
 
 def _probe_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Eager attention that records its probabilities or uses frozen ones (per layer)."""
+    """Eager attention that records its probabilities or uses frozen ones (per layer), and
+    records or substitutes its queries, keys and values (for path patching)."""
+    layer = getattr(module, "layer_idx", None)
+    if _STATE["substitute"] is not None and layer in _STATE["substitute"]:
+        given = _STATE["substitute"][layer]
+        query = given.get("q", query).to(query.dtype)
+        key = given.get("k", key).to(key.dtype)
+        value = given.get("v", value).to(value.dtype)
+    if _STATE["qkv"] is not None:
+        _STATE["qkv"][layer] = {"q": query.detach(), "k": key.detach(), "v": value.detach()}
     groups = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(groups, dim=1)
     value = value.repeat_interleave(groups, dim=1)
@@ -60,7 +69,6 @@ def _probe_attention(module, query, key, value, attention_mask, scaling, dropout
         else:
             scores = scores + attention_mask[..., : key.shape[-2]]
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    layer = getattr(module, "layer_idx", None)
     if _STATE["frozen"] is not None:
         probs = _STATE["frozen"][layer].to(query.dtype)
     if _STATE["record"] is not None:
@@ -70,9 +78,16 @@ def _probe_attention(module, query, key, value, attention_mask, scaling, dropout
 
 
 @contextmanager
-def probe_attention(model: Model, record: dict | None = None, frozen: dict | None = None):
-    """Run attention through :func:`_probe_attention` (recording into ``record``, or using
-    the probabilities in ``frozen``); restored on exit."""
+def probe_attention(
+    model: Model,
+    record: dict | None = None,
+    frozen: dict | None = None,
+    qkv: dict | None = None,
+    substitute: dict | None = None,
+):
+    """Run attention through :func:`_probe_attention`: probabilities recorded into
+    ``record`` or taken from ``frozen``; queries / keys / values recorded into ``qkv`` or
+    replaced by ``substitute[layer][name]``; restored on exit."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
@@ -82,13 +97,13 @@ def probe_attention(model: Model, record: dict | None = None, frozen: dict | Non
     configs = [m.config for m in model.hf.modules() if hasattr(m, "config")]
     configs = list({id(c): c for c in configs}.values())
     before = [c._attn_implementation for c in configs]
-    _STATE.update(record=record, frozen=frozen)
+    _STATE.update(record=record, frozen=frozen, qkv=qkv, substitute=substitute)
     try:
         for c in configs:
             c._attn_implementation = PROBE_ATTENTION
         yield
     finally:
-        _STATE.update(record=None, frozen=None)
+        _STATE.update(record=None, frozen=None, qkv=None, substitute=None)
         for c, b in zip(configs, before, strict=True):
             c._attn_implementation = b
 
@@ -122,11 +137,12 @@ class _Blocks:
         self.norms = [resolve_path(model.layer(i), (model.family.attn_input,)) for i in range(n)]
         self.calls: dict[int, tuple] = {}
         self.probs: dict[int, torch.Tensor] = {}
+        self.qkv: dict[int, dict] = {}
         handles = []
         for i, m in enumerate(self.modules):
             handles.append(m.register_forward_pre_hook(self._keep(i), with_kwargs=True))
         try:
-            with probe_attention(model, record=self.probs):
+            with probe_attention(model, record=self.probs, qkv=self.qkv):
                 model.forward(batch.corrupt_ids, batch.attention_mask)
         finally:
             for h in handles:
@@ -142,14 +158,20 @@ class _Blocks:
         return hook
 
     @torch.no_grad()
-    def __call__(self, layer: int, x: torch.Tensor, frozen: bool = False) -> torch.Tensor:
+    def __call__(
+        self, layer: int, x: torch.Tensor, frozen: bool = False, only: str | None = None
+    ) -> torch.Tensor:
         """Block ``layer``'s output for residual input ``x`` (corrupt attention probabilities
-        where ``frozen``)."""
+        where ``frozen``; with ``only`` ``"q"``, ``"k"`` or ``"v"``, the other two are the
+        corrupt run's)."""
         rest, kw, by_name = self.calls[layer]
         module, norm = self.modules[layer], self.norms[layer]
         param = next(module.parameters())
         h = norm(x.to(param.dtype)) if norm is not None else x.to(param.dtype)
-        with probe_attention(self.model, frozen=self.probs if frozen else None):
+        sub = None
+        if only is not None:
+            sub = {layer: {k: v for k, v in self.qkv[layer].items() if k != only}}
+        with probe_attention(self.model, frozen=self.probs if frozen else None, substitute=sub):
             out = module(hidden_states=h, **kw) if by_name else module(h, *rest, **kw)
         return (out[0] if isinstance(out, tuple) else out).float()
 
