@@ -120,7 +120,8 @@ class AgreementResult:
 
 def methods_for(model: Model) -> dict[str, Method]:
     """Column name -> method object: AtP, AtP*, RelP with attention held constant (both gate
-    rules on gated models) and without, RelP*, IG (5 steps)."""
+    rules on gated models) and without, RelP*, IG (5 steps, and 2: 3 forward and 2 backward
+    passes)."""
     methods: dict[str, Method] = {"atp": AtP(), "atp*": AtPStar()}
     gates = ("half", "constant") if model.is_gated else ("half",)
     for gate in gates:
@@ -129,6 +130,7 @@ def methods_for(model: Model) -> dict[str, Method]:
         methods[f"relp{suffix}"] = RelP(gate_rule=gate, hold_attention=False)
         methods[f"relp*{suffix}"] = RelPStar(gate_rule=gate)
     methods["ig"] = IG(steps=5)
+    methods["ig steps=2"] = IG(steps=2)
     return methods
 
 
