@@ -1,9 +1,10 @@
 """Circuit graphs: nodes, EAP-style edges, pruning and faithfulness.
 
 Nodes are the embedding, every attention head and every MLP (each over all positions), and
-the logits. Scores use one attribution method's coefficients (``atp``, ``relp``, ``ig``; see
-:mod:`circuits.attribution`), all from one gradient pass (two forward passes and one backward
-pass for ``atp`` / ``relp``):
+the logits. Scores use one method of :mod:`circuits.methods` (``eap`` = ``atp``, ``eap-ig``,
+``relp``, ``ig``, ...; see :mod:`circuits.attribution`), all from one gradient pass (two
+forward passes and one backward pass for ``atp`` / ``relp``). Edge-level circuit scores
+(MIB's CPR / CMD) are in :mod:`circuits.mib`; path patching in :mod:`circuits.path_patching`.
 
 1. Node score: the attribution of the node's output (``resid_pre.0`` for the embedding,
    ``head_out`` per head, ``mlp_out`` per layer), normalised like activation patching.
