@@ -22,6 +22,25 @@ from app.cli_common import (
 
 TASK_HELP = "bundled task (ioi, facts, induction) or a JSONL file"
 GLU_HELP = "RelP rule for the GLU product: half (LRP) or gradient"
+GATE_HELP = "RelP rule for the attention output gate: half or constant"
+HOLD_HELP = "RelP: hold attention probabilities constant (the AH rule; default on)"
+STEPS_HELP = "IG / EAP-IG interpolation steps (default 5)"
+#: The default of ``gatescope circuit``: IG with 2 steps (3 forward, 2 backward passes). In
+#: the agreement study (bench/relp_rules.py, IOI, 200 prompts) it had the highest Pearson r
+#: of the fast methods on resid_pre and mlp_out of both reference models and r >= 0.976 on
+#: head_out; it missed r >= 0.95 on reference-plain's resid_pre (0.949) and attn_out (0.943,
+#: where AtP reached 0.992).
+CIRCUIT_DEFAULT, CIRCUIT_DEFAULT_STEPS = "ig", 2
+
+
+def _options(gate_rule, glu_rule, steps, hold_attention) -> dict:
+    """The method fields given on the command line (unset ones are left to the method)."""
+    return {
+        "gate_rule": gate_rule,
+        "glu_rule": glu_rule,
+        "steps": steps,
+        "hold_attention": hold_attention,
+    }
 
 
 def _task(task: str, limit: int | None):
@@ -35,17 +54,18 @@ def _task(task: str, limit: int | None):
 def attribute_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     task: str = typer.Option(..., "--task", help=TASK_HELP),
-    method: str = typer.Option("relp", "--method", help="atp, relp or ig"),
+    method: str = typer.Option("relp", "--method", help="atp, atp*, relp, relp*, ig"),
     sites: str = typer.Option(..., "--sites"),
     positions: str = typer.Option(None, "--positions", help="all (default) or each"),
-    gate_rule: str = typer.Option("half", "--gate-rule", help="RelP rule for the gate"),
-    glu_rule: str = typer.Option("half", "--glu-rule", help=GLU_HELP),
-    steps: int = typer.Option(5, "--steps", help="IG steps"),
+    gate_rule: str = typer.Option(None, "--gate-rule", help=GATE_HELP),
+    glu_rule: str = typer.Option(None, "--glu-rule", help=GLU_HELP),
+    steps: int = typer.Option(None, "--steps", help=STEPS_HELP),
+    hold_attention: bool = typer.Option(None, "--hold-attention/--free-attention", help=HOLD_HELP),
     limit: int = typer.Option(None, "--limit"),
     json_: bool = typer.Option(False, "--json"),
     out: Path = typer.Option(None, "--out"),
 ) -> None:
-    """Attribution scores (AtP, RelP or IG) for every component of SITES."""
+    """Attribution scores (AtP, AtP*, RelP, RelP*, IG) for every component of SITES."""
     from circuits.attribution import attribute
 
     check_out_path(out)
@@ -56,9 +76,7 @@ def attribute_cmd(
         sites,
         method,
         positions=pos,
-        gate_rule=gate_rule,
-        steps=steps,
-        glu_rule=glu_rule,
+        **_options(gate_rule, glu_rule, steps, hold_attention),
     )
     if out is not None:
         write_json(result.to_dict(), out)
@@ -72,12 +90,16 @@ def attribute_cmd(
 def circuit_cmd(
     model: str = typer.Argument(..., help=MODEL_HELP),
     task: str = typer.Option(..., "--task", help=TASK_HELP),
-    method: str = typer.Option("relp", "--method", help="atp, relp or ig"),
+    method: str = typer.Option(
+        None, "--method", help="atp, atp*, relp, relp*, ig, eap, eap-ig (default: ig, 2 steps)"
+    ),
     top_n: int = typer.Option(..., "--top-n", help="nodes to keep"),
-    gate_rule: str = typer.Option("half", "--gate-rule", help="RelP rule: half or constant"),
-    glu_rule: str = typer.Option("half", "--glu-rule", help=GLU_HELP),
-    steps: int = typer.Option(5, "--steps", help="IG steps"),
+    gate_rule: str = typer.Option(None, "--gate-rule", help=GATE_HELP),
+    glu_rule: str = typer.Option(None, "--glu-rule", help=GLU_HELP),
+    steps: int = typer.Option(None, "--steps", help=STEPS_HELP),
+    hold_attention: bool = typer.Option(None, "--hold-attention/--free-attention", help=HOLD_HELP),
     curve: bool = typer.Option(False, "--curve", help="also faithfulness at every size"),
+    mib: bool = typer.Option(False, "--mib", help="also MIB edge scores: f(C), CPR, CMD"),
     limit: int = typer.Option(None, "--limit"),
     json_: bool = typer.Option(False, "--json"),
     out: Path = typer.Option(None, "--out"),
@@ -87,12 +109,18 @@ def circuit_cmd(
 
     check_out_path(out)
     m, t = load(model), _task(task, limit)
-    full = build_graph(m, t, method, gate_rule, steps, glu_rule)
+    if method is None:
+        method, steps = CIRCUIT_DEFAULT, steps or CIRCUIT_DEFAULT_STEPS
+    full = build_graph(m, t, method, **_options(gate_rule, glu_rule, steps, hold_attention))
     graph = full.prune(top_n)
     graph.faithfulness = faithfulness(m, t, graph.node_names())
     data = graph.to_dict()
     if curve:
         data["curve"] = faithfulness_curve(m, t, full).to_dict()
+    if mib:
+        from circuits.mib import mib_score
+
+        data["mib"] = mib_score(m, t, full).to_dict()
     if out is not None:
         write_json(data, out)
     if json_:
@@ -109,6 +137,18 @@ def circuit_cmd(
         )
         smallest = next((n for n, v in zip(sizes, values, strict=True) if v >= 0.8), None)
         typer.echo(f"smallest circuit reaching 0.8: {smallest}")
+    if mib:
+        score = data["mib"]
+        typer.echo(
+            f"MIB: CPR {score['cpr']:.3f}, CMD {score['cmd']:.3f} over {score['n_edges']} edges"
+        )
+        typer.echo(
+            "f(C) by % of edges: "
+            + ", ".join(
+                f"{100 * p:g}:{v:.2f}"
+                for p, v in zip(score["fractions"], score["faithfulness"], strict=True)
+            )
+        )
 
 
 def agreement_cmd(
@@ -121,7 +161,8 @@ def agreement_cmd(
     json_: bool = typer.Option(False, "--json"),
     out: Path = typer.Option(None, "--out"),
 ) -> None:
-    """Pearson/Spearman r of AtP, RelP and IG against activation patching, per site kind."""
+    """Pearson r, Spearman r, n and top-5/10 overlap of every registered node method with
+    activation patching, per site kind, and each method's time / the patching sweep."""
     from circuits.agreement import agreement
     from probe.errors import GatescopeError
     from probe.sites import SITE_KINDS
@@ -131,9 +172,16 @@ def agreement_cmd(
     if bad:
         raise GatescopeError(f"--sites: unknown site kinds {bad}; known: {', '.join(SITE_KINDS)}")
     result = agreement(load(model), _task(task, limit), kinds, progress=show_progress())
-    if emit({"pearson": result.pearson, "spearman": result.spearman}, json_, out):
+    payload = {
+        "pearson": result.pearson,
+        "spearman": result.spearman,
+        "stats": result.stats,
+        "seconds": result.seconds,
+        "methods": result.methods,
+    }
+    if emit(payload, json_, out):
         return
-    typer.echo("Pearson r with activation patching")
+    typer.echo("agreement with activation patching (time: ratio to the patching sweep)")
     typer.echo(result.table())
 
 

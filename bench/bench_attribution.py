@@ -1,10 +1,13 @@
-"""RelP over all sites vs the full activation-patching sweep and TransformerLens's AtP.
+"""Every attribution method over all sites vs the full activation-patching sweep and
+TransformerLens's AtP.
 
 In one run on the same model and IOI prompts (the largest group of one token length):
 
-1. RelP scores every component of ``resid_pre``, ``attn_out``, ``mlp_out`` and ``head_out``
-   per layer x position (x head) in one call: two forward passes and one backward pass.
-2. gatescope's AtP: the same call with the plain gradient.
+1. Every node method of the registry (:data:`circuits.agreement.methods_for`: AtP, AtP*,
+   RelP with and without the AH rule, RelP*, IG with 5 and 2 steps) scores every component
+   of ``resid_pre``, ``attn_out``, ``mlp_out`` and ``head_out`` per layer x position (x head)
+   in one call; its time is printed as a ratio to the patching sweep.
+2. (AtP and RelP: two forward passes and one backward pass.)
 3. Activation patching: the batched sweep over the same components (the exact anchor).
 4. TransformerLens's attribution patching (its documented recipe: ``run_with_cache`` on the
    clean prompts, forward and backward hooks on the corrupt run over the equivalent hook
@@ -24,6 +27,7 @@ import time
 
 import torch
 
+from circuits.agreement import methods_for
 from circuits.attribution import attribute
 from interventions.patching import activation_patching
 from probe import load_model
@@ -108,19 +112,23 @@ def main() -> None:
     task = load_task("ioi").subset(args.prompts)
     rel = attribute(model, task, SITES, "relp", positions="each")
     n, comps = rel.n_prompts, len(rel.components)
-    times = {
-        "RelP": best(lambda: attribute(model, task, SITES, "relp", positions="each"), args.repeats),
-        "AtP": best(lambda: attribute(model, task, SITES, "atp", positions="each"), args.repeats),
-    }
+    times = {}
+    for name, method in methods_for(model).items():
+        times[name] = best(
+            lambda m=method: attribute(model, task, SITES, m, positions="each"), args.repeats
+        )
     with torch.no_grad():
         times["patching"] = best(
-            lambda: activation_patching(model, task, SITES, positions="each", progress=False), 1
+            lambda: activation_patching(model, task, SITES, positions="each", progress=False),
+            args.repeats,
         )
     print(f"{args.model}: {comps} components (layer x position, x head), {n} prompts")
     for name, t in times.items():
-        print(f"  {name:<22} {t:8.3f} s")
-    print(f"  patching / RelP  = {times['patching'] / times['RelP']:.1f}x")
-    print(f"  RelP / AtP       = {times['RelP'] / times['AtP']:.2f}x")
+        print(f"  {name:<22} {t:8.3f} s   {t / times['patching']:6.3f} x the patching sweep")
+    times["RelP"], times["AtP"] = (
+        times[next(k for k in times if k.startswith("relp AH"))],
+        times["atp"],
+    )
     tl, why = hooked_transformer(model)
     if tl is None:
         print(f"  TransformerLens AtP: skipped ({why})")

@@ -17,6 +17,9 @@ with m the logit difference averaged over prompts (arXiv 2508.21258, docs/METHOD
    output gate). ``ig``: the gradient averaged over ``steps`` passes whose input embeddings
    (``resid_pre.0``) are ``e_corrupt + (k / steps)(e_clean - e_corrupt)``, k = 0 .. steps-1
    (Hanna et al. 2024, arXiv 2403.17806); k = 0 is the corrupt pass of step 2.
+   ``relp`` with ``hold_attention=False`` keeps the softmax's gradient. ``atp*`` / ``relp*``
+   add the attention corrections of :mod:`circuits.atp_star` (exact attention outputs).
+   Methods are objects of :mod:`circuits.methods`.
 4. Score = (clean - corrupt) * gradient, summed over features (and over positions unless
    ``positions="each"``), over prompts, divided by ``LD_clean - LD_corrupt``.
 
@@ -31,7 +34,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from circuits.lrp import GATE_RULES, GLU_RULES, lrp_rules
+from circuits.atp_star import attention_corrections, correction_sites
+from circuits.lrp import lrp_rules
+from circuits.methods import NODE_METHODS, AtPStar, Method, RelPStar, make
 from interventions.patching import Component, Grid, PatchingResult, _components, _prepare
 from probe.errors import GatescopeError
 from probe.hooks import hook_sites
@@ -40,7 +45,6 @@ from probe.sites import Site
 from probe.tasks import Task, TaskBatch, logit_diff
 from probe.tracer import Tracer
 
-METHODS = ("atp", "relp", "ig")
 EMBED = Site("resid_pre", 0)
 
 
@@ -49,13 +53,13 @@ class Attribution:
     """Scores per component of one attribution method (see the module docstring).
 
     Attributes:
-        method: ``atp``, ``relp`` or ``ig``.
+        method: the method's registry name (its fields are in ``meta``).
         model / task: names.
         gate_rule: the RelP rule for the attention output gate (``None`` for other methods).
         n_prompts: prompts scored (per-position scores use the largest equal-length group).
         clean_logit_diff / corrupt_logit_diff: the metric's end points.
         components: one :class:`Component` per scored unit, ``effect`` is its score.
-        meta: method settings (``steps`` for IG, ``positions``, ``glu_rule`` for RelP).
+        meta: ``positions`` and the method object's fields (``name``, ``steps``, rules).
     """
 
     method: str
@@ -120,22 +124,10 @@ class GradientPass:
     corrupt_logit_diff: float
 
 
-def check_method(
-    method: str, gate_rule: str = "half", steps: int = 5, glu_rule: str = "half"
-) -> None:
-    """Refuse an unknown method, gate or GLU rule, or IG with fewer than one step."""
-    if method not in METHODS:
-        raise GatescopeError(f"method '{method}' is unknown; valid methods: {', '.join(METHODS)}")
-    if gate_rule not in GATE_RULES:
-        raise GatescopeError(
-            f"gate rule '{gate_rule}' is unknown; valid rules: {', '.join(GATE_RULES)}"
-        )
-    if glu_rule not in GLU_RULES:
-        raise GatescopeError(
-            f"GLU rule '{glu_rule}' is unknown; valid rules: {', '.join(GLU_RULES)}"
-        )
-    if method == "ig" and steps < 1:
-        raise GatescopeError(f"IG steps must be at least 1, got {steps} (5 is usual)")
+def check_method(method: str | Method, **options) -> Method:
+    """The method object (:func:`circuits.methods.make`): unknown methods, fields or rules
+    are refused."""
+    return make(method, **options)
 
 
 def _probe(site: Site, zeros: dict, values: dict | None):
@@ -158,41 +150,50 @@ def _mix(alpha: float, clean_embed: torch.Tensor):
     return fn
 
 
+def _corrupt_trace(model: Model, sites: list[Site], batch: TaskBatch):
+    with torch.no_grad(), Tracer(model, sites) as tr:
+        ld = float(logit_diff(model.forward(batch.corrupt_ids, batch.attention_mask), batch).mean())
+    return {s: tr[s].float() for s in sites}, ld
+
+
 def gradient_pass(
-    model: Model,
-    sites: list[Site],
-    batch: TaskBatch,
-    method: str = "atp",
-    gate_rule: str = "half",
-    steps: int = 5,
-    glu_rule: str = "half",
+    model: Model, sites: list[Site], batch: TaskBatch, method: str | Method = "atp", **options
 ) -> GradientPass:
-    """Clean values, corrupt values and dm/d(value) at the corrupt point for every site
-    (whole-layer sites; steps 1-3 of the module docstring)."""
-    check_method(method, gate_rule, steps, glu_rule)
+    """Clean values, corrupt values and dm/d(value) for every site (whole-layer sites; steps
+    1-3 of the module docstring). The gradient is averaged over ``method.alphas()``: the
+    input embeddings are ``e_corrupt + alpha (e_clean - e_corrupt)``."""
+    method = make(method, **options)
     mask = batch.attention_mask
-    traced = sorted(set(sites) | ({EMBED} if method == "ig" else set()))
+    alphas = method.alphas()
+    mixing = alphas != [0.0]
+    traced = sorted(set(sites) | ({EMBED} if mixing else set()))
     with torch.no_grad(), Tracer(model, traced) as tr:
         clean_ld = float(logit_diff(model.forward(batch.clean_ids, mask), batch).float().mean())
     clean = {s: tr[s].float() for s in traced}
-    runs = steps if method == "ig" else 1
     corrupt: dict[Site, torch.Tensor] = {}
-    grads: dict[Site, torch.Tensor] = {}
     corrupt_ld = float("nan")
-    for k in range(runs):
+    if 0.0 not in alphas:
+        corrupt, corrupt_ld = _corrupt_trace(model, sorted(set(sites)), batch)
+    grads: dict[Site, torch.Tensor] = {}
+    for alpha in alphas:
         zeros: dict[Site, torch.Tensor] = {}
-        entries = [(s, _probe(s, zeros, corrupt if k == 0 else None)) for s in sites]
-        if k > 0:
-            entries.insert(0, (EMBED, _mix(k / runs, clean[EMBED])))
-        rules = lrp_rules(model, gate_rule, glu_rule) if method == "relp" else nullcontext()
+        record = corrupt if alpha == 0.0 else None
+        entries = [(s, _probe(s, zeros, record)) for s in sites]
+        if alpha != 0.0:
+            entries.insert(0, (EMBED, _mix(alpha, clean[EMBED])))
+        rules = (
+            lrp_rules(model, method.gate_rule, method.glu_rule, method.hold_attention)
+            if method.rules
+            else nullcontext()
+        )
         with torch.enable_grad(), rules, hook_sites(model, entries, write=True):
             metric = logit_diff(model.forward(batch.corrupt_ids, mask), batch).mean()
-            if k == 0:
+            if alpha == 0.0:
                 corrupt_ld = float(metric.detach())
             metric.backward()
         for s, z in zeros.items():
             grad = z.grad.float() if z.grad is not None else torch.zeros_like(z, dtype=torch.float)
-            grads[s] = grads.get(s, 0) + grad / runs
+            grads[s] = grads.get(s, 0) + grad / len(alphas)
     return GradientPass(clean, corrupt, grads, clean_ld, corrupt_ld)
 
 
@@ -204,56 +205,59 @@ def attribute(
     model: Model,
     task: Task,
     sites,
-    method: str = "relp",
+    method: str | Method = "relp",
     *,
     positions: None | str | list[int] = None,
-    gate_rule: str = "half",
-    steps: int = 5,
-    glu_rule: str = "half",
+    **options,
 ) -> Attribution:
-    """Score every component of ``sites`` with ``method`` (``atp``, ``relp`` or ``ig``).
+    """Score every component of ``sites`` with ``method`` (a name or a method object from
+    :mod:`circuits.methods`; ``options`` are its fields, e.g. ``gate_rule="constant"``,
+    ``steps=5``, ``hold_attention=False``).
 
     Args:
         sites: a site pattern (``"head_out.*,mlp_out.2"``) or a list of sites; headed sites
             without a head are scored head by head.
         positions: ``None`` scores all positions at once, ``"each"`` every position (on the
             largest group of equal-length prompts), a list those positions.
-        gate_rule: RelP's rule for the attention output gate, ``half`` or ``constant``.
-        steps: IG interpolation steps (at least 1).
-        glu_rule: RelP's rule for the GLU product, ``half`` (LRP) or ``gradient``.
     """
-    check_method(method, gate_rule, steps, glu_rule)
+    method = make(method, **options)
+    if method.edges:
+        raise GatescopeError(
+            f"'{method.name}' scores edges; use circuits.edges.edge_scores (or a node "
+            f"method: {', '.join(NODE_METHODS)})"
+        )
     batch = _prepare(model, task, positions)
     comps = _components(model, sites, positions, batch.clean_ids.shape[1])
-    run = gradient_pass(
-        model, sorted({_value_site(c) for c in comps}), batch, method, gate_rule, steps, glu_rule
-    )
+    needed = {_value_site(c) for c in comps}
+    star = isinstance(method, AtPStar | RelPStar)
+    if star:
+        needed |= set(correction_sites(model))
+    run = gradient_pass(model, sorted(needed), batch, method)
     span = run.clean_logit_diff - run.corrupt_logit_diff
     if abs(span) < 1e-6:
         raise GatescopeError(
             "clean and corrupt runs give the same logit difference; "
             "nothing to attribute (check the corrupt prompts)"
         )
-    for c in comps:
+    extra = attention_corrections(model, batch, comps, run, method) if star else None
+    for i, c in enumerate(comps):
         s = _value_site(c)
         contrib = (run.clean[s] - run.corrupt[s]) * run.grads[s]  # (N, T, ...)
         if c.head is not None:
             contrib = contrib[:, :, c.head]  # (N, T, d)
         per_pos = contrib.flatten(2).sum(-1).sum(0)  # (T,)
-        value = per_pos.sum() if c.position is None else per_pos[c.position]
-        c.effect = float(value) / span
+        value = float(per_pos.sum() if c.position is None else per_pos[c.position])
+        if extra is not None:
+            value += extra[i]
+        c.effect = value / span
     return Attribution(
-        method,
+        method.name,
         model.name,
         task.name,
-        gate_rule if method == "relp" else None,
+        getattr(method, "gate_rule", None),
         len(batch),
         run.clean_logit_diff,
         run.corrupt_logit_diff,
         comps,
-        {
-            "steps": steps if method == "ig" else None,
-            "positions": positions,
-            "glu_rule": glu_rule if method == "relp" else None,
-        },
+        {"positions": positions, **method.to_dict()},
     )

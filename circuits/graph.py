@@ -1,9 +1,10 @@
 """Circuit graphs: nodes, EAP-style edges, pruning and faithfulness.
 
 Nodes are the embedding, every attention head and every MLP (each over all positions), and
-the logits. Scores use one attribution method's coefficients (``atp``, ``relp``, ``ig``; see
-:mod:`circuits.attribution`), all from one gradient pass (two forward passes and one backward
-pass for ``atp`` / ``relp``):
+the logits. Scores use one method of :mod:`circuits.methods` (``eap`` = ``atp``, ``eap-ig``,
+``relp``, ``ig``, ...; see :mod:`circuits.attribution`), all from one gradient pass (two
+forward passes and one backward pass for ``atp`` / ``relp``). Edge-level circuit scores
+(MIB's CPR / CMD) are in :mod:`circuits.mib`; path patching in :mod:`circuits.path_patching`.
 
 1. Node score: the attribution of the node's output (``resid_pre.0`` for the embedding,
    ``head_out`` per head, ``mlp_out`` per layer), normalised like activation patching.
@@ -24,11 +25,12 @@ pass for ``atp`` / ``relp``):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from circuits.attribution import EMBED, check_method, gradient_pass
+from circuits.attribution import EMBED, gradient_pass
+from circuits.methods import AtPStar, Method, RelPStar, make
 from interventions.edits import Patch, intervene
 from probe.errors import GatescopeError
 from probe.locate import locate
@@ -75,7 +77,7 @@ class CircuitGraph:
         blocks = {_block_of(n) for n in keep} | {"logits"}
         edges = [e for e in self.edges if e.source in names and e.target in blocks]
         nodes = [n for n in self.nodes if n.name in names]
-        return CircuitGraph(self.method, self.model, self.task, nodes, edges, None, self.n_layers)
+        return replace(self, nodes=nodes, edges=edges, faithfulness=None, meta=dict(self.meta))
 
     def node_names(self) -> set[str]:
         return {n.name for n in self.nodes}
@@ -155,11 +157,17 @@ def _block_of(node: Node) -> str:
 
 
 def _o_proj_slices(model: Model, layer: int) -> torch.Tensor:
-    """(H, d_model, d_head) the per-head slices of the output projection."""
+    """(H, d_model, d_head) the per-head slices of the output projection.
+
+    The module is called on the basis vectors (minus its bias), so the layout of its weight
+    (``nn.Linear`` (out, in), GPT-2's ``Conv1D`` (in, out), square or not) does not matter."""
     o_proj = locate(model, Site("head_out", layer))
     h, d = model.dims.n_heads, model.dims.d_head
-    weight = o_proj.weight if o_proj.weight.shape[1] == h * d else o_proj.weight.T
-    return weight.detach().float().view(weight.shape[0], h, d).permute(1, 0, 2)
+    param = next(o_proj.parameters())
+    with torch.no_grad():
+        basis = torch.eye(h * d, dtype=param.dtype, device=param.device)
+        rows = o_proj(basis) - o_proj(torch.zeros_like(basis[:1]))  # (h*d, d_model)
+    return rows.float().view(h, d, -1).transpose(1, 2)
 
 
 def _node_deltas(model: Model, clean: dict, corrupt: dict):
@@ -194,23 +202,20 @@ def _feeds(name: str, layer: int, block: str, block_layer: int) -> bool:
     return block.startswith("mlp") and name.startswith("head")
 
 
-def build_graph(
-    model: Model,
-    task: Task,
-    method: str = "relp",
-    gate_rule: str = "half",
-    steps: int = 5,
-    glu_rule: str = "half",
-) -> CircuitGraph:
-    """The full graph with node and edge scores from ``method`` (module docstring)."""
-    check_method(method, gate_rule, steps, glu_rule)
+def build_graph(model: Model, task: Task, method: str | Method = "relp", **options) -> CircuitGraph:
+    """The full graph with node and edge scores from ``method`` (a name or object of
+    :mod:`circuits.methods`, ``options`` its fields; module docstring). ``eap`` / ``eap-ig``
+    are the edge methods by name (AtP's gradient; EAP-IG's interpolation k = 1 .. m);
+    ``atp*`` / ``relp*`` add their attention corrections to the node scores only (edges
+    keep the uncorrected gradient, so their sums are the uncorrected node scores)."""
+    method = make(method, **options)
     n = model.dims.n_layers
     sites = [EMBED]
     for layer in range(n):
         sites += [Site(k, layer) for k in ("resid_pre", "resid_mid", "resid_post")]
         sites += [Site("head_out", layer), Site("mlp_out", layer)]
     batch = task.tokenize(model.tokenizer)
-    run = gradient_pass(model, sorted(set(sites)), batch, method, gate_rule, steps, glu_rule)
+    run = gradient_pass(model, sorted(set(sites)), batch, method)
     span = run.clean_logit_diff - run.corrupt_logit_diff
     if abs(span) < 1e-6:
         raise GatescopeError("clean and corrupt runs give the same logit difference")
@@ -230,14 +235,32 @@ def build_graph(
         for block, (block_layer, grad) in blocks.items():
             if _feeds(name, layer, block, block_layer):
                 edges.append(Edge(name, block, float((delta * grad).sum()) / span))
+    if isinstance(method, AtPStar | RelPStar):
+        _correct_nodes(model, task, method, nodes, span)
     meta = {
         "clean_logit_diff": run.clean_logit_diff,
         "corrupt_logit_diff": run.corrupt_logit_diff,
-        "gate_rule": gate_rule if method == "relp" else None,
-        "glu_rule": glu_rule if method == "relp" else None,
-        "steps": steps if method == "ig" else None,
+        "method": method.to_dict(),
     }
-    return CircuitGraph(method, model.name, task.name, nodes, edges, None, n, meta)
+    return CircuitGraph(method.name, model.name, task.name, nodes, edges, None, n, meta)
+
+
+def _correct_nodes(model, task, method, nodes: list[Node], span: float) -> None:
+    """Node scores of the attention-corrected methods (heads and MLPs via ``attribute``)."""
+    from circuits.attribution import attribute
+
+    scores = attribute(model, task, "resid_pre.0,head_out.*,mlp_out.*", method)
+    by_name = {}
+    for c in scores.components:
+        key = (
+            "embed"
+            if c.kind == "resid_pre"
+            else (f"head.{c.layer}.{c.head}" if c.kind == "head_out" else f"mlp.{c.layer}")
+        )
+        by_name[key] = c.effect
+    for node in nodes:
+        if node.name in by_name:
+            node.score = by_name[node.name]
 
 
 class _Faithfulness:

@@ -15,8 +15,10 @@ the LRP rules, so ``x * x.grad`` at any site is its relevance:
    constant: all relevance stays on the attention path. ``glu_rule="gradient"`` gives the
    GLU product its plain gradient (each factor the whole relevance; not conservative), a
    variant for comparison with activation patching.
-4. Attention probabilities are constant: a registered attention function computes eager
-   attention with the softmax detached.
+4. Attention probabilities are constant (the AH rule, ``hold_attention=True``): a
+   registered attention function computes eager attention with the softmax detached. With
+   ``hold_attention=False`` the softmax keeps its plain gradient (the RelP repository's
+   default rule set), so query/key paths get relevance.
 5. Linear layers: the plain gradient (LRP-0).
 
 Everything is restored on exit, also on error.
@@ -128,7 +130,9 @@ def _attention_constant(model: Model) -> Iterator[None]:
 
 
 @contextmanager
-def lrp_rules(model: Model, gate_rule: str = "half", glu_rule: str = "half") -> Iterator[None]:
+def lrp_rules(
+    model: Model, gate_rule: str = "half", glu_rule: str = "half", hold_attention: bool = True
+) -> Iterator[None]:
     """Make the backward pass of ``model`` follow the LRP rules (module docstring)."""
     if gate_rule not in GATE_RULES:
         raise GatescopeError(
@@ -163,7 +167,8 @@ def lrp_rules(model: Model, gate_rule: str = "half", glu_rule: str = "half") -> 
             else:
                 entries += [(Site("attn_gate_logit", i), _gate_constant) for i in gated]
         stack.enter_context(hook_sites(model, entries, write=True))
-        stack.enter_context(_attention_constant(model))
+        if hold_attention:
+            stack.enter_context(_attention_constant(model))
         yield
 
 

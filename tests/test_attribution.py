@@ -5,6 +5,7 @@ from tiny import qwen3_next_config, tiny_tokenizer
 from torch import nn
 
 from circuits.attribution import attribute
+from circuits.methods import IG, AtP, AtPStar, RelP, RelPStar
 from interventions.patching import activation_patching
 from probe import GatescopeError, load_model
 from probe.tasks import Task
@@ -65,7 +66,9 @@ def test_one_step_ig_is_atp_at_the_corrupt_point():
         assert a.effect == pytest.approx(b.effect, abs=1e-5)
 
 
-@pytest.mark.parametrize("method", ["atp", "relp", "ig"])
+@pytest.mark.parametrize(
+    "method", [AtP(), RelP(), RelP(hold_attention=False), IG(steps=2), AtPStar(), RelPStar()]
+)
 def test_scores_are_invariant_to_batch_order(method):
     from tiny import tiny_hf
 
@@ -76,8 +79,9 @@ def test_scores_are_invariant_to_batch_order(method):
         "toy",
         *[[getattr(task, f)[i] for i in order] for f in ("clean", "corrupt", "answers", "wrongs")],
     )
-    a = attribute(model, task, "mlp_out.*,head_out.1", method, steps=2)
-    b = attribute(model, shuffled, "mlp_out.*,head_out.1", method, steps=2)
+    a = attribute(model, task, "resid_pre.1,mlp_out.*,head_out.*", method)
+    b = attribute(model, shuffled, "resid_pre.1,mlp_out.*,head_out.*", method)
+    assert a.meta["name"] == method.name
     for x, y in zip(a.components, b.components, strict=True):
         assert x.effect == pytest.approx(y.effect, abs=1e-5)
 
@@ -86,10 +90,52 @@ def test_bad_input():
     from tiny import tiny_hf
 
     model = load_model(tiny_hf("llama"), tokenizer=tiny_tokenizer())
-    with pytest.raises(GatescopeError, match="valid methods: atp, relp, ig"):
+    with pytest.raises(GatescopeError, match="valid methods: atp, atp\\*, relp, relp\\*, ig, eap"):
         attribute(model, _task(), "resid_pre.0", "magic")
     with pytest.raises(GatescopeError, match="at least 1"):
         attribute(model, _task(), "resid_pre.0", "ig", steps=0)
     uneven = Task("x", ["w1 w2 w3"], ["w1 w2"], ["w4"], ["w5"])
     with pytest.raises(GatescopeError, match="equal lengths"):
         attribute(model, uneven, "resid_pre.0", "atp")
+
+
+def test_registry_rejects_unknown_fields_and_bad_values():
+    from circuits.methods import METHODS, make
+
+    assert set(METHODS) == {"atp", "atp*", "relp", "relp*", "ig", "eap", "eap-ig"}
+    assert make("relp", gate_rule="constant") == RelP(gate_rule="constant")
+    assert make("ig") == IG(steps=5) and make("atp", steps=None) == AtP()
+    with pytest.raises(GatescopeError, match="'atp' has no field.*steps; it has no fields"):
+        make("atp", steps=3)
+    with pytest.raises(GatescopeError, match="no field.*gate; it has gate_rule, glu_rule"):
+        make("relp", gate="half")
+    with pytest.raises(GatescopeError, match="gate rule 'third' is unknown"):
+        RelP(gate_rule="third")
+    with pytest.raises(GatescopeError, match="at least 1"):
+        make("eap-ig", steps=0)
+    with pytest.raises(GatescopeError, match="holds attention constant"):
+        RelPStar(hold_attention=False)
+    with pytest.raises(GatescopeError, match="extra options"):
+        make(AtP(), steps=2)
+    assert IG(steps=4).alphas() == [0.0, 0.25, 0.5, 0.75]
+    assert make("eap-ig", steps=4).alphas() == [0.25, 0.5, 0.75, 1.0]
+    assert RelP(hold_attention=False).label == "relp(hold_attention=False)"
+    with pytest.raises(AttributeError):
+        AtP().name = "x"  # class constant
+    with pytest.raises(Exception, match="frozen|cannot assign"):
+        RelP().gate_rule = "constant"
+
+
+def test_relp_without_the_ah_rule_differs_only_through_attention():
+    # with attention free, the softmax gradient adds q/k paths; the MLP of the last layer
+    # sees no attention downstream, so its scores agree
+    from tiny import tiny_hf
+
+    model = load_model(tiny_hf("llama"), tokenizer=tiny_tokenizer())
+    task = _task()
+    held = attribute(model, task, "mlp_out.1,resid_pre.0", RelP())
+    free = attribute(model, task, "mlp_out.1,resid_pre.0", RelP(hold_attention=False))
+    h = {c.label: c.effect for c in held.components}
+    f = {c.label: c.effect for c in free.components}
+    assert h["mlp_out.1"] == pytest.approx(f["mlp_out.1"], abs=1e-6)
+    assert h["resid_pre.0"] != pytest.approx(f["resid_pre.0"], abs=1e-4)

@@ -55,3 +55,78 @@ def test_graph_structure_pruning_and_export(setup):
     assert len(small.figure().data) == len(small.edges) + 1
     with pytest.raises(GatescopeError, match="outside 0-11"):
         graph.prune(12)
+
+
+def test_gpt2_head_edges_follow_the_modules_route():
+    # GPT-2's o_proj is a square Conv1D (weight stored (in, out)); a head's write into the
+    # residual stream must be o_proj(z with the other heads zeroed) - o_proj(0), the route
+    # per-head DLA takes, and head -> logits edges must use it
+    import torch
+
+    from circuits.attribution import gradient_pass
+    from circuits.graph import EMBED, _node_deltas
+    from probe.hooks import locate
+    from probe.sites import Site
+
+    model = load_model(tiny_hf("gpt2"), tokenizer=tiny_tokenizer())
+    task = _task()
+    graph = build_graph(model, task, "atp")
+    n = model.dims.n_layers
+    sites = [EMBED, Site("resid_post", n - 1)] + [Site("head_out", i) for i in range(n)]
+    sites += [Site("mlp_out", i) for i in range(n)]
+    run = gradient_pass(model, sorted(set(sites)), task.tokenize(model.tokenizer), "atp")
+    span = run.clean_logit_diff - run.corrupt_logit_diff
+    deltas = {name: d for name, _, _, d in _node_deltas(model, run.clean, run.corrupt)}
+    edges = {(e.source, e.target): e.score for e in graph.edges}
+    for layer in range(n):
+        o_proj = locate(model, Site("head_out", layer))
+        zc, zx = run.clean[Site("head_out", layer)], run.corrupt[Site("head_out", layer)]
+        for h in range(model.dims.n_heads):
+
+            def only(z, h=h, o_proj=o_proj):
+                keep = torch.zeros_like(z)
+                keep[:, :, h] = z[:, :, h]
+                return o_proj(keep.flatten(2)).detach()
+
+            route = only(zc) - only(zx)
+            torch.testing.assert_close(deltas[f"head.{layer}.{h}"], route, atol=1e-5, rtol=1e-4)
+            expected = float((route * run.grads[Site("resid_post", n - 1)]).sum()) / span
+            assert edges[(f"head.{layer}.{h}", "logits")] == pytest.approx(expected, abs=1e-5)
+
+
+def test_prune_keeps_meta_and_circuit_out_writes_it(setup, tmp_path):
+    _, _, graph = setup
+    small = graph.prune(3)
+    assert small.meta == graph.meta and small.meta["clean_logit_diff"] is not None
+    import typer
+    from tiny import save_tiny
+    from typer.testing import CliRunner
+
+    from app.cli_circuits import register
+
+    app = typer.Typer()
+    register(app)
+    model_dir = save_tiny(tmp_path / "m")
+    task = tmp_path / "t.jsonl"
+    t = _task()
+    task.write_text(
+        "\n".join(
+            json.dumps({"clean": a, "corrupt": b, "answer": c, "wrong": d})
+            for a, b, c, d in zip(t.clean, t.corrupt, t.answers, t.wrongs, strict=True)
+        )
+    )
+    out = tmp_path / "c.json"
+    res = CliRunner().invoke(
+        app, ["circuit", str(model_dir), "--task", str(task), "--top-n", "3", "--out", str(out)]
+    )
+    assert res.exit_code == 0, res.output
+    meta = json.loads(out.read_text())["meta"]
+    assert meta["clean_logit_diff"] > meta["corrupt_logit_diff"]
+    assert meta["method"] == {"name": "ig", "steps": 2}  # the default method
+    res = CliRunner().invoke(
+        app,
+        ["circuit", str(model_dir), "--task", str(task), "--top-n", "3", "--method", "eap"]
+        + ["--mib"],
+    )
+    assert res.exit_code == 0, res.output
+    assert "MIB: CPR" in res.stdout and "100:1.00" in res.stdout

@@ -32,11 +32,10 @@ def test_attribute_circuit_agreement(model_dir, files, tmp_path):  # noqa: F811
     )
     assert res.exit_code == 0, res.output
     assert len(json.loads(res.stdout)["components"]) == 8
-    res = runner.invoke(app, ["circuit", model_dir, "--task", task, "--top-n", "3", "--curve"])
+    relp = ["circuit", model_dir, "--task", task, "--method", "relp", "--top-n", "3"]
+    res = runner.invoke(app, [*relp, "--curve"])
     assert res.exit_code == 0, res.output
-    grad = runner.invoke(
-        app, ["circuit", model_dir, "--task", task, "--top-n", "3", "--glu-rule", "gradient"]
-    )
+    grad = runner.invoke(app, [*relp, "--glu-rule", "gradient"])
     assert grad.exit_code == 0, grad.output
     assert grad.stdout.splitlines()[1:] != res.stdout.splitlines()[1:4]  # other node scores
     assert "faithfulness" in res.stdout and "smallest circuit reaching 0.8: " in res.stdout
@@ -71,10 +70,25 @@ def test_attribute_circuit_agreement(model_dir, files, tmp_path):  # noqa: F811
         ),
         (["circuit", "{m}", "--task", "{t}", "--top-n", "99"], "outside 0-"),
         (
-            ["circuit", "{m}", "--task", "{t}", "--top-n", "2", "--glu-rule", "full"],
+            [
+                "circuit",
+                "{m}",
+                "--task",
+                "{t}",
+                "--method",
+                "relp",
+                "--top-n",
+                "2",
+                "--glu-rule",
+                "full",
+            ],
             "GLU rule 'full' is unknown; valid rules: half, gradient",
         ),
         (["agreement", "{m}", "--task", "{t}", "--sites", "mlp_outt"], "unknown site kinds"),
+        (
+            ["circuit", "{m}", "--task", "{t}", "--method", "atp", "--top-n", "2", "--steps", "3"],
+            "'atp' has no field(s) steps",
+        ),
     ],
 )
 def test_bad_input(model_dir, files, args, message):  # noqa: F811

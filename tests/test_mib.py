@@ -1,0 +1,59 @@
+"""MIB circuit scores: edge patching against node patching, the ends of the curve, areas."""
+
+import pytest
+from test_patching import _task
+from tiny import tiny_hf, tiny_tokenizer
+
+from circuits.graph import _Faithfulness, build_graph
+from circuits.mib import EdgePatcher, mib_score
+from probe import load_model
+
+
+@pytest.fixture(scope="module", params=["qwen3_next", "gpt2"])
+def setup(request):
+    model = load_model(tiny_hf(request.param), tokenizer=tiny_tokenizer())
+    task = _task()
+    return model, task, build_graph(model, task, "eap"), EdgePatcher(model, task)
+
+
+def test_full_circuit_is_1_and_empty_is_0(setup):
+    _, _, graph, patcher = setup
+    edges = [(e.source, e.target) for e in graph.edges]
+    assert patcher.faithfulness(set(edges), edges) == pytest.approx(1.0, abs=1e-5)
+    assert patcher.faithfulness(set(), edges) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_cutting_every_edge_of_a_node_is_patching_the_node(setup):
+    # the node's output reaches the rest of the model only through its edges, so patching
+    # all of them equals patching its output to the corrupt value (node-level faithfulness)
+    model, task, graph, patcher = setup
+    edges = [(e.source, e.target) for e in graph.edges]
+    nodes = _Faithfulness(model, task)
+    names = graph.node_names()
+    tol = max(1e-5, 2e-7 / abs(patcher.m_clean - patcher.m_corrupt))  # float32 logits
+    for u in ("embed", "head.0.1", "mlp.0", "head.1.3"):
+        kept = {(a, b) for a, b in edges if a != u}
+        expected = nodes(names - {u})
+        assert patcher.faithfulness(kept, edges) == pytest.approx(expected, abs=tol)
+
+
+def test_scores_and_areas(setup):
+    model, task, graph, patcher = setup
+    score = mib_score(model, task, graph, patcher=patcher)
+    assert score.kept[-1] == score.n_edges == len(graph.edges) and score.kept[0] == 1
+    assert score.faithfulness[-1] == pytest.approx(1.0, abs=1e-5)
+    x, f = score.fractions, score.faithfulness
+    trapezoid = sum((x[i + 1] - x[i]) * (f[i] + f[i + 1]) / 2 for i in range(len(x) - 1))
+    assert score.cpr == pytest.approx(trapezoid)
+    assert score.cmd >= 0 and len(score.figure().data) == 1
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig"])
+def test_eap_node_score_is_the_sum_of_its_edges(method):
+    model = load_model(tiny_hf("llama"), tokenizer=tiny_tokenizer())
+    graph = build_graph(model, _task(), method, **({"steps": 3} if method == "eap-ig" else {}))
+    assert graph.meta["method"]["name"] == method
+    for node in graph.nodes:
+        if node.name != "logits":
+            out = sum(e.score for e in graph.edges if e.source == node.name)
+            assert out == pytest.approx(node.score, abs=1e-4 * max(1.0, abs(node.score)))
