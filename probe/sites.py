@@ -40,8 +40,8 @@ SITE_KINDS: dict[str, str] = {
     "router_prob": "n_experts: MoE router probabilities (the family's softmax or sigmoid)",
     "router_weight": "n_experts: expert weights the layer uses (top-k, 0 for experts not chosen)",
     "shared_gate": "1: sigmoid gate of the shared expert",
-    "conv_gate": "d_model: gate of a gated short convolution (B in B*conv(C*x))",
-    "conv_out_gate": "d_model: output gate of a gated short convolution (C in B*conv(C*x))",
+    "conv_gate": "d_model: input gate of a gated short convolution (B in C * conv(B * x))",
+    "conv_out_gate": "d_model: output gate of a gated short convolution (C in C * conv(B * x))",
 }
 
 #: Kinds whose per-token value is split into heads (a site of these kinds may name a head,
