@@ -294,3 +294,14 @@ def test_patch_provenance_names_the_task_file(model_dir, tmp_path):
     assert {"path": str(task), "sha256": digest} in prov["sources"]
     assert prov["sites"] == "resid_pre.*" and prov["positions"] == "all" and prov["limit"] == 1
     assert prov["n_prompts"] == 1 and "LD_clean - LD_corrupt" in prov["formula"]
+
+
+def test_progress_on_stderr_and_quiet(model_dir, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"w{i} w{i + 1} w{i + 2}\n" for i in range(24)))
+    base = ["gates", model_dir, "--prompts", str(prompts), "--batch-size", "4", "--json"]
+    res = runner.invoke(app, base)
+    assert res.exit_code == 0 and "6/6" in res.stderr and "6/6" not in res.stdout
+    json.loads(res.stdout)  # stdout stays clean JSON
+    quiet = runner.invoke(app, [*base, "--quiet"])
+    assert quiet.exit_code == 0 and "6/6" not in quiet.stderr
