@@ -95,7 +95,10 @@ def trace(
                 "or prompts of equal length"
             )
     bar = show_progress() and len(texts) > batch_size
-    with Tracer(m, sites, positions=pos, device="cpu") as tr:
+    chosen = m.sites(sites)
+    if show_progress():
+        _say_layers_taken(m, sites, chosen)
+    with Tracer(m, chosen, positions=pos, device="cpu") as tr:
         for batch in m.batches(texts, batch_size, progress=bar):
             m.forward(batch.input_ids, batch.attention_mask)
     tensors = {str(s): v.contiguous() for s, v in tr.activations.items()}
@@ -139,7 +142,83 @@ def gates(
     _print_gate_table(report)
 
 
+def _say_layers_taken(m, pattern: str, chosen) -> None:
+    """On hybrid models ``KIND.*`` keeps the layers that have the kind: say which (stderr)."""
+    for part in [p.strip() for p in pattern.split(",") if p.strip()]:
+        pieces = part.split(".")
+        if len(pieces) >= 2 and pieces[1] == "*":
+            layers = sorted({s.layer for s in chosen if s.kind == pieces[0]})
+            if len(layers) < m.dims.n_layers:
+                typer.echo(
+                    f"{part}: layers {', '.join(map(str, layers))} (the layers that have "
+                    f"{pieces[0]}; {m.dims.n_layers} in all)",
+                    err=True,
+                )
+
+
+def _fmt_cell(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _mean(row):
+    return None if row is None else sum(row) / len(row)
+
+
 def _print_gate_table(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    _print_attention_table(report)
+    console = Console()
+    mixers = {e["index"]: f"{e['mixer']}/{e['mlp']}" for e in report.layer_map or []}
+    if report.deltanet is not None:
+        d = report.deltanet
+        table = Table(title="Gated-DeltaNet (mean over value heads)")
+        for c in ["layer", "mixer", "beta", "log decay", "horizon (tokens)", "|gate|<0.1"]:
+            table.add_column(c, justify="right")
+        for i, beta in enumerate(d["mean_beta"]):
+            if beta is None:
+                continue
+            horizon = _mean(d["retention_horizon"][i])
+            table.add_row(
+                str(i),
+                mixers.get(i, ""),
+                _fmt_cell(_mean(beta)),
+                _fmt_cell(_mean(d["mean_decay"][i])),
+                _fmt_cell(horizon, 1),
+                _fmt_cell(_mean(d["gate_below"]["0.1"][i])),
+            )
+        console.print(table)
+    if report.router is not None:
+        r = report.router
+        table = Table(title=f"MoE routers (top-{r['top_k']})")
+        for c in [
+            "layer",
+            "max load",
+            "min load",
+            "dead experts",
+            "entropy",
+            "top-k mass",
+            "shared gate",
+        ]:
+            table.add_column(c, justify="right")
+        for i, load in enumerate(r["load"]):
+            if load is None:
+                continue
+            shared = report.shared_gate[i] if report.shared_gate else None
+            table.add_row(
+                str(i),
+                _fmt_cell(max(load)),
+                _fmt_cell(min(load)),
+                ", ".join(map(str, r["dead_experts"][i])) or "none",
+                _fmt_cell(r["entropy"][i]),
+                _fmt_cell(r["top_k_mass"][i]),
+                _fmt_cell(shared),
+            )
+        console.print(table)
+
+
+def _print_attention_table(report) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -150,7 +229,7 @@ def _print_gate_table(report) -> None:
     mean_gate = report.layer_mean("mean_gate")
     below = report.layer_mean("gate_below", "0.1")
     sink = report.layer_mean("sink")
-    fmt = lambda xs, i: "-" if xs is None else f"{xs[i]:.3f}"  # noqa: E731
+    fmt = lambda xs, i: "-" if xs is None or xs[i] is None else f"{xs[i]:.3f}"  # noqa: E731
     glu = report.glu_below["0.01"] if report.glu_below else None
     for i, mx in enumerate(report.max_activation):
         table.add_row(

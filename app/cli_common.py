@@ -282,7 +282,7 @@ def load(
 ):
     """Load MODEL with the command's model options (explicit arguments win); see
     :func:`probe.load_model`. Records the model in the result's provenance."""
-    from probe.model import load_model
+    from probe.load import load_model
 
     given = {
         "device": device,

@@ -122,7 +122,7 @@ def bundle_cmd(
 
     check_name(name)
 
-    from probe.model import load_model
+    from probe.load import load_model
     from probe.reference.bundle import bundle
     from probe.reference.evaluate import evaluate_reference
 

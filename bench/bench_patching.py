@@ -29,7 +29,6 @@ import time
 
 import torch
 
-from interventions.passes import select_rows
 from interventions.patching import activation_patching, equal_length_rows
 from probe import load_model
 from probe.tasks import Task, load_task
@@ -53,7 +52,7 @@ def main() -> None:
         "ioi",
         *[[getattr(task, f)[i] for i in rows] for f in ("clean", "corrupt", "answers", "wrongs")],
     )
-    batch = select_rows(task.tokenize(model.tokenizer), torch.arange(len(task)))
+    batch = task.tokenize(model.tokenizer).select(torch.arange(len(task)))
 
     folder = tempfile.mkdtemp()
     model.hf.save_pretrained(folder)

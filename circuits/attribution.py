@@ -5,7 +5,7 @@ denoising effect of patching it, normalised like activation patching:
 
     score = sum_prompts sum_features (a_clean - a_corrupt) * dm/da  /  (LD_clean - LD_corrupt)
 
-with m the logit difference averaged over prompts (arXiv 2508.21258, METHODS.md).
+with m the logit difference averaged over prompts (arXiv 2508.21258, docs/METHODS.md).
 
 1. Clean pass (no grad): trace the clean values of every site and the clean logit difference.
 2. Corrupt pass with grad: every site's value gets a zero tensor added (exact forward values)

@@ -31,7 +31,7 @@ import torch
 from circuits.attribution import EMBED, check_method, gradient_pass
 from interventions.edits import Patch, intervene
 from probe.errors import GatescopeError
-from probe.hooks import locate
+from probe.locate import locate
 from probe.model import Model
 from probe.sites import Site
 from probe.tasks import Task, TaskBatch, logit_diff

@@ -32,7 +32,8 @@ from torch import nn
 
 from probe.errors import GatescopeError
 from probe.hooks import hook_sites
-from probe.model import Model, resolve_path
+from probe.locate import resolve_path
+from probe.model import Model
 from probe.sites import Site
 
 GATE_RULES = ("half", "constant")

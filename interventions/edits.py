@@ -3,8 +3,10 @@
 1. An :class:`Edit` says where (a :class:`~probe.sites.Site`), at which token positions, and
    what: ``Patch`` (a value from another run or any tensor), ``Add`` (coef * vector),
    ``Ablate`` (zero or mean), ``ClampGate`` / ``ScaleGate`` (attention output gates, per head
-   when the site names one; arXiv 2505.06708), ``ProjectOut`` (``x - (x.r) r``), ``Rotate``
-   (norm-preserving, in the plane of two directions), ``Apply`` (any function).
+   when the site names one, arXiv 2505.06708; DeltaNet write strength, decay and output gate;
+   the shared-expert gate), ``BanExperts`` / ``ForceExperts`` (MoE routing), ``ProjectOut``
+   (``x - (x.r) r``), ``Rotate`` (norm-preserving, in the plane of two directions), ``Apply``
+   (any function).
 2. On each forward pass the edit receives the site's value ``(B, T, ...)``, computes the new
    value, and keeps the old one outside its positions (``torch.where`` over T).
 3. :func:`intervene` hands all edits to ``probe.hook_sites(..., write=True)`` in order (several
@@ -185,24 +187,48 @@ class Ablate(Edit):
         return _check_vector(self.mean, value, self.site).expand_as(value)
 
 
-def _gate_site(site: Site) -> None:
-    if site.kind != "attn_gate":
-        raise GatescopeError(f"gate edits need an attn_gate site, got {site}")
+#: Gate kinds an edit may clamp or scale, with the values each takes (inclusive bounds).
+GATE_RANGES: dict[str, tuple[float, float]] = {
+    "attn_gate": (0.0, 1.0),
+    "delta_beta": (0.0, 1.0),  # 0: "never write" (the state is not updated)
+    "shared_gate": (0.0, 1.0),
+    "conv_gate": (-math.inf, math.inf),
+    "conv_out_gate": (-math.inf, math.inf),
+    "delta_gate": (-0.2784645427610738, math.inf),  # silu's range
+    "delta_decay": (-math.inf, 0.0),  # 0: "never forget" (retention exp(g) = 1)
+}
+
+
+def _gate_site(site: Site) -> tuple[float, float]:
+    if site.kind not in GATE_RANGES:
+        raise GatescopeError(
+            f"gate edits need a gate site ({', '.join(GATE_RANGES)}), got '{site}'"
+        )
+    return GATE_RANGES[site.kind]
 
 
 @dataclass
 class ClampGate(Edit):
-    """Set an attention output gate (a head's, if the site names one) to ``value`` in [0, 1]:
-    0 removes the head, 1 removes the gating. Written as gate logits (exact at 0 and 1)."""
+    """Set a gate (a head's, if the site names one) to ``value``.
+
+    Attention output gates, the Gated-DeltaNet write strength ``delta_beta`` and the shared
+    expert's gate take values in [0, 1] (0 removes the head / stops writes / drops the shared
+    expert; 1 removes the gating); ``delta_decay`` takes values <= 0 (0: "never forget");
+    ``delta_gate`` values >= silu's minimum. Written through the model's own pre-activations
+    (gate logits, ``a``, ``z``), so 0 and 1 are exact.
+    """
 
     value: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _gate_site(self.site)
+        lo, hi = _gate_site(self.site)
         _check_finite(self.value, "gate value")
-        if not 0.0 <= self.value <= 1.0:
-            raise GatescopeError(f"gate value {self.value} is outside [0, 1]; 0 closes the gate")
+        if not lo <= self.value <= hi:
+            raise GatescopeError(
+                f"gate value {self.value} is outside [{lo}, {hi}] for {self.site.kind}"
+                + ("; 0 means 'never forget'" if self.site.kind == "delta_decay" else "")
+            )
 
     def transform(self, value):
         return torch.full_like(value, self.value)
@@ -210,7 +236,8 @@ class ClampGate(Edit):
 
 @dataclass
 class ScaleGate(Edit):
-    """Multiply an attention output gate by ``factor`` (clipped to [0, 1])."""
+    """Multiply a gate by ``factor`` (kept inside the gate's range, e.g. [0, 1] for sigmoid
+    gates; scaling ``delta_decay`` by ``f`` raises every retention to the power ``f``)."""
 
     factor: float = 1.0
 
@@ -222,7 +249,82 @@ class ScaleGate(Edit):
             raise GatescopeError(f"gate scale factor {self.factor} is negative; use >= 0")
 
     def transform(self, value):
-        return (value * self.factor).clamp(0.0, 1.0)
+        lo, hi = GATE_RANGES[self.site.kind]
+        return (value * self.factor).clamp(lo, hi)
+
+
+def _router_site(site: Site, what: str) -> None:
+    if site.kind != "router_logit" or site.head is not None:
+        raise GatescopeError(
+            f"{what} edits a router's logits: give a site 'router_logit.LAYER' (no expert "
+            f"index), got '{site}'"
+        )
+
+
+@dataclass
+class BanExperts(Edit):
+    """Ban MoE experts at a layer (and positions): their router logits become -inf and the
+    layer's own routing rule chooses again from the rest (their probability and weight are
+    exactly 0). Banning every expert is refused."""
+
+    experts: Sequence[int] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _router_site(self.site, "BanExperts")
+        self.experts = _expert_list(self.experts, self.site)
+
+    def transform(self, value):
+        _check_experts(self.experts, value, self.site)
+        if len(set(self.experts)) >= value.shape[-1]:
+            raise GatescopeError(
+                f"BanExperts at {self.site}: banning all {value.shape[-1]} experts leaves the "
+                "router nothing to choose; ban fewer"
+            )
+        new = value.clone()
+        new[..., list(self.experts)] = -math.inf
+        return new
+
+
+@dataclass
+class ForceExperts(Edit):
+    """Force MoE experts to be chosen at a layer (and positions): their logits are raised
+    ``margin`` above every other expert's, so the layer's routing rule picks them first (for
+    softmax routers the other chosen experts' weights become ~exp(-margin))."""
+
+    experts: Sequence[int] = ()
+    margin: float = 20.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _router_site(self.site, "ForceExperts")
+        self.experts = _expert_list(self.experts, self.site)
+        _check_finite(self.margin, "margin")
+
+    def transform(self, value):
+        _check_experts(self.experts, value, self.site)
+        top = value.max(dim=-1, keepdim=True).values
+        new = value.clone()
+        new[..., list(self.experts)] = top + self.margin
+        return new
+
+
+def _expert_list(experts, site: Site) -> list[int]:
+    experts = [experts] if isinstance(experts, int) else list(experts)
+    if not experts or not all(isinstance(e, int) and e >= 0 for e in experts):
+        raise GatescopeError(
+            f"experts at {site}: expected one or more expert indices >= 0, got {experts!r}"
+        )
+    return experts
+
+
+def _check_experts(experts, value: torch.Tensor, site: Site) -> None:
+    n = value.shape[-1]
+    bad = [e for e in experts if e >= n]
+    if bad:
+        raise GatescopeError(
+            f"experts {bad} at {site} are out of range: this layer has experts 0-{n - 1}"
+        )
 
 
 @dataclass

@@ -25,8 +25,8 @@ import torch
 
 from interventions.edits import Patch, intervene
 from probe.errors import GatescopeError
-from probe.hooks import locate
-from probe.model import Model, resolve_path
+from probe.locate import locate, resolve_path
+from probe.model import Model
 from probe.sites import Site
 from probe.tasks import Task, TaskBatch, last_token_logits, logit_diff
 from probe.tracer import Tracer

@@ -1,51 +1,71 @@
-"""How the patched passes of an activation-patching sweep run (see ``interventions.patching``).
+"""The engine of an activation-patching sweep (see ``interventions.patching``).
 
-- :class:`_Scorer`: per-row logit difference of a pass, by the fast formula
-  ``unembed(final_norm(x_last))`` at two tokens once it has reproduced the full forward.
-- :func:`full_runs` / :func:`resumed_runs`: the source run (cached at every patched site) and
-  the base run, either in full or past the shared prefix (``probe.resume``).
-- :func:`sweep`: components in passes of many patches each (block ``j`` of rows, rows
-  ``j*n .. (j+1)*n``, carrying component ``j``), resumed at their layer where possible, the
-  first resumed pass checked by two unpatched rows; effects are raw mean logit differences.
+:func:`run_sweep` is the one place that decides how the patched passes run:
+
+1. **Resumed** (``probe.resume``) where the local hook backend runs the model, the clean and
+   corrupt prompts share a prefix, and the model passed the check: the fast logit formula
+   and the resumed base run reproduce the full forward of two prompts. The verdict is kept
+   per loaded model (:data:`_VERDICTS`, keyed weakly by the Hugging Face module), so the
+   check runs once per model; every sweep still checks its first resumed pass with two
+   unpatched rows and reruns everything in full if they differ.
+2. **Full** passes otherwise. Every fallback is logged at INFO with its reason, and the reason
+   is returned (``PatchingResult.resume_reason``).
+
+Passes carry many patches each (block ``j`` of rows, rows ``j*n .. (j+1)*n``, carrying
+component ``j``), one layer per pass when resumed. Rows per pass come from ``batch_rows``
+and the memory budget (:func:`rows_for_budget`): the estimate of one pass's memory is the
+tiled prefix cache (KV and linear-attention states), the layer activations and the KV the
+pass appends, per row, on top of what the sweep holds once (source values, recorded layer
+inputs, prefix cache). Effects are raw mean logit differences; patching normalises them.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
+from interventions.components import Component, value_site
 from probe.errors import GatescopeError
 from probe.hooks import hook_sites
-from probe.model import Model, resolve_path
-from probe.resume import ResumablePass, StopPass
+from probe.locate import resolve_path
+from probe.model import Model
+from probe.resume import CannotResume, ResumablePass, StopPass, cache_bytes
 from probe.sites import Site
 from probe.tasks import TaskBatch, logit_diff
 from probe.tracer import Tracer
 
-if TYPE_CHECKING:
-    from interventions.patching import Component
-
 log = logging.getLogger(__name__)
 
+# hf module -> outcome of the check of resumed passes against the full forward: (ok, reason)
+_VERDICTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+TOL = 1e-4  # agreement required of the fast and resumed paths with the full forward
 
-def select_rows(batch: TaskBatch, rows: torch.Tensor) -> TaskBatch:
-    n = int(batch.lengths[rows].max())
-    return TaskBatch(
-        batch.clean_ids[rows, :n],
-        batch.corrupt_ids[rows, :n],
-        batch.attention_mask[rows, :n],
-        batch.lengths[rows],
-        batch.answer_ids[rows],
-        batch.wrong_ids[rows],
-    )
+
+def resume_verdict(model: Model) -> tuple[bool, str] | None:
+    """The kept outcome of the check of resumed passes on ``model`` (``None``: not run yet)."""
+    return _VERDICTS.get(model.hf)
+
+
+def forget_verdict(model: Model) -> None:
+    """Drop the kept outcome, so the next sweep checks resumed passes again."""
+    _VERDICTS.pop(model.hf, None)
+
+
+def _set_verdict(model: Model, ok: bool, reason: str) -> None:
+    _VERDICTS[model.hf] = (ok, reason)
 
 
 def hook_site(c: Component) -> Site:
-    kind = "attn_gate_logit" if c.kind == "attn_gate" else c.kind
-    return Site(kind, c.layer)
+    """Deprecated name of :func:`interventions.components.value_site`."""
+    return value_site(c)
+
+
+def select_rows(batch: TaskBatch, rows: torch.Tensor) -> TaskBatch:
+    """Deprecated name of :meth:`TaskBatch.select`."""
+    return batch.select(rows)
 
 
 def _patch_fn(jobs: list[tuple[int, Component]], cache: torch.Tensor, n: int, src_off: int):
@@ -73,27 +93,28 @@ def _patch_fn(jobs: list[tuple[int, Component]], cache: torch.Tensor, n: int, sr
 class _Scorer:
     """Per-row logit difference of forward passes with some hooks installed.
 
-    The fast path stops each pass after the last layer and computes only the two logits the
-    metric needs: ``unembed(final_norm(x_last))`` at the answer and wrong tokens. It is used
-    only if that formula reproduced the full forward's logit difference (within 1e-4) on the
-    source run, so a model whose logits are more than that (softcapping, a non-linear head)
-    keeps the full forward; so does a backend on which a pass cannot be stopped.
-    """
+    ``fast``: each pass stops after the last layer and computes only the two logits the
+    metric needs, ``unembed(final_norm(x_last))`` at the answer and wrong tokens. Decided once
+    (``why_not`` says why not): the local hook backend, and the formula reproducing the full
+    forward's logit difference within :data:`TOL` (so softcapping or a non-linear head keeps
+    the full forward)."""
 
-    def __init__(self, model: Model, batch: TaskBatch, hidden: torch.Tensor, full_ld) -> None:
-        self.model, self.fast = model, False
-        try:
-            got = self.from_hidden(hidden, batch)
-            self.fast = bool(torch.allclose(got, full_ld, rtol=1e-4, atol=1e-4))
-        except Exception as exc:  # noqa: BLE001 -- any failure means: use the full forward
-            log.debug("patching: no fast logit path (%s)", exc)
+    def __init__(self, model: Model, fast: bool, why_not: str = "") -> None:
+        self.model, self.fast, self.why_not = model, fast, why_not
 
     @classmethod
-    def trusted(cls, model: Model) -> _Scorer:
-        """A fast scorer for a model whose fast formula has been checked before."""
-        score = cls.__new__(cls)
-        score.model, score.fast = model, True
-        return score
+    def checked(cls, model: Model, batch: TaskBatch, hidden, full_ld) -> _Scorer:
+        if model.backend.name != "hooks":
+            return cls(model, False, f"the {model.backend.name} backend cannot stop a pass")
+        probe = cls(model, True)
+        try:
+            got = probe.from_hidden(hidden, batch)
+        except (AttributeError, TypeError) as exc:  # no final norm or unembedding to call
+            return cls(model, False, f"no fast logit formula ({type(exc).__name__}: {exc})")
+        if not torch.allclose(got, full_ld, rtol=TOL, atol=TOL):
+            gap = float((got - full_ld).abs().max())
+            return cls(model, False, f"unembed(final_norm(x)) is {gap:.2g} off the logits")
+        return probe
 
     def from_hidden(self, hidden: torch.Tensor, batch: TaskBatch, offset: int = 0) -> torch.Tensor:
         """Per-row logit difference from the last layer's output ``hidden`` (B, T', d), whose
@@ -105,12 +126,15 @@ class _Scorer:
         w_u = unembed.weight  # (V, d_model)
         h = resolve_path(model.hf, model.family.final_norm)(x.to(w_u.device))  # (B, d_model)
         ans, wrong = batch.answer_ids.to(w_u.device), batch.wrong_ids.to(w_u.device)
-        ld = (h * (w_u[ans] - w_u[wrong])).sum(-1)  # (B,)
+        ld = (h.float() * (w_u[ans] - w_u[wrong]).float()).sum(-1)  # (B,) in float32
         if getattr(unembed, "bias", None) is not None:
-            ld = ld + unembed.bias[ans] - unembed.bias[wrong]
-        return ld.float().cpu()
+            ld = ld + (unembed.bias[ans] - unembed.bias[wrong]).float()
+        return ld.cpu()
 
-    def _fast(self, ids, mask, entries, batch: TaskBatch) -> torch.Tensor:
+    def __call__(self, ids, mask, entries, batch: TaskBatch) -> torch.Tensor:
+        if not self.fast:
+            with hook_sites(self.model, entries, write=True):
+                return logit_diff(self.model.forward(ids, mask).float(), batch).cpu()
         last = Site("resid_post", self.model.dims.n_layers - 1)
 
         def stop(value, info):
@@ -122,55 +146,6 @@ class _Scorer:
         except StopPass as caught:
             return self.from_hidden(caught.value, batch)
         raise RuntimeError("the forward pass never reached the last layer")
-
-    def __call__(self, ids, mask, entries, batch: TaskBatch) -> torch.Tensor:
-        if self.fast:
-            try:
-                return self._fast(ids, mask, entries, batch)
-            except Exception as exc:  # noqa: BLE001 -- a real error recurs on the full path
-                log.debug("patching: fast path failed (%s); using the full forward", exc)
-                self.fast = False
-        with hook_sites(self.model, entries, write=True):
-            return logit_diff(self.model.forward(ids, mask), batch).float().cpu()
-
-
-def _tiled(batch: TaskBatch, base: torch.Tensor, k: int) -> TaskBatch:
-    """The base prompts repeated ``k`` times (block j = rows j*n .. (j+1)*n)."""
-    return TaskBatch(
-        base.repeat(k, 1),  # (k * n, T)
-        base.repeat(k, 1),
-        batch.attention_mask.repeat(k, 1),
-        batch.lengths.repeat(k),
-        batch.answer_ids.repeat(k),
-        batch.wrong_ids.repeat(k),
-    )
-
-
-def _patched_logit_diffs(
-    chunk: list[Component], runs: _Runs, base, batch: TaskBatch, check: bool = False
-):
-    """Mean logit difference with each component of ``chunk`` patched, in one forward pass:
-    the base prompts repeated once per component, block j of rows carrying patch j. With
-    ``runs.resumed``, the pass starts at the chunk's first layer, after the shared prefix;
-    ``check`` adds two unpatched rows that must reproduce the base run."""
-    n, k = len(batch), len(chunk)
-    jobs: dict[Site, list] = {}
-    for j, c in enumerate(chunk):
-        jobs.setdefault(hook_site(c), []).append((j, c))
-    entries = [(s, _patch_fn(js, runs.cache[s], n, runs.src_off)) for s, js in jobs.items()]
-    if runs.resumed is None:
-        expanded = _tiled(batch, base, k)
-        ld = runs.score(expanded.clean_ids, expanded.attention_mask, entries, expanded)
-        return ld.view(k, n).mean(1).tolist()  # (k,)
-    extra = min(2, n) if check else 0
-    hidden = runs.resumed.run(entries, k, min(c.layer for c in chunk), extra)
-    ld = runs.score.from_hidden(hidden[: k * n], _tiled(batch, base, k), runs.resumed.start)
-    if check:
-        sub = select_rows(batch, torch.arange(extra))
-        got = runs.score.from_hidden(hidden[k * n :], sub, runs.resumed.start)
-        if not torch.allclose(got, runs.base_rows[:extra], rtol=1e-4, atol=1e-4):
-            raise ResumeMismatch
-    return ld.view(k, n).mean(1).tolist()  # (k,)
 
 
 @dataclass
@@ -184,69 +159,111 @@ class _Runs:
     base_rows: torch.Tensor
     resumed: ResumablePass | None = None
 
+    def held_bytes(self) -> int:
+        """Bytes the sweep holds once: source values, recorded layer inputs, prefix cache."""
+        sites = self.cache if isinstance(self.cache, dict) else self.cache.sites
+        held = sum(self.cache[s].numel() * self.cache[s].element_size() for s in sites)
+        if self.resumed is not None:
+            held += cache_bytes(self.resumed.cache)
+            held += sum(c.hidden.numel() * c.hidden.element_size() for c in self.resumed.calls)
+        return held
+
 
 def full_runs(model: Model, batch: TaskBatch, base, source, sites: list[Site]) -> _Runs:
     last = Site("resid_post", model.dims.n_layers - 1)
     with Tracer(model, sorted({*sites, last})) as cache:
-        source_rows = logit_diff(model.forward(source, batch.attention_mask), batch).float().cpu()
-    score = _Scorer(model, batch, cache[last], source_rows)
+        source_rows = logit_diff(model.forward(source, batch.attention_mask).float(), batch).cpu()
+    score = _Scorer.checked(model, batch, cache[last], source_rows)
+    if not score.fast:
+        log.info("patching: full logits in every pass: %s", score.why_not)
     return _Runs(cache, 0, score, source_rows, score(base, batch.attention_mask, [], batch))
 
 
-RESUME_CHECK = "patching.resumed_passes"  # the key of the check in ``Model.verified``
-
-
-def _full_forward_of_two(model: Model, batch: TaskBatch, base):
-    """The first two prompts of ``batch`` run in full: ``(rows, logit differences, scorer)``,
-    the scorer fast if its formula reproduced those logit differences."""
-    sub = select_rows(batch, torch.arange(min(2, len(batch))))
+def _check_on_two(model: Model, batch: TaskBatch, base) -> tuple[TaskBatch, torch.Tensor, _Scorer]:
+    """The first two prompts of ``batch`` run in full: ``(rows, logit differences, scorer)``."""
+    sub = batch.select(torch.arange(min(2, len(batch))))
     last = Site("resid_post", model.dims.n_layers - 1)
+    ids = base[: len(sub), : sub.clean_ids.shape[1]]
     with Tracer(model, [last]) as probe:
-        full = logit_diff(model.forward(base[: len(sub), : sub.clean_ids.shape[1]],
-                                        sub.attention_mask), sub).float().cpu()  # fmt: skip
-    return sub, full, _Scorer(model, sub, probe[last], full)
+        full = logit_diff(model.forward(ids, sub.attention_mask).float(), sub).cpu()
+    return sub, full, _Scorer.checked(model, sub, probe[last], full)
 
 
-def resumed_runs(model, batch: TaskBatch, base, source, sites, start: int) -> _Runs | None:
-    """Source and base runs past the shared prefix, or ``None`` where passes cannot resume.
+def _why_not_resume(model: Model, batch: TaskBatch, start: int, resume: bool) -> str:
+    if not resume:
+        return "resume=False"
+    if model.backend.name != "hooks":
+        return f"the {model.backend.name} backend cannot resume passes"
+    if start == 0:
+        return "the clean and corrupt prompts differ at their first token"
+    if start >= int(batch.lengths.min()):
+        return "the clean and corrupt prompts do not differ before the last token of a prompt"
+    verdict = resume_verdict(model)
+    if verdict is not None and not verdict[0]:
+        return f"{verdict[1]} (kept from an earlier check of this model)"
+    return ""
+
+
+def resumed_runs(model, batch: TaskBatch, base, source, sites, start: int):
+    """``(runs, "")`` past the shared prefix, or ``(None, reason)`` where they cannot resume.
 
     The first time on a model, the fast logit formula and the resumed base run must
-    reproduce the full forward of the first two prompts; the outcome is kept in
-    ``model.verified`` (the first resumed pass of every sweep is checked as well)."""
-    if model.backend.name != "hooks" or not 0 < start < int(batch.lengths.min()):
-        return None
-    verdict = model.verified.get(RESUME_CHECK)
-    if verdict is False:
-        return None
-    if verdict is None:
-        sub, full, score = _full_forward_of_two(model, batch, base)
+    reproduce the full forward of the first two prompts; the outcome is kept
+    (:func:`resume_verdict`)."""
+    checked = resume_verdict(model) is not None
+    if not checked:
+        sub, full, score = _check_on_two(model, batch, base)
         if not score.fast:
-            model.verified[RESUME_CHECK] = False
-            return None
+            _set_verdict(model, False, score.why_not)
+            return None, score.why_not
     else:
-        score = _Scorer.trusted(model)
+        score = _Scorer(model, True)
     try:
         resumed = ResumablePass(model, base, batch.attention_mask, start)
         with Tracer(model, sorted(set(sites))) as traced:  # source and base in one pass
             hidden = resumed.forward(torch.cat([source, base]), record=1)  # (2n, T', d)
-        n = len(batch)
-        cache = {s: traced[s][:n] for s in traced.sites}
-        source_rows = score.from_hidden(hidden[:n], batch, start)
-        base_rows = score.from_hidden(hidden[n:], batch, start)
-    except Exception as exc:  # noqa: BLE001 -- any failure means: run full passes
-        log.debug("patching: cannot resume passes (%s)", exc)
-        return None
-    if verdict is None:
-        same = torch.allclose(base_rows[: len(sub)], full, rtol=1e-4, atol=1e-4)
-        model.verified[RESUME_CHECK] = same
-        if not same:
-            log.debug("patching: the resumed base run differs from the full forward")
+    except CannotResume as exc:
+        _set_verdict(model, False, str(exc))
+        return None, str(exc)
+    n = len(batch)
+    cache = {s: traced[s][:n] for s in traced.sites}
+    source_rows = score.from_hidden(hidden[:n], batch, start)
+    base_rows = score.from_hidden(hidden[n:], batch, start)
+    if not checked:
+        gap = float((base_rows[: len(sub)] - full).abs().max())
+        ok = gap <= TOL * (1 + float(full.abs().max()))
+        reason = "" if ok else f"the resumed base run is {gap:.2g} off the full forward"
+        _set_verdict(model, ok, reason)
+        if not ok:
+            return None, reason
+    return _Runs(cache, start, score, source_rows, base_rows, resumed), ""
+
+
+def _patched_logit_diffs(
+    chunk: list[Component], runs: _Runs, base, batch: TaskBatch, check: bool = False
+) -> list[float] | None:
+    """Mean logit difference with each component of ``chunk`` patched, in one forward pass:
+    the base prompts repeated once per component, block j of rows carrying patch j. With
+    ``runs.resumed``, the pass starts at the chunk's first layer, after the shared prefix;
+    ``check`` adds two unpatched rows that must reproduce the base run (``None`` if not)."""
+    n, k = len(batch), len(chunk)
+    jobs: dict[Site, list] = {}
+    for j, c in enumerate(chunk):
+        jobs.setdefault(value_site(c), []).append((j, c))
+    entries = [(s, _patch_fn(js, runs.cache[s], n, runs.src_off)) for s, js in jobs.items()]
+    if runs.resumed is None:
+        expanded = batch.tile(k, base)
+        ld = runs.score(expanded.clean_ids, expanded.attention_mask, entries, expanded)
+        return ld.view(k, n).mean(1).tolist()  # (k,)
+    extra = min(2, n) if check else 0
+    hidden = runs.resumed.run(entries, k, min(c.layer for c in chunk), extra)
+    ld = runs.score.from_hidden(hidden[: k * n], batch.tile(k, base), runs.resumed.start)
+    if check:
+        sub = batch.select(torch.arange(extra))
+        got = runs.score.from_hidden(hidden[k * n :], sub, runs.resumed.start)
+        if not torch.allclose(got, runs.base_rows[:extra], rtol=TOL, atol=TOL):
             return None
-    return _Runs(cache, start, score, source_rows, base_rows, resumed)
-
-
-class ResumeMismatch(Exception):
-    """A resumed pass's unpatched tile differs from the base run."""
+    return ld.view(k, n).mean(1).tolist()  # (k,)
 
 
 def _chunks(comps: list[Component], per_chunk: int, by_layer: bool) -> list[list[Component]]:
@@ -276,14 +293,179 @@ def normalisers(runs: _Runs, mode: str) -> tuple[float, float, float]:
     return base_ld, clean_ld, corrupt_ld
 
 
-def sweep(todo, runs: _Runs, base, batch: TaskBatch, batch_rows: int, progress, mode) -> None:
-    """Set each component's ``effect`` to its patched mean logit difference."""
-    chunks = _chunks(todo, max(1, batch_rows // len(batch)), by_layer=runs.resumed is not None)
+# ---- memory -------------------------------------------------------------------------------
+
+_UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
+_UNITS.update({"K": 2**10, "M": 2**20, "G": 2**30, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30})
+
+
+def parse_bytes(value: int | float | str | None) -> int | None:
+    """``"2GB"``, ``"512MiB"``, ``3e9`` or ``None`` -> bytes (binary units)."""
+    if value is None or isinstance(value, int | float):
+        if value is not None and value <= 0:
+            raise GatescopeError(f"max_memory {value} must be positive; give bytes or '2GB'")
+        return None if value is None else int(value)
+    text = value.strip().upper().replace(" ", "")
+    number = text.rstrip("KMGTIB")
+    unit = text[len(number) :]
+    try:
+        size = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise GatescopeError(
+            f"max_memory {value!r} is not a size; give bytes or a number with KB, MB, GB "
+            "(e.g. '2GB')"
+        ) from None
+    if size <= 0:
+        raise GatescopeError(f"max_memory {value!r} must be positive")
+    return int(size)
+
+
+def default_budget(model: Model) -> int:
+    """Half the memory free on the model's device now."""
+    device = torch.device(model.device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    import psutil
+
+    return psutil.virtual_memory().available // 2
+
+
+def _row_bytes(model: Model, batch: TaskBatch, runs: _Runs, esize: int) -> int:
+    """Estimated bytes one row adds to a patched pass (see the module docstring)."""
+    dims = model.dims
+    t_all = batch.clean_ids.shape[1]
+    t = t_all - runs.src_off  # positions a pass covers
+    heads, kv, d_head, d_mlp = dims.n_heads, dims.n_kv_heads, dims.d_head, dims.d_mlp
+    per_pos = 6 * dims.d_model + 3 * d_mlp + (heads + 2 * kv) * d_head + 2 * heads * t_all
+    per_pos += dims.n_layers * 2 * kv * d_head  # KV the pass appends, every layer
+    row = t * per_pos * esize
+    if runs.resumed is not None:
+        row += cache_bytes(runs.resumed.cache) // len(batch)  # the tiled prefix cache
+        # linear-attention layers: the chunked delta rule keeps per-chunk states
+        row += 4 * cache_bytes(runs.resumed.cache) // len(batch)
+    if not runs.score.fast:
+        row += t_all * dims.vocab * 4  # every position's logits, in float32
+    return int(row)
+
+
+@dataclass
+class Plan:
+    """How the sweep's passes run: ``rows`` per pass and the estimated peak bytes."""
+
+    rows: int
+    held: int
+    per_row: int
+    budget: int | None
+
+    @property
+    def peak(self) -> int:
+        return self.held + self.rows * self.per_row
+
+
+def plan_rows(model, batch: TaskBatch, runs: _Runs, batch_rows: int, budget: int | None) -> Plan:
+    """Rows per pass: ``batch_rows`` at most, whole components of ``n`` rows, and within the
+    memory ``budget``; a budget that cannot hold one component's rows is refused."""
+    n = len(batch)
+    esize = next(model.hf.parameters()).element_size()
+    per_row, held = _row_bytes(model, batch, runs, esize), runs.held_bytes()
+    rows = max(n, batch_rows // n * n)
+    if budget is not None:
+        fits = (budget - held) // per_row if budget > held else 0
+        if fits < n:
+            need = held + n * per_row
+            raise GatescopeError(
+                f"max_memory {budget} bytes cannot hold one patched component ({n} prompts): "
+                f"about {need} bytes are needed ({held} held by the sweep, {per_row} per "
+                f"row); give at least {need} bytes (e.g. '{_human(need)}') or fewer prompts"
+            )
+        rows = min(rows, fits // n * n)
+    return Plan(rows, held, per_row, budget)
+
+
+def _human(n: int) -> str:
+    for unit in ("GB", "MB", "KB"):
+        if n >= _UNITS[unit]:
+            return f"{n / _UNITS[unit] * 1.05:.1f}{unit}"
+    return f"{n}B"
+
+
+def _sweep(todo, runs: _Runs, base, batch: TaskBatch, rows: int, progress, mode) -> bool:
+    """Set each component's ``effect`` to its patched mean logit difference; ``False`` if
+    the first resumed pass's unpatched rows differ from the base run."""
+    chunks = _chunks(todo, max(1, rows // len(batch)), by_layer=runs.resumed is not None)
     if progress:
         from tqdm.auto import tqdm
 
         chunks = tqdm(chunks, desc=f"{mode} patching", unit="pass")
     for i, chunk in enumerate(chunks):
         values = _patched_logit_diffs(chunk, runs, base, batch, check=i == 0)
+        if values is None:
+            return False
         for c, value in zip(chunk, values, strict=True):
             c.effect = value
+    return True
+
+
+@dataclass
+class SweepOutcome:
+    """What :func:`run_sweep` reports next to the effects it set."""
+
+    clean_logit_diff: float
+    corrupt_logit_diff: float
+    resumed: bool
+    resume_reason: str  # why passes did not resume ("" when they did)
+    rows_per_pass: int
+    peak_memory: int  # bytes: measured on CUDA, estimated from shapes elsewhere
+    peak_memory_measured: bool
+
+
+def run_sweep(
+    model: Model,
+    batch: TaskBatch,
+    base,
+    source,
+    todo: list[Component],
+    start: int,
+    mode: str,
+    *,
+    batch_rows: int = 256,
+    resume: bool = True,
+    max_memory=None,
+    progress: bool = False,
+) -> SweepOutcome:
+    """Set the normalised effect of every component in ``todo`` (see the module docstring)."""
+    budget = parse_bytes(max_memory)
+    sites = sorted({value_site(c) for c in todo} or {Site("resid_pre", 0)})
+    cuda = torch.device(model.device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(model.device)
+        before = torch.cuda.memory_allocated(model.device)
+    reason = _why_not_resume(model, batch, start, resume)
+    runs = None
+    if not reason:
+        runs, reason = resumed_runs(model, batch, base, source, sites, start)
+    if runs is not None:
+        normalisers(runs, mode)  # refuse a task whose runs do not differ before any pass
+        plan = plan_rows(model, batch, runs, batch_rows, budget)
+        if not _sweep(todo, runs, base, batch, plan.rows, progress, mode):
+            reason = "a resumed pass's unpatched rows differed from the base run"
+            _set_verdict(model, False, reason)
+            runs = None
+    if runs is None:
+        log.info("patching: full passes: %s", reason)
+        runs = full_runs(model, batch, base, source, sites)
+        normalisers(runs, mode)
+        plan = plan_rows(model, batch, runs, batch_rows, budget)
+        _sweep(todo, runs, base, batch, plan.rows, progress, mode)
+    else:
+        log.info("patching: resumed passes after %d shared tokens", start)
+    base_ld, clean_ld, corrupt_ld = normalisers(runs, mode)
+    for c in todo:
+        c.effect = (c.effect - base_ld) / (clean_ld - corrupt_ld)
+    peak = plan.peak
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(model.device) - before
+    return SweepOutcome(
+        clean_ld, corrupt_ld, runs.resumed is not None, reason, plan.rows, int(peak), cuda
+    )

@@ -1,4 +1,4 @@
-"""Activation patching sweeps (METHODS.md, "Activation patching"; Zhang & Nanda, arXiv
+"""Activation patching sweeps (docs/METHODS.md, "Activation patching"; Zhang & Nanda, arXiv
 2309.16042; Heimersheim & Nanda, arXiv 2404.15255).
 
 1. Run the source prompts (clean for denoising, corrupt for noising) once and cache every
@@ -9,18 +9,22 @@
 3. Batch many patches into one forward pass: the base prompts (corrupt for denoising, clean
    for noising) are repeated once per component in a chunk, and each block of rows carries a
    different patch from the cache.
-4. Resume (``probe.resume``): the shared prefix runs once with a KV cache, and each patched
+4. Resume (``probe.resume``): the shared prefix runs once with its cache (KV of attention
+   layers, convolution and recurrent states of Gated-DeltaNet layers), and each patched
    pass starts at its components' layer from the base run's recorded layer inputs, covering
    only the positions after the prefix (one layer per pass). This is checked: once per model
-   on two prompts against the full forward (kept in ``model.verified``), and in every sweep
-   by two unpatched rows in the first pass that must reproduce the base run; where anything
-   differs, or the backend cannot resume, every pass runs in full.
+   on two prompts against the full forward (kept by ``interventions.passes``), and in every
+   sweep by two unpatched rows in the first pass that must reproduce the base run; where
+   anything differs, or the backend cannot resume, every pass runs in full and the result's
+   ``resume_reason`` says why (``interventions.passes.run_sweep`` makes that choice).
 5. Metric: logit difference ``logit(answer) - logit(wrong)`` averaged over prompts,
    normalised: denoising ``(LD_patched - LD_corrupt) / (LD_clean - LD_corrupt)``, noising
    ``(LD_patched - LD_clean) / (LD_clean - LD_corrupt)``.
 6. Patched passes stop after the last layer and compute only the answer and wrong logits at
    the last token (``unembed(final_norm(x))``), once that formula has reproduced the full
    forward's logit difference; otherwise the full forward is used (and nothing resumes).
+7. Rows per pass: ``batch_rows`` at most, cut to fit ``max_memory`` (see
+   ``interventions.passes``); one tiled cache is held at a time.
 
 Layout: the expanded batch is ``(k * n, T)``, block ``j`` (rows ``j*n .. (j+1)*n``) carrying
 component ``j`` of the pass; effects are ``(k, n)`` means over the prompts.
@@ -33,48 +37,27 @@ is used (and reported).
 from __future__ import annotations
 
 import json
-import logging
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import torch
 
-from interventions.passes import (
-    RESUME_CHECK,
-    ResumeMismatch,
-    full_runs,
-    hook_site,
-    normalisers,
-    resumed_runs,
-    select_rows,
-    sweep,
+from interventions.components import (
+    Component,
+    components,
+    equal_length_rows,
+    prepare,
+    value_site,
 )
+from interventions.passes import run_sweep
 from probe.errors import GatescopeError
 from probe.model import Model
 from probe.resume import shared_prefix
-from probe.sites import HEADED_KINDS
-from probe.tasks import Task, TaskBatch
+from probe.tasks import Task
 
-log = logging.getLogger(__name__)
 MODES = ("denoise", "noise")
-
-
-@dataclass
-class Component:
-    """One patched unit: a site (whole layer), optionally one position and one head."""
-
-    kind: str
-    layer: int
-    position: int | None
-    head: int | None
-    effect: float = float("nan")
-
-    @property
-    def label(self) -> str:
-        head = "" if self.head is None else f".{self.head}"
-        pos = "" if self.position is None else f"@{self.position}"
-        return f"{self.kind}.{self.layer}{head}{pos}"
+_components = components  # names circuits.attribution imported before components.py
+_prepare = prepare
 
 
 class Grid(NamedTuple):
@@ -103,6 +86,10 @@ class PatchingResult:
     tokens: list[str] = field(default_factory=list)
     shared_prefix: int = 0  # leading tokens the clean and corrupt prompts share
     resumed: bool = False  # passes started at their layer, after the shared prefix
+    resume_reason: str = ""  # why passes ran in full ("" when they resumed)
+    rows_per_pass: int = 0  # rows of the largest patched pass (from batch_rows, max_memory)
+    peak_memory: int = 0  # bytes of the sweep: measured on CUDA, estimated from shapes on CPU
+    peak_memory_measured: bool = False
 
     def top(self, n: int = 10) -> list[Component]:
         return sorted(self.components, key=lambda c: -abs(c.effect))[:n]
@@ -163,68 +150,6 @@ class PatchingResult:
         return json.dumps(self.to_dict(), indent=2)
 
 
-def equal_length_rows(batch: TaskBatch) -> torch.Tensor:
-    """Indices of the largest group of prompts with one token length."""
-    length, _ = Counter(batch.lengths.tolist()).most_common(1)[0]
-    return torch.nonzero(batch.lengths == length).flatten()
-
-
-def _components(model: Model, sites, positions, length: int | None) -> list[Component]:
-    comps = []
-    for site in model.sites(sites):
-        if not model.family.taps[site.kind].writable:
-            raise GatescopeError(f"{site.kind} cannot be patched (read-only)")
-        heads = [site.head] if site.head is not None else [None]
-        if site.kind in HEADED_KINDS and site.head is None:
-            heads = list(range(model.dims.n_heads))
-        if positions is None:
-            pos_list = [None]
-        elif positions == "each":
-            pos_list = list(range(length))
-        else:
-            pos_list = [p if p >= 0 else length + p for p in positions]
-            if any(p < 0 or p >= length for p in pos_list):
-                raise GatescopeError(f"positions {positions} out of range for {length} tokens")
-        comps += [Component(site.kind, site.layer, p, h) for p in pos_list for h in heads]
-    return comps
-
-
-def _prepare(model: Model, task: Task, positions) -> TaskBatch:
-    batch = task.tokenize(model.tokenizer)
-    if positions is None:
-        return batch
-    rows = equal_length_rows(batch)
-    if len(rows) < len(batch):
-        log.warning(
-            "per-position patching: using the %d of %d prompts with %d tokens",
-            len(rows),
-            len(batch),
-            int(batch.lengths[rows[0]]),
-        )
-    return select_rows(batch, rows)
-
-
-def _measure(model, batch, base, source, sites, todo, start, mode, batch_rows, resume, progress):
-    """Set the normalised effect of every component in ``todo``; returns ``(LD_clean,
-    LD_corrupt, resumed)``. Resumed passes are tried first; if one differs from the base run,
-    everything reruns in full."""
-    runs = resumed_runs(model, batch, base, source, sites, start) if resume else None
-    log.debug("patching: %s passes", "resumed" if runs else "full")
-    runs = runs or full_runs(model, batch, base, source, sites)
-    base_ld, clean_ld, corrupt_ld = normalisers(runs, mode)
-    try:
-        sweep(todo, runs, base, batch, batch_rows, progress, mode)
-    except ResumeMismatch:
-        log.debug("patching: a resumed pass differs from the base run; running full passes")
-        model.verified[RESUME_CHECK] = False
-        runs = full_runs(model, batch, base, source, sites)
-        base_ld, clean_ld, corrupt_ld = normalisers(runs, mode)
-        sweep(todo, runs, base, batch, batch_rows, progress, mode)
-    for c in todo:
-        c.effect = (c.effect - base_ld) / (clean_ld - corrupt_ld)
-    return clean_ld, corrupt_ld, runs.resumed is not None
-
-
 @torch.no_grad()
 def activation_patching(
     model: Model,
@@ -235,6 +160,7 @@ def activation_patching(
     mode: str = "denoise",
     batch_rows: int = 256,
     resume: bool = True,
+    max_memory: int | str | None = None,
     progress: bool = True,
 ) -> PatchingResult:
     """Patch every component of ``sites`` and measure the normalised logit difference.
@@ -250,13 +176,17 @@ def activation_patching(
             pass.
         resume: start each patched pass at its layer, after the prefix the clean and corrupt
             prompts share (checked against the full forward first); ``False`` runs every
-            pass in full.
+            pass in full. Why passes did not resume is ``resume_reason`` of the result.
+        max_memory: a memory budget for the sweep (bytes, or ``"2GB"``): rows per pass are
+            cut to fit it (``None``: no budget beyond ``batch_rows``); a budget that cannot
+            hold one component's rows is refused. ``peak_memory`` of the result reports
+            the sweep's peak (measured on CUDA, estimated from shapes on CPU).
     """
     if mode not in MODES:
         raise GatescopeError(f"mode '{mode}' is unknown; choose one of {', '.join(MODES)}")
-    batch = _prepare(model, task, positions)
+    batch = prepare(model, task, positions)
     n, length = len(batch), batch.clean_ids.shape[1]
-    comps = _components(model, sites, positions, length)
+    comps = components(model, sites, positions, length)
     base, source = (
         (batch.corrupt_ids, batch.clean_ids)
         if mode == "denoise"
@@ -267,11 +197,37 @@ def activation_patching(
     for c in comps:
         if c.position is not None and c.position < start:
             c.effect = 0.0  # both runs agree before the first differing token
-    sites = [hook_site(c) for c in comps]
-    clean_ld, corrupt_ld, resumed = _measure(
-        model, batch, base, source, sites, todo, start, mode, batch_rows, resume, progress
+    out = run_sweep(
+        model,
+        batch,
+        base,
+        source,
+        todo,
+        start,
+        mode,
+        batch_rows=batch_rows,
+        resume=resume,
+        max_memory=max_memory,
+        progress=progress,
     )
     tokens = [model.tokenizer.decode([t]) for t in batch.clean_ids[0][: int(batch.lengths[0])]]
     return PatchingResult(
-        model.name, task.name, mode, n, clean_ld, corrupt_ld, comps, tokens, start, resumed
+        model=model.name,
+        task=task.name,
+        mode=mode,
+        n_prompts=n,
+        clean_logit_diff=out.clean_logit_diff,
+        corrupt_logit_diff=out.corrupt_logit_diff,
+        components=comps,
+        tokens=tokens,
+        shared_prefix=start,
+        resumed=out.resumed,
+        resume_reason=out.resume_reason,
+        rows_per_pass=out.rows_per_pass,
+        peak_memory=out.peak_memory,
+        peak_memory_measured=out.peak_memory_measured,
     )
+
+
+__all__ = ["Component", "Grid", "PatchingResult", "activation_patching", "equal_length_rows",
+           "value_site"]  # fmt: skip

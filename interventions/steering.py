@@ -1,6 +1,6 @@
 """Steering vectors: build, save/load, generate with them, ablate them, evaluate them.
 
-1. Build from contrast pairs at a site, reading each text's last token (METHODS.md):
+1. Build from contrast pairs at a site, reading each text's last token (docs/METHODS.md):
    ActAdd (one pair's difference; arXiv 2308.10248), CAA (mean difference over pairs;
    arXiv 2312.06681), PCA (first principal
    direction of the uncentred differences, sign fixed so positive examples project higher,
@@ -142,7 +142,7 @@ def model_fingerprint(model: Model) -> str:
     same weights loaded twice, different for another model of the same shape."""
     import hashlib
 
-    from probe.model import resolve_path
+    from probe.locate import resolve_path
 
     emb = resolve_path(model.hf, model.family.embed)
     rows = emb.weight[:4].detach().float().cpu()  # (4, d_model)

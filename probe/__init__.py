@@ -2,7 +2,8 @@
 
 from probe.errors import GatescopeError
 from probe.hooks import ForwardInfo, hook_sites
-from probe.model import Batch, Dims, Model, load_model
+from probe.load import load_model
+from probe.model import Batch, Dims, Model
 from probe.sites import SITE_KINDS, Site, expand_sites
 from probe.tracer import Reducer, Tracer
 

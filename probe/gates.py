@@ -10,6 +10,18 @@ sink 0.467 -> 0.048, max activation 1053 -> 94 at 1.7B scale):
 4. largest absolute residual activation (``resid_post``) per layer;
 5. GLU gate sparsity: fraction of ``|mlp_gate|`` below thresholds, per layer.
 
+On hybrid and MoE models the same report covers every other gate type the model has:
+
+6. Gated-DeltaNet, per layer and value head: mean write strength ``beta``, mean log decay
+   ``g``, the retention horizon ``log(0.5) / mean(g)`` (tokens until the product of per-token
+   retentions ``exp(g)`` falls below 0.5 at the mean decay), and output-gate sparsity
+   (fraction of ``|silu(z)|`` below 0.1 and 0.01);
+7. MoE routers, per layer and expert: load (fraction of tokens routed to the expert), experts
+   that never fire, mean router entropy (nats), mass of the top-k probabilities;
+8. the shared expert's sigmoid gate: its mean per layer.
+
+Per-layer figures of a gate a layer lacks are ``None`` (JSON ``null``), never 0.
+
 Everything is computed streaming (a :class:`~probe.tracer.Reducer`), so thousands of prompts
 need no stored activations. On a model without an attention gate the gate figures are
 ``None`` (absent, not zero); sink and max activation are still reported.
@@ -18,12 +30,12 @@ need no stored activations. On a model without an attention gate the gate figure
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 
-from probe.errors import GatescopeError
 from probe.model import Model
 from probe.sites import Site
 from probe.tracer import Tracer
@@ -31,6 +43,7 @@ from probe.tracer import Tracer
 GATE_THRESHOLDS = (0.5, 0.1, 0.01)
 OUTPUT_THRESHOLDS = (1e-2, 1e-3)
 GLU_THRESHOLDS = (0.1, 0.01, 0.001)
+DELTA_GATE_THRESHOLDS = (0.1, 0.01)
 
 
 def _masked(value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -63,6 +76,14 @@ class GateStatsReducer:
         self.max_act = zeros(n_layers)
         self.glu_below, self.glu_n = zeros(len(GLU_THRESHOLDS), n_layers), zeros(n_layers)
         self.tokens = 0
+        hv, ne = max(model.dims.n_v_heads, 1), max(model.dims.n_experts, 1)
+        self.beta_sum, self.decay_sum = zeros(n_layers, hv), zeros(n_layers, hv)
+        self.delta_n = zeros(n_layers)
+        self.dgate_below = zeros(len(DELTA_GATE_THRESHOLDS), n_layers, hv)
+        self.dgate_n = zeros(n_layers)
+        self.load, self.route_n = zeros(n_layers, ne), zeros(n_layers)
+        self.entropy_sum, self.topk_mass_sum = zeros(n_layers), zeros(n_layers)
+        self.shared_sum, self.shared_n = zeros(n_layers), zeros(n_layers)
 
     def update(self, site: Site, value: torch.Tensor, mask: torch.Tensor | None) -> None:
         layer = site.layer
@@ -94,37 +115,119 @@ class GateStatsReducer:
             self.glu_n[layer] += flat.numel()
             for i, count in enumerate(_count_below(flat, GLU_THRESHOLDS)):
                 self.glu_below[i, layer] += float(count)
+        else:
+            self._update_other(site, value, mask)
+
+    def _update_other(self, site: Site, value: torch.Tensor, mask) -> None:
+        """The gates of hybrid and MoE layers (DeltaNet, routers, shared expert)."""
+        layer, flat = site.layer, _masked(value, mask)
+        if site.kind == "delta_beta":  # (N, Hv)
+            self.beta_sum[layer] += flat.sum(0).double().cpu()
+            self.delta_n[layer] += flat.shape[0]
+        elif site.kind == "delta_decay":
+            self.decay_sum[layer] += flat.sum(0).double().cpu()
+        elif site.kind == "delta_gate":  # (N, Hv, dv)
+            self.dgate_n[layer] += flat.shape[0] * flat.shape[2]
+            for i, count in enumerate(_count_below(flat.abs(), DELTA_GATE_THRESHOLDS, (0, 2))):
+                self.dgate_below[i, layer] += count.double().cpu()
+        elif site.kind == "router_prob":  # (N, E)
+            p = flat.clamp(min=1e-30)
+            self.entropy_sum[layer] += float(-(p * p.log()).sum())
+            k = max(self.model.dims.top_k, 1)
+            self.topk_mass_sum[layer] += float(flat.topk(k, dim=-1).values.sum())
+        elif site.kind == "router_weight":  # (N, E), 0 for experts not chosen
+            self.load[layer] += (flat != 0).sum(0).double().cpu()
+            self.route_n[layer] += flat.shape[0]
+        elif site.kind == "shared_gate":  # (N, 1)
+            self.shared_sum[layer] += float(flat.sum())
+            self.shared_n[layer] += flat.numel()
 
     def report(self, n_prompts: int) -> GateReport:
         gated = self.model.is_gated
-        ratio = lambda a, b: (a / b.clamp(min=1)).tolist()  # noqa: E731
         has_glu = "mlp_gate" in self.model.kinds
+        per_head = lambda a, n: _per_layer(a / n.clamp(min=1), n)  # noqa: E731
+        layer_n = lambda n: n.reshape(-1, 1).expand(-1, 1)  # noqa: E731
         return GateReport(
             model=self.model.name,
             family=self.model.family.name,
             n_prompts=n_prompts,
             n_tokens=self.tokens,
-            mean_gate=ratio(self.gate_sum, self.gate_n) if gated else None,
+            layer_map=[asdict(info) for info in self.model.layer_map()],
+            mean_gate=per_head(self.gate_sum, self.gate_n) if gated else None,
             gate_below={
-                str(t): ratio(self.gate_below[i], self.gate_n)
+                str(t): per_head(self.gate_below[i], self.gate_n)
                 for i, t in enumerate(GATE_THRESHOLDS)
             }
             if gated
             else None,
             gated_output_below={
-                str(t): ratio(self.out_below[i], self.out_n)
+                str(t): per_head(self.out_below[i], self.out_n)
                 for i, t in enumerate(OUTPUT_THRESHOLDS)
             }
             if gated
             else None,
-            sink=ratio(self.sink_sum, self.sink_n),
+            sink=per_head(self.sink_sum, self.sink_n),
             max_activation=self.max_act.tolist(),
             glu_below={
-                str(t): ratio(self.glu_below[i], self.glu_n) for i, t in enumerate(GLU_THRESHOLDS)
+                str(t): _per_layer(self.glu_below[i] / self.glu_n.clamp(min=1), self.glu_n)
+                for i, t in enumerate(GLU_THRESHOLDS)
             }
             if has_glu
             else None,
+            deltanet=self._delta_report(per_head, layer_n),
+            router=self._router_report(),
+            shared_gate=_per_layer(self.shared_sum / self.shared_n.clamp(min=1), self.shared_n)
+            if "shared_gate" in self.model.kinds
+            else None,
         )
+
+    def _delta_report(self, per_head, layer_n) -> dict | None:
+        if "delta_beta" not in self.model.kinds:
+            return None
+        n = layer_n(self.delta_n)
+        mean_decay = self.decay_sum / self.delta_n.clamp(min=1).unsqueeze(1)
+        horizon = torch.where(
+            mean_decay < 0, math.log(0.5) / mean_decay.clamp(max=-1e-30), math.inf
+        )
+        return {
+            "mean_beta": per_head(self.beta_sum, n.expand_as(self.beta_sum)),
+            "mean_decay": _per_layer(mean_decay, self.delta_n),
+            "retention_horizon": _per_layer(horizon, self.delta_n),
+            "gate_below": {
+                str(t): per_head(
+                    self.dgate_below[i], layer_n(self.dgate_n).expand_as(self.dgate_below[i])
+                )
+                for i, t in enumerate(DELTA_GATE_THRESHOLDS)
+            },
+        }
+
+    def _router_report(self) -> dict | None:
+        if "router_weight" not in self.model.kinds:
+            return None
+        n = self.route_n.clamp(min=1)
+        load = _per_layer(self.load / n.unsqueeze(1), self.route_n)
+        dead = [
+            None if self.route_n[i] == 0 else [e for e, c in enumerate(row) if c == 0]
+            for i, row in enumerate(self.load.tolist())
+        ]
+        return {
+            "top_k": self.model.dims.top_k,
+            "load": load,
+            "dead_experts": dead,
+            "entropy": _per_layer(self.entropy_sum / n, self.route_n),
+            "top_k_mass": _per_layer(self.topk_mass_sum / n, self.route_n),
+        }
+
+
+def _per_layer(values: torch.Tensor, counts: torch.Tensor) -> list:
+    """``values`` as nested lists per layer, with ``None`` for layers that saw nothing (a
+    layer without that gate), never 0."""
+    counts = counts.reshape(counts.shape[0], -1)
+    out = []
+    for i, row in enumerate(values.tolist()):
+        seen = bool((counts[i] > 0).any())
+        out.append(row if seen else None)
+    return out
 
 
 @dataclass
@@ -138,6 +241,14 @@ class GateReport:
         sink: mean attention probability on the first token (queries >= 1).
         max_activation: largest ``|resid_post|`` per layer.
         glu_below: threshold -> fraction of ``|mlp_gate|`` below it, per layer.
+        layer_map: per layer, its token mixer and MLP kind.
+        deltanet: Gated-DeltaNet figures per layer and value head (``mean_beta``,
+            ``mean_decay``, ``retention_horizon`` in tokens, ``gate_below``), or ``None``.
+        router: MoE figures per layer (``load`` per expert, ``dead_experts``, ``entropy``,
+            ``top_k_mass``), or ``None``.
+        shared_gate: mean shared-expert gate per layer, or ``None``.
+
+    A layer without a gate has ``None`` in that gate's lists.
     """
 
     model: str
@@ -147,9 +258,13 @@ class GateReport:
     mean_gate: list[list[float]] | None
     gate_below: dict[str, list[list[float]]] | None
     gated_output_below: dict[str, list[list[float]]] | None
-    sink: list[list[float]]
+    sink: list[list[float] | None]
     max_activation: list[float]
-    glu_below: dict[str, list[float]] | None
+    glu_below: dict[str, list[float | None]] | None
+    layer_map: list[dict] | None = None
+    deltanet: dict | None = None
+    router: dict | None = None
+    shared_gate: list[float | None] | None = None
 
     def layer_mean(self, field: str, threshold: str | None = None) -> list[float] | None:
         """Per-layer mean over heads of a [layer][head] figure (``None`` if absent)."""
@@ -157,11 +272,15 @@ class GateReport:
         if table is None:
             return None
         table = table[threshold] if threshold is not None else table
-        return [sum(row) / len(row) for row in table]
+        return [None if row is None else sum(row) / len(row) for row in table]
 
     def summary(self) -> dict:
         """The headline figures: means over layers and heads."""
-        mean = lambda xs: None if xs is None else sum(xs) / len(xs)  # noqa: E731
+
+        def mean(xs):
+            xs = None if xs is None else [x for x in xs if x is not None]
+            return sum(xs) / len(xs) if xs else None
+
         return {
             "mean_gate": mean(self.layer_mean("mean_gate")),
             "sink": mean(self.layer_mean("sink")),
@@ -177,16 +296,23 @@ class GateReport:
 
 def gate_sites(model: Model) -> list[Site]:
     """The sites gate statistics read on this model (only those it has)."""
-    kinds = ["attn_gate", "head_out", "attn_pattern", "resid_post", "mlp_gate"]
+    kinds = [
+        "attn_gate",
+        "head_out",
+        "attn_pattern",
+        "resid_post",
+        "mlp_gate",
+        "delta_beta",
+        "delta_decay",
+        "delta_gate",
+        "router_prob",
+        "router_weight",
+        "shared_gate",
+    ]
     wanted = [k for k in kinds if k in model.kinds and (k != "head_out" or model.is_gated)]
     sites = []
     for kind in wanted:
-        for layer in range(model.dims.n_layers):
-            try:
-                model.check_site(Site(kind, layer))
-            except GatescopeError:
-                continue  # e.g. no attention gate on a linear-attention layer
-            sites.append(Site(kind, layer))
+        sites += [Site(kind, layer) for layer in model.layers_with(kind)]
     return sites
 
 
@@ -232,15 +358,20 @@ def token_gates(model: Model, prompt: str) -> TokenGates:
     ids = batch.input_ids[0].tolist()
     tokens = [model.tokenizer.decode([i]) for i in ids]
     gates = glu = None
-    if model.is_gated:
+    layers = range(model.dims.n_layers)
+    if model.is_gated:  # (T, H) per layer; None on a layer without the gate
         gates = [
-            tr[s][0].float().mean(-1).tolist() for s in sites if s.kind == "attn_gate"
-        ]  # (T, H) per layer
+            tr[Site("attn_gate", i)][0].float().mean(-1).tolist()
+            if model.has_site(Site("attn_gate", i))
+            else None
+            for i in layers
+        ]
     if "mlp_gate" in model.kinds:
         glu = [
-            (tr[s][0].float().abs() >= 0.01).float().mean(-1).tolist()
-            for s in sites
-            if s.kind == "mlp_gate"
+            (tr[Site("mlp_gate", i)][0].float().abs() >= 0.01).float().mean(-1).tolist()
+            if model.has_site(Site("mlp_gate", i))
+            else None
+            for i in layers
         ]
     return TokenGates(tokens, gates, glu)
 

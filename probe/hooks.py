@@ -22,7 +22,9 @@ from torch import nn
 
 from probe.errors import GatescopeError
 from probe.families.base import Tap
-from probe.model import Model, resolve_path
+from probe.families.layouts import Ctx
+from probe.locate import locate
+from probe.model import Model
 from probe.sites import Site
 
 
@@ -42,102 +44,72 @@ class ForwardInfo:
 HookFn = Callable[[torch.Tensor, ForwardInfo], torch.Tensor | None]
 
 
-def _describe_missing(layer: nn.Module, path: str) -> str:
-    node, walked = layer, []
-    for part in path.split("."):
-        child = getattr(node, part, None)
-        if not isinstance(child, nn.Module):
-            holder = ".".join(walked) or "the layer"
-            kind = type(node).__name__
-            has = ", ".join(n for n, _ in node.named_children()) or "nothing"
-            return f"{holder} ({kind}) has no '{part}' (it has: {has})"
-        node, walked = child, [*walked, part]
-    return f"'{path}' is not usable"
+def _ctx(model: Model, site: Site, module: nn.Module, tokens=None) -> Ctx:
+    return Ctx(model.dims, model.text_config, model.layer(site.layer), module, tokens)
 
 
-def locate(model: Model, site: Site, tap: Tap | None = None) -> nn.Module:
-    """The module holding ``site`` (or the given tap of its layer); refuse clearly if absent."""
-    tap = tap or model.family.taps[site.kind]
-    layer = model.layer(site.layer)
-    module = resolve_path(layer, tap.modules)
-    if module is None:
-        where = [
-            i
-            for i in range(model.dims.n_layers)
-            if resolve_path(model.layer(i), tap.modules) is not None
-        ]
-        span = ", ".join(map(str, where)) if where else "no layer of this model"
-        raise GatescopeError(
-            f"site '{site}': layer {site.layer} lacks it: "
-            f"{_describe_missing(layer, tap.modules[0])}. {site.kind} exists on: {span}"
-        )
-    return module
-
-
-def _view(raw: torch.Tensor, tap: Tap, model: Model) -> torch.Tensor:
-    """The site-shaped view of ``raw`` (all heads); shares storage with ``raw``."""
-    n_heads, d_head = model.dims.n_heads, model.dims.d_head
-    if tap.layout == "full":
-        return raw
-    if tap.layout == "heads":
-        return raw if raw.dim() == 4 else raw.view(*raw.shape[:2], n_heads, -1)  # (B,T,H,d)
-    if tap.layout == "gate":
-        per_head = raw.view(*raw.shape[:2], n_heads, 2, d_head)  # (B,T,H,[query|gate],d)
-        return per_head[..., 1, :]  # (B,T,H,d)
-    if tap.layout == "pattern":
-        return raw.transpose(1, 2)  # (B,H,Tq,Tk) -> (B,Tq,H,Tk)
-    raise GatescopeError(f"unknown layout {tap.layout!r}")
-
-
-def read_site(raw: torch.Tensor, tap: Tap, model: Model, head: int | None) -> torch.Tensor:
-    """The site's value from the module tensor ``raw``."""
-    value = _view(raw, tap, model)
+def read_site(raw, tap: Tap, ctx: Ctx, head: int | None) -> torch.Tensor:
+    """The site's value from the module tensor ``raw`` (the layout's view, transformed)."""
+    value = tap.layout.read(raw, ctx)
+    if tap.transform is not None:
+        value = tap.transform.forward(value, ctx)
     if head is not None:
         value = value[:, :, head]
-    if tap.transform == "sigmoid":
-        value = torch.sigmoid(value)
     return value
 
 
-def write_site(
-    raw: torch.Tensor, tap: Tap, model: Model, head: int | None, new: torch.Tensor
-) -> torch.Tensor:
-    """A new module tensor equal to ``raw`` with the site's value replaced by ``new``."""
+def write_site(raw, tap: Tap, ctx: Ctx, site: Site, new: torch.Tensor):
+    """A new module tensor equal to ``raw`` with the site's value replaced by ``new``.
+
+    Transformed sites (sigmoid gates, decays) are written through the transform's inverse,
+    and only where the value changed, so unchanged entries stay bit-identical.
+    """
     if not tap.writable:
-        raise GatescopeError(f"this model's {tap.module} {tap.side} is read-only for edits")
-    old_view = _view(raw, tap, model)
-    old = old_view if head is None else old_view[:, :, head]
-    if new.shape != old.shape:
-        new = new.expand_as(old)
-    new = new.to(dtype=raw.dtype, device=raw.device)
-    if tap.transform == "sigmoid":
-        new = torch.where(new != torch.sigmoid(old), torch.logit(new), old)
-    if tap.layout == "full":
-        return new
-    out = raw.clone()
-    target = _view(out, tap, model)
-    if head is None:
-        target.copy_(new)
-    else:
-        target[:, :, head] = new
-    return out
+        raise GatescopeError(f"site '{site}' is read-only: {site.kind} cannot be edited")
+    pre = tap.layout.read(raw, ctx)
+    old = pre if tap.transform is None else tap.transform.forward(pre, ctx)
+    target = old if site.head is None else old[:, :, site.head]
+    if new.shape != target.shape:
+        try:
+            new = new.expand_as(target)
+        except RuntimeError:
+            raise GatescopeError(
+                f"site '{site}': the edit's value has shape {tuple(new.shape)}, which does not "
+                f"fit the site's value {tuple(target.shape)} (batch, tokens, ...); give a "
+                f"vector of the site's width ({tuple(target.shape[2:])})"
+            ) from None
+    new = new.to(device=old.device)
+    if site.head is not None:
+        full = old.clone()
+        full[:, :, site.head] = new.to(full.dtype)
+        new = full
+    if tap.transform is not None:
+        new = new.to(old.dtype)
+        new = torch.where(new != old, tap.transform.inverse(new, ctx, str(site)).to(pre.dtype), pre)
+    return tap.layout.write(raw, ctx, new.to(dtype=pre.dtype))
 
 
 def get_raw(tap: Tap, args: tuple, kwargs: dict, output=None) -> torch.Tensor | None:
     if tap.side == "output":
+        if tap.layout.whole_output:
+            return output
         return output[tap.index] if isinstance(output, tuple | list) else output
-    return args[0] if args else kwargs.get(tap.arg)
+    if len(args) > tap.position:
+        return args[tap.position]
+    return kwargs.get(tap.arg)
 
 
 def put_raw(tap: Tap, args: tuple, kwargs: dict, output, new: torch.Tensor):
     if tap.side == "output":
+        if tap.layout.whole_output:
+            return type(output)(new) if isinstance(output, tuple) else new
         if isinstance(output, tuple | list):
             items = list(output)
             items[tap.index] = new
             return type(output)(items) if isinstance(output, tuple) else items
         return new
-    if args:
-        return (new, *args[1:]), kwargs
+    if len(args) > tap.position:
+        return (*args[: tap.position], new, *args[tap.position + 1 :]), kwargs
     return args, {**kwargs, tap.arg: new}
 
 
@@ -151,15 +123,31 @@ class Planned:
     apply: Callable[[torch.Tensor | None], torch.Tensor | None]
 
 
-def _planned(model: Model, site: Site, tap: Tap, fn: HookFn, info: ForwardInfo) -> Planned:
+def _planned(model: Model, site: Site, tap: Tap, fn: HookFn, info: ForwardInfo) -> list[Planned]:
+    """The hook(s) of one site: its module's, plus a read of the layer's input shape when the
+    module sees tokens flattened (``(B*T, ...)``)."""
+    module = locate(model, site, tap)
+    shape: dict[str, tuple[int, int]] = {}
+
     def apply(raw):
         if raw is None:
             need = f" ({tap.needs}: load with attn_implementation='eager')" if tap.needs else ""
             raise GatescopeError(f"site '{site}' is not produced by this forward pass{need}")
-        new = fn(read_site(raw, tap, model, site.head), info)
-        return None if new is None else write_site(raw, tap, model, site.head, new)
+        ctx = _ctx(model, site, module, shape.get("tokens"))
+        new = fn(read_site(raw, tap, ctx, site.head), info)
+        return None if new is None else write_site(raw, tap, ctx, site, new)
 
-    return Planned(locate(model, site, tap), tap, apply)
+    plans = [Planned(module, tap, apply)]
+    if tap.layout.needs_tokens:
+
+        def record(raw):
+            shape["tokens"] = (int(raw.shape[0]), int(raw.shape[1]))
+
+        plans.insert(0, Planned(model.layer(site.layer), _LAYER_INPUT, record))
+    return plans
+
+
+_LAYER_INPUT = Tap("", "input", writable=False)
 
 
 def _sum_write_plan(model: Model, site: Site, tap: Tap, fn: HookFn, info: ForwardInfo):
@@ -180,8 +168,8 @@ def _sum_write_plan(model: Model, site: Site, tap: Tap, fn: HookFn, info: Forwar
         return addend + (new - current)
 
     return [
-        _planned(model, site, tap.write_base, keep_base, info),
-        _planned(model, site, tap.write_via, write_addend, info),
+        *_planned(model, site, tap.write_base, keep_base, info),
+        *_planned(model, site, tap.write_via, write_addend, info),
     ]
 
 
@@ -198,7 +186,7 @@ def plan_hooks(
         if write and tap.write_via is not None:
             planned.extend(_sum_write_plan(model, site, tap, fn, info))
         else:
-            planned.append(_planned(model, site, tap, fn, info))
+            planned.extend(_planned(model, site, tap, fn, info))
     return planned
 
 

@@ -1,25 +1,23 @@
 """The :class:`Model`: a Hugging Face (or TransformerLens) model, its tokenizer and its family.
 
-``load_model`` accepts a bundled reference name (``reference``, ``reference-plain``), a local
-directory, a hub id or an already loaded model. It checks the architecture and config against
-the family registry *before* loading weights, and refuses what it does not support with the
-list of what it does. The model is never modified: no weight processing, no folding.
+Plain data plus what addressing sites needs (sizes, layer map, site checks, tokenizing and
+running). ``probe.load.load_model`` builds one from a name, a directory, a hub id or a
+loaded model. The model is never modified: no weight processing, no folding.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from probe.errors import GatescopeError
-from probe.families import Family, family_for_config
+from probe.families import Family, LayerInfo
+from probe.locate import resolve_path
 from probe.sites import Site, expand_sites, unknown_kind_message
 
 log = logging.getLogger(__name__)
@@ -37,6 +35,12 @@ class Dims:
     d_mlp: int
     vocab: int
     n_ctx: int
+    n_v_heads: int = 0  # Gated-DeltaNet value heads (0: no linear-attention layers)
+    n_k_heads: int = 0
+    d_v: int = 0
+    d_k: int = 0
+    n_experts: int = 0  # MoE experts per layer (0: dense MLPs only)
+    top_k: int = 0
 
 
 @dataclass
@@ -59,7 +63,7 @@ def _get(cfg: Any, *names: str, default: Any = None) -> Any:
     return default
 
 
-def _dims_from_config(cfg: Any) -> Dims:
+def dims_from_config(cfg: Any) -> Dims:
     d_model = _get(cfg, "hidden_size", "d_model", "n_embd")
     n_heads = _get(cfg, "num_attention_heads", "n_heads", "n_head")
     return Dims(
@@ -71,17 +75,13 @@ def _dims_from_config(cfg: Any) -> Dims:
         d_mlp=_get(cfg, "intermediate_size", "d_mlp", "n_inner", default=4 * d_model),
         vocab=_get(cfg, "vocab_size", "d_vocab"),
         n_ctx=_get(cfg, "max_position_embeddings", "n_ctx", "n_positions", default=2048),
+        n_v_heads=_get(cfg, "linear_num_value_heads", default=0),
+        n_k_heads=_get(cfg, "linear_num_key_heads", default=0),
+        d_v=_get(cfg, "linear_value_head_dim", default=0),
+        d_k=_get(cfg, "linear_key_head_dim", default=0),
+        n_experts=_get(cfg, "num_experts", "num_local_experts", "n_routed_experts", default=0),
+        top_k=_get(cfg, "num_experts_per_tok", "moe_topk", default=0),
     )
-
-
-def resolve_path(root: nn.Module, paths: str | Sequence[str]) -> nn.Module | None:
-    """The first of ``paths`` (dotted, from ``root``; "" is ``root``) that exists, or None."""
-    for path in (paths,) if isinstance(paths, str) else paths:
-        try:
-            return root.get_submodule(path) if path else root
-        except AttributeError:
-            continue
-    return None
 
 
 @dataclass
@@ -94,7 +94,8 @@ class Model:
         family: the declarative site map of its architecture.
         dims: layer, head and width counts.
         name: what it was loaded from.
-        backend: who runs it (local PyTorch hooks by default; see ``probe.backend``).
+        backend: who runs it (``probe.backend``: local PyTorch hooks unless loaded with
+            ``backend="nnsight"``); set by ``load_model``.
         verified: outcomes of checks of this model's code paths against its full forward,
             by name, so they run once per model (e.g. resumed patching passes).
     """
@@ -104,14 +105,8 @@ class Model:
     family: Family
     dims: Dims
     name: str = ""
-    backend: Any = None  # a probe.backend.Backend; None means local hooks
+    backend: Any = None  # a probe.backend.Backend; load_model sets local hooks by default
     verified: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if self.backend is None:
-            from probe.backend import HookBackend
-
-            self.backend = HookBackend()
 
     @property
     def device(self) -> torch.device:
@@ -122,11 +117,13 @@ class Model:
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return self.family.kinds
+        """The site kinds this model has on at least one layer (a subset of its family's)."""
+        return tuple(k for k in self.family.kinds if self.layers_with(k))
 
     @property
     def is_gated(self) -> bool:
-        return self.family.has_attn_gate
+        """Whether any layer has an attention output gate."""
+        return "attn_gate" in self.family.taps and bool(self.layers_with("attn_gate"))
 
     def layer(self, index: int) -> nn.Module:
         layers = resolve_path(self.hf, self.family.layers)
@@ -140,17 +137,58 @@ class Model:
             raise GatescopeError(f"{self.name}: none of the modules {paths} exist")
         return found
 
+    @property
+    def text_config(self) -> Any:
+        """The (text) config of the model (a multimodal config's text part)."""
+        cfg = getattr(self.hf, "config", None) or getattr(self.hf, "cfg", None)
+        return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+    def n_heads_of(self, kind: str) -> int:
+        """How many heads (attention heads, value heads or experts) a site of ``kind`` has."""
+        tap = self.family.taps.get(kind)
+        field_ = tap.heads if tap is not None else None
+        return getattr(self.dims, field_) if field_ else self.dims.n_heads
+
+    def has_site(self, site: Site) -> bool:
+        """Whether this model has ``site`` (its kind exists on that layer)."""
+        tap = self.family.taps.get(site.kind)
+        return tap is not None and resolve_path(self.layer(site.layer), tap.modules) is not None
+
+    def layers_with(self, kind: str) -> list[int]:
+        """The layers that have site kind ``kind`` (all of them on a homogeneous model)."""
+        return [i for i in range(self.dims.n_layers) if self.has_site(Site(kind, i))]
+
+    def layer_map(self) -> list[LayerInfo]:
+        """Which token mixer and which MLP each layer has (see :class:`LayerInfo`)."""
+        return [self.family.describe_layer(self.layer(i), i) for i in range(self.dims.n_layers)]
+
     def sites(self, pattern: str | Site | Sequence[str | Site]) -> list[Site]:
-        """Expand site patterns against this model and check each site exists here."""
-        sites = expand_sites(pattern, self.dims.n_layers, self.dims.n_heads)
+        """Expand site patterns against this model and check each site exists here.
+
+        ``KIND.*`` means every layer that has the kind (on a hybrid model, e.g. ``attn_gate.*``
+        is the full-attention layers only); an explicit layer without it is an error naming
+        the layers that have it.
+        """
+        items = [pattern] if isinstance(pattern, str | Site) else list(pattern)
+        sites: list[Site] = []
+        for item in items:
+            parts = [item] if isinstance(item, Site) else [t for t in item.split(",") if t.strip()]
+            for part in parts:
+                expanded = expand_sites(
+                    part, self.dims.n_layers, lambda kind: self.n_heads_of(kind)
+                )
+                wildcard = isinstance(part, str) and part.strip().split(".")[1:2] == ["*"]
+                if wildcard and expanded and expanded[0].kind in self.family.taps:
+                    kept = [s for s in expanded if self.has_site(s)]
+                    expanded = kept or expanded  # none: let check_site say where it is
+                sites.extend(expanded)
+        sites = list(dict.fromkeys(sites))
         for site in sites:
             self.check_site(site)
         return sites
 
     def check_site(self, site: Site) -> None:
         """Raise a clear error if this model lacks ``site`` (kind, layer range, layer type)."""
-        from probe.hooks import locate  # local: hooks imports Model's types
-
         if site.kind not in self.family.taps:
             raise GatescopeError(
                 f"site '{site}': {unknown_kind_message(site.kind, self.kinds)} "
@@ -161,12 +199,21 @@ class Model:
                 f"site '{site}': layer {site.layer} is out of range; this model has layers "
                 f"0-{self.dims.n_layers - 1}"
             )
-        if site.head is not None and site.head >= self.dims.n_heads:
+        n_heads = self.n_heads_of(site.kind)
+        if site.head is not None and site.head >= n_heads:
+            what = "expert" if site.kind.startswith("router") else "head"
             raise GatescopeError(
-                f"site '{site}': head {site.head} is out of range; this model has heads "
-                f"0-{self.dims.n_heads - 1}"
+                f"site '{site}': {what} {site.head} is out of range; this model has {what}s "
+                f"0-{n_heads - 1} at {site.kind}"
             )
-        locate(self, site)
+        if not self.has_site(site):
+            where = self.layers_with(site.kind)
+            span = ", ".join(map(str, where)) if where else "no layer of this model"
+            info = self.family.describe_layer(self.layer(site.layer), site.layer)
+            raise GatescopeError(
+                f"site '{site}': layer {site.layer} ({info.mixer}, {info.mlp} MLP) has no "
+                f"{site.kind}. {site.kind} exists on layers: {span}"
+            )
 
     def tokenize(self, prompts: str | Sequence[str]) -> Batch:
         """Tokenize prompts (right-padded), refusing empty prompts and over-long ones."""
@@ -225,155 +272,3 @@ class Model:
             starts = tqdm(starts, desc="batches", unit="batch")
         for start in starts:
             yield self.tokenize(prompts[start : start + batch_size])
-
-
-def _bundled(name: str) -> Path | None:
-    if name not in ("reference", "reference-gated", "reference-plain"):
-        return None
-    from probe.reference import reference_path
-
-    return reference_path(name)
-
-
-def _load_tokenizer(source: str | os.PathLike, trust_remote_code: bool) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        log.warning("no tokenizer found at %s: %s", source, exc)
-        return None
-
-
-def _wrap_loaded(obj: nn.Module, tokenizer: Any, name: str) -> Model:
-    cfg = getattr(obj, "cfg", None)
-    if cfg is not None and hasattr(obj, "blocks"):  # TransformerLens HookedTransformer
-        from types import SimpleNamespace
-
-        gated = bool(getattr(cfg, "gated_mlp", False))
-        mt = "hooked_transformer_gated" if gated else "hooked_transformer"
-        family = family_for_config(SimpleNamespace(model_type=mt))
-        return Model(obj.eval(), tokenizer or obj.tokenizer, family, _dims_from_config(cfg), name)
-    config = getattr(obj, "config", None)
-    if config is None:
-        raise GatescopeError(
-            f"{type(obj).__name__} is neither a transformers model nor a HookedTransformer"
-        )
-    text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    family = family_for_config(text_cfg)
-    if tokenizer is None and getattr(config, "_name_or_path", ""):
-        path = config._name_or_path
-        tokenizer = _load_tokenizer(path, False) if Path(path).is_dir() else None
-    name = name or getattr(config, "_name_or_path", "") or type(obj).__name__
-    return Model(obj.eval(), tokenizer, family, _dims_from_config(text_cfg), name)
-
-
-def load_model(
-    model: str | os.PathLike | nn.Module,
-    *,
-    tokenizer: Any = None,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | str | None = None,
-    device_map: str | dict | None = None,
-    attn_implementation: str | None = None,
-    trust_remote_code: bool = False,
-    backend: str = "hooks",
-    remote: bool = False,
-) -> Model:
-    """Load a model for gatescope: a reference name, a local directory, a hub id or a model.
-
-    The architecture and config are checked before any weights load. ``dtype`` is a torch
-    dtype or its name (``"bfloat16"``); ``device_map="auto"`` spreads a large model over the
-    available GPUs through ``transformers``. ``backend="nnsight"`` runs every algorithm through
-    nnsight instead of local hooks (``remote=True``: on NDIF, API key in ``NDIF_API_KEY``); a
-    name or directory is then loaded by nnsight itself, on the meta device, its weights read
-    only for local runs.
-    """
-    if backend not in ("hooks", "nnsight"):
-        raise GatescopeError(f"backend '{backend}' is unknown; choose 'hooks' or 'nnsight'")
-    if remote and backend != "nnsight":
-        raise GatescopeError("remote=True needs backend='nnsight' (NDIF runs nnsight)")
-    if remote:
-        from probe.nnsight_backend import check_remote_key
-
-        check_remote_key(remote)  # before any config is fetched
-    if isinstance(model, nn.Module):
-        wrapped = _place(_wrap_loaded(model, tokenizer, ""), device)
-        return _with_backend(wrapped, backend, remote)
-    source = _checked_source(model, trust_remote_code)
-    kwargs = _load_kwargs(dtype, device_map, attn_implementation, trust_remote_code)
-    name = str(model)
-    if backend == "nnsight":
-        return _load_through_nnsight(source, name, tokenizer, device, remote, kwargs)
-    from transformers import AutoModelForCausalLM
-
-    hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    tok = tokenizer or _load_tokenizer(source, trust_remote_code)
-    return _place(_wrap_loaded(hf, tok, name), None if device_map else device)
-
-
-def _checked_source(model: str | os.PathLike, trust_remote_code: bool) -> str:
-    """Where to load ``model`` from (a bundled name resolved), after refusing a missing
-    directory and an unsupported architecture or config, before any weights load."""
-    source = str(model)
-    bundled = _bundled(source)
-    if bundled is not None:
-        source = str(bundled)
-    elif not Path(source).is_dir() and (Path(source).exists() or source.startswith((".", "/"))):
-        raise GatescopeError(
-            f"model '{model}': not a model directory (no such directory or not a directory); "
-            "give a directory saved with save_pretrained, a hub id, or 'reference'"
-        )
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as exc:
-        raise GatescopeError(
-            f"model '{model}': could not read its config ({exc}). Give 'reference', "
-            "'reference-plain', a local model directory, or a hub id with network access"
-        ) from None
-    text_cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
-    family_for_config(text_cfg)  # refuse before loading weights
-    return source
-
-
-def _load_kwargs(dtype, device_map, attn_implementation, trust_remote_code: bool) -> dict:
-    """Keyword arguments for ``from_pretrained`` (only those the caller set)."""
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if device_map is not None:
-        kwargs["device_map"] = device_map
-    if attn_implementation is not None:
-        kwargs["attn_implementation"] = attn_implementation
-    return kwargs
-
-
-def _load_through_nnsight(source: str, name: str, tokenizer, device, remote: bool, kwargs):
-    """A model loaded by nnsight (lazily: on the meta device, weights only when local)."""
-    from probe.nnsight_backend import NNsightBackend, load_lazily
-
-    tok = tokenizer or _load_tokenizer(source, kwargs["trust_remote_code"])
-    if device is not None and not remote:
-        kwargs = {**kwargs, "device_map": kwargs.get("device_map", device)}
-    envoy, hf, tok = load_lazily(source, tok, remote, **kwargs)
-    wrapped = _wrap_loaded(hf, tok, name)
-    wrapped.backend = NNsightBackend(hf, remote=remote, envoy=envoy)
-    return wrapped
-
-
-def _with_backend(model: Model, backend: str, remote: bool) -> Model:
-    if backend == "hooks":
-        return model
-    from probe.nnsight_backend import use_nnsight
-
-    return use_nnsight(model, remote=remote)
-
-
-def _place(model: Model, device: str | torch.device | None) -> Model:
-    if device is not None:
-        model.hf.to(device)
-    return model

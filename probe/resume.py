@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import torch
 
 from probe.hooks import HookFn, hook_sites
-from probe.model import Model, resolve_path
+from probe.locate import resolve_path
+from probe.model import Model
 from probe.sites import Site
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,95 @@ def _cache_keyword(hf: torch.nn.Module) -> str:
 
 def _is_cache(obj) -> bool:
     return hasattr(obj, "get_seq_length") and hasattr(obj, "batch_select_indices")
+
+
+_STATE_DICTS = ("conv_states", "recurrent_states")  # linear-attention (Gated DeltaNet) layers
+_KV = ("keys", "values")  # attention layers
+
+
+def _state_tensors(layer):
+    """``(attribute, key, tensor)`` for every per-row tensor a cache layer holds: the KV of
+    attention layers and the convolution and recurrent states of linear-attention layers (a
+    state that was never written is ``None`` and skipped)."""
+    for name in _KV:
+        value = getattr(layer, name, None)
+        if isinstance(value, torch.Tensor) and value.dim() >= 2:
+            yield name, None, value
+    for name in _STATE_DICTS:
+        for key, value in (getattr(layer, name, None) or {}).items():
+            if isinstance(value, torch.Tensor):
+                yield name, key, value
+
+
+def _replace(layer, fn):
+    """A shallow copy of a cache layer with each state tensor ``t`` replaced by ``fn(t)``."""
+    new = copy.copy(layer)
+    for name in _STATE_DICTS:
+        if isinstance(getattr(layer, name, None), dict):
+            setattr(new, name, dict(getattr(layer, name)))
+    for flag in ("has_previous_state", "is_conv_states_initialized",
+                 "is_recurrent_states_initialized"):  # fmt: skip
+        if isinstance(getattr(layer, flag, None), dict):
+            setattr(new, flag, dict(getattr(layer, flag)))
+    for name, key, value in _state_tensors(layer):
+        if key is None:
+            setattr(new, name, fn(value))
+        else:
+            getattr(new, name)[key] = fn(value)
+    return new
+
+
+def _layers_of(cache) -> list:
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise CannotResume(f"a {type(cache).__name__} has no per-layer states to tile")
+    return layers
+
+
+def select_cache_rows(cache, index: torch.Tensor):
+    """A copy of ``cache`` whose rows are ``index`` (KV of attention layers, convolution and
+    recurrent states of linear-attention layers alike); ``cache`` stays as it is."""
+    new = copy.copy(cache)
+    new.layers = [
+        _replace(layer, lambda t: t.index_select(0, index.to(t.device)))
+        for layer in _layers_of(cache)
+    ]
+    return new
+
+
+def fresh_cache(cache):
+    """A copy of ``cache`` that one pass may extend: attention layers append by concatenation
+    (their tensors are shared), linear-attention layers overwrite their states in place (those
+    are cloned)."""
+    new = copy.copy(cache)
+    new.layers = []
+    for layer in _layers_of(cache):
+        states = any(isinstance(getattr(layer, name, None), dict) for name in _STATE_DICTS)
+        shared = type(layer).__name__ in _APPENDING
+        if not states and not shared:
+            new.layers.append(copy.deepcopy(layer))  # a layer type that may write in place
+            continue
+        copied = _replace(layer, lambda t: t)
+        for name in _STATE_DICTS:
+            for key, value in (getattr(copied, name, None) or {}).items():
+                if isinstance(value, torch.Tensor):
+                    getattr(copied, name)[key] = value.clone()
+        if not shared:
+            for name in _KV:
+                if isinstance(getattr(copied, name, None), torch.Tensor):
+                    setattr(copied, name, getattr(copied, name).clone())
+        new.layers.append(copied)
+    return new
+
+
+# cache layers whose ``update`` replaces their KV tensors by concatenation (never in place)
+_APPENDING = {"DynamicLayer", "LinearAttentionAndFullAttentionLayer"}
+
+
+def cache_bytes(cache) -> int:
+    """Bytes held by the per-row state tensors of ``cache``."""
+    return sum(t.numel() * t.element_size() for layer in _layers_of(cache)
+               for _, _, t in _state_tensors(layer))  # fmt: skip
 
 
 def _tile(obj, rows: int, index: torch.Tensor, cache):
@@ -85,6 +175,11 @@ class _Call:
         return self.args[0] if self.args else self.kwargs[_HIDDEN]
 
 
+class CannotResume(RuntimeError):
+    """This model or backend cannot resume passes (the reason is the message); callers run
+    full passes instead."""
+
+
 class StopPass(Exception):
     """Raised by a hook after the last layer, carrying its output: the rest of the forward
     pass (final norm, every position's logits) is not needed."""
@@ -104,17 +199,17 @@ class ResumablePass:
 
     def __init__(self, model: Model, ids: torch.Tensor, mask: torch.Tensor, start: int) -> None:
         if model.backend.name != "hooks":
-            raise RuntimeError(f"the {model.backend.name} backend cannot resume passes")
+            raise CannotResume(f"the {model.backend.name} backend cannot resume passes")
         self.model, self.start, self.n = model, start, ids.shape[0]
         self.mask = mask.to(model.device)
         layers = resolve_path(model.hf, model.family.layers)
         if layers is None:
-            raise RuntimeError("no decoder layer list")
+            raise CannotResume("no decoder layer list")
         self.layers = list(layers)[: model.dims.n_layers]
         self.cache = self._prefix_cache(ids[:, :start].to(model.device), self.mask[:, :start])
         self.calls: list[_Call] | None = None
         self._recorded = (0, 0)  # (rows of the recorded pass, first row that run() resumes)
-        self._tiled: dict[tuple[int, int], object] = {}
+        self._tiled: tuple[tuple[int, int], object] | None = None  # ((k, extra), cache)
 
     def _to_last_layer(self, ids, pre_hooks: dict[int, object], **kwargs) -> torch.Tensor:
         """Run the model's own forward on ``ids`` with ``pre_hooks`` (layer index -> forward
@@ -147,26 +242,17 @@ class ResumablePass:
 
         self._to_last_layer(ids, {0: take}, attention_mask=mask)
         if not made:
-            raise RuntimeError("the model passed its decoder layers no KV cache")
+            raise CannotResume("the model passed its decoder layers no KV cache")
         return made[0]
 
     def _cache_for(self, k: int, extra: int = 0):
         """A cache of the prefix for ``k`` tiles (and ``extra`` rows) that a pass may extend;
-        the stored one stays as it is (a layer's update replaces its tensors, so copying the
-        layers suffices where every layer is a plain dynamic one)."""
-        if (k, extra) not in self._tiled:
-            tiled = copy.deepcopy(self.cache)
-            if k > 1 or extra:
-                tiled.batch_select_indices(self._index(k, extra))
-            self._tiled[k, extra] = tiled
-        base = self._tiled[k, extra]
-        if not all(
-            type(layer).__name__ == "DynamicLayer" for layer in getattr(base, "layers", [0])
-        ):
-            return copy.deepcopy(base)  # a layer type that may update its tensors in place
-        fresh = copy.copy(base)
-        fresh.layers = [copy.copy(layer) for layer in base.layers]
-        return fresh
+        the stored one stays as it is. Only the latest tiling is kept (one tiled cache at a
+        time, however many passes a sweep makes)."""
+        if self._tiled is None or self._tiled[0] != (k, extra):
+            self._tiled = None  # free the previous tiling before making the next
+            self._tiled = ((k, extra), select_cache_rows(self.cache, self._index(k, extra)))
+        return fresh_cache(self._tiled[1])
 
     def _index(self, k: int, extra: int = 0) -> torch.Tensor:
         """Prompt row of each row of ``k`` tiles then ``extra`` rows: (k * n + extra,)."""
@@ -193,7 +279,7 @@ class ResumablePass:
         hidden = self._to_last_layer(suffix, hooks, attention_mask=self.mask.repeat(m, 1), **cache)
         if record is not None:
             if any(c is None for c in calls):
-                raise RuntimeError("a decoder layer was not called by the forward pass")
+                raise CannotResume("a decoder layer was not called by the forward pass")
             self.calls, self._recorded = calls, (m * self.n, record * self.n)  # type: ignore
         return hidden
 

@@ -11,7 +11,7 @@ architecture (``probe/families``); nothing here knows module paths.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from probe.errors import GatescopeError
@@ -31,10 +31,47 @@ SITE_KINDS: dict[str, str] = {
     "mlp_gate": "d_mlp: activated GLU gate, act(mlp_gate_pre)",
     "mlp_up": "d_mlp: GLU linear branch (up_proj output)",
     "mlp_hidden": "d_mlp: input of down_proj (act(gate) * up for a GLU)",
+    "delta_beta": "n_v_heads: Gated-DeltaNet write strength sigmoid(b)",
+    "delta_decay": "n_v_heads: Gated-DeltaNet log decay g <= 0 (exp(g) = per-token retention)",
+    "delta_gate_pre": "n_v_heads x d_v: Gated-DeltaNet output gate z before its activation",
+    "delta_gate": "n_v_heads x d_v: Gated-DeltaNet output gate after its activation, silu(z)",
+    "delta_out": "n_v_heads x d_v: Gated-DeltaNet recurrence output before the gated norm",
+    "router_logit": "n_experts: MoE router logits",
+    "router_prob": "n_experts: MoE router probabilities (the family's softmax or sigmoid)",
+    "router_weight": "n_experts: expert weights the layer uses (top-k, 0 for experts not chosen)",
+    "shared_gate": "1: sigmoid gate of the shared expert",
+    "conv_gate": "d_model: gate of a gated short convolution (B in B*conv(C*x))",
+    "conv_out_gate": "d_model: output gate of a gated short convolution (C in B*conv(C*x))",
 }
 
-#: Kinds whose per-token value is split into heads (a site of these kinds may name a head).
-HEADED_KINDS = frozenset({"head_out", "attn_gate_logit", "attn_gate", "attn_pattern"})
+#: Kinds whose per-token value is split into heads (a site of these kinds may name a head,
+#: or an expert for the router kinds).
+HEADED_KINDS = frozenset(
+    {
+        "head_out",
+        "attn_gate_logit",
+        "attn_gate",
+        "attn_pattern",
+        "delta_beta",
+        "delta_decay",
+        "delta_gate_pre",
+        "delta_gate",
+        "delta_out",
+        "router_logit",
+        "router_prob",
+        "router_weight",
+    }
+)
+
+#: The gate kinds, by gate type (what ``gatescope gates`` reports on).
+GATE_KINDS: dict[str, tuple[str, ...]] = {
+    "attention": ("attn_gate_logit", "attn_gate"),
+    "glu": ("mlp_gate_pre", "mlp_gate"),
+    "deltanet": ("delta_beta", "delta_decay", "delta_gate_pre", "delta_gate"),
+    "router": ("router_logit", "router_prob", "router_weight"),
+    "shared_expert": ("shared_gate",),
+    "conv": ("conv_gate", "conv_out_gate"),
+}
 
 
 @dataclass(frozen=True, order=True)
@@ -140,13 +177,17 @@ def _expand(part: Part, n: int, what: str, item: str) -> list[int]:
 
 
 def expand_sites(
-    text: str | Site | Iterable[str | Site], n_layers: int, n_heads: int
+    text: str | Site | Iterable[str | Site],
+    n_layers: int,
+    n_heads: int | Callable[[str], int],
 ) -> list[Site]:
     """Expand patterns into concrete sites, checking layer and head ranges.
 
     ``head_out.3`` (no head) stays one site covering all heads; ``head_out.3.*`` expands to
-    one site per head.
+    one site per head. ``n_heads`` is a count, or a function of the kind (value heads for
+    ``delta_*``, experts for ``router_*``).
     """
+    heads_of = n_heads if callable(n_heads) else (lambda _kind: n_heads)
     if isinstance(text, Site):
         text = [text]
     if isinstance(text, str):
@@ -156,7 +197,7 @@ def expand_sites(
         if isinstance(entry, Site):
             _expand(entry.layer, n_layers, "layer", str(entry))
             if entry.head is not None:
-                _expand(entry.head, n_heads, "head", str(entry))
+                _expand(entry.head, heads_of(entry.kind), "head", str(entry))
             sites.append(entry)
             continue
         for kind, layer, head in parse_sites(entry):
@@ -165,7 +206,8 @@ def expand_sites(
                 if head == "all":
                     sites.append(Site(kind, lay))
                 else:
-                    sites.extend(Site(kind, lay, h) for h in _expand(head, n_heads, "head", item))
+                    heads = _expand(head, heads_of(kind), "head", item)
+                    sites.extend(Site(kind, lay, h) for h in heads)
     return list(dict.fromkeys(sites))
 
 

@@ -34,6 +34,32 @@ class TaskBatch:
     def __len__(self) -> int:
         return self.clean_ids.shape[0]
 
+    def select(self, rows: torch.Tensor) -> TaskBatch:
+        """The prompts ``rows``, trimmed to their longest length."""
+        n = int(self.lengths[rows].max())
+        return TaskBatch(
+            self.clean_ids[rows, :n],
+            self.corrupt_ids[rows, :n],
+            self.attention_mask[rows, :n],
+            self.lengths[rows],
+            self.answer_ids[rows],
+            self.wrong_ids[rows],
+        )
+
+    def tile(self, k: int, ids: torch.Tensor | None = None) -> TaskBatch:
+        """The prompts repeated ``k`` times (block j = rows ``j*n .. (j+1)*n``); ``ids``
+        (N, T) replaces both the clean and corrupt ids (the run being patched)."""
+        clean = self.clean_ids if ids is None else ids
+        corrupt = self.corrupt_ids if ids is None else ids
+        return TaskBatch(
+            clean.repeat(k, 1),  # (k * N, T)
+            corrupt.repeat(k, 1),
+            self.attention_mask.repeat(k, 1),
+            self.lengths.repeat(k),
+            self.answer_ids.repeat(k),
+            self.wrong_ids.repeat(k),
+        )
+
 
 @dataclass(frozen=True)
 class Task:

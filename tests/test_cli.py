@@ -153,7 +153,8 @@ def test_hybrid_site_refusal_cli(tmp_path):
             str(tmp_path / "o.safetensors"),
         ],
     )
-    assert res.exit_code == 2 and "linear_attn" in res.output
+    assert res.exit_code == 2 and "linear_attention" in res.output
+    assert "exists on layers: 1" in res.output
 
 
 def test_gates_through_nnsight_backend_and_bf16(model_dir, tmp_path):

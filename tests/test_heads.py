@@ -3,7 +3,7 @@ from tiny import tiny_hf, tiny_tokenizer
 
 from interventions.heads import direct_logit_attribution, interchange_test
 from probe import Tracer, load_model
-from probe.model import resolve_path
+from probe.locate import resolve_path
 
 
 def test_head_dla_sums_to_the_attention_outputs_direct_effect():

@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, needs_reference
 
+pytestmark = pytest.mark.slow  # executed in the second CI step (make test runs both)
+
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 

@@ -91,9 +91,8 @@ def test_bad_input(model):
         activation_patching(model, _task(), "resid_pre.0", mode="sideways")
     with pytest.raises(GatescopeError, match="read-only"):
         activation_patching(model, _task(), "attn_pattern.0")
-    same = Task("same", ["w1 w2"], ["w1 w2"], ["w3"], ["w4"])
-    with pytest.raises(GatescopeError, match="same logit difference"):
-        activation_patching(model, same, "resid_pre.0")
+    with pytest.raises(GatescopeError, match="clean and corrupt prompts are the same text"):
+        Task("same", ["w1 w2"], ["w1 w2"], ["w3"], ["w4"])
 
 
 def test_noising_batched_equals_one_by_one_and_effects_are_normalised(model):
@@ -238,14 +237,17 @@ def test_resumed_sweep_of_one_prompt_and_a_mismatch_falls_back(model, monkeypatc
     def off_by_a_bit(self, *args, **kwargs):
         return run(self, *args, **kwargs) + 1e-2
 
-    from interventions.passes import RESUME_CHECK
+    from interventions.passes import forget_verdict, resume_verdict
 
-    assert model.verified[RESUME_CHECK] is True  # checked once, kept for the next sweeps
+    assert resume_verdict(model) == (True, "")  # checked once, kept for the next sweeps
     monkeypatch.setattr(ResumablePass, "run", off_by_a_bit)
     task = _late_task()
     fallback = activation_patching(model, task, "head_out.*", progress=False)
     full = activation_patching(model, task, "head_out.*", resume=False, progress=False)
-    assert not fallback.resumed and model.verified[RESUME_CHECK] is False
+    assert not fallback.resumed and resume_verdict(model)[0] is False
+    assert "differed from the base run" in fallback.resume_reason
+    assert full.resume_reason == "resume=False"
     assert [c.effect for c in fallback.components] == [c.effect for c in full.components]
-    assert not activation_patching(model, task, "head_out.*", progress=False).resumed
-    model.verified.clear()
+    again = activation_patching(model, task, "head_out.*", progress=False)
+    assert not again.resumed and "kept from an earlier check" in again.resume_reason
+    forget_verdict(model)

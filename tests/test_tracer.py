@@ -3,22 +3,16 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import prompts, tiny_hf, tiny_tokenizer
+from tiny import FAMILIES, prompts, tiny_hf, tiny_tokenizer
 
 from probe import GatescopeError, Site, Tracer, hook_sites, load_model
-from probe.hooks import locate
+from probe.locate import locate
 
-FAMILIES = [
-    "qwen3_next",
-    "llama",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "gemma",
-    "gemma2",
-    "gemma3_text",
-    "gpt2",
-]
+
+def test_every_tiny_family_is_tested_here():
+    from tiny import CLASSES
+
+    assert set(FAMILIES) | {"qwen3_next_hybrid", "qwen3_5", "qwen3_5_moe"} == set(CLASSES)
 
 
 def _model(name, attn="eager"):

@@ -35,8 +35,60 @@ def qwen3_next_config(**extra):
     return tf.Qwen3NextConfig(**kw)
 
 
+#: Gated-DeltaNet sizes for the hybrid tiny models (2 key heads, 4 value heads).
+DELTA = dict(
+    linear_num_key_heads=2,
+    linear_num_value_heads=4,
+    linear_key_head_dim=8,
+    linear_value_head_dim=8,
+    linear_conv_kernel_dim=4,
+)
+#: MoE sizes: 4 experts, top-2, a shared expert.
+MOE = dict(
+    num_experts=4,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+    shared_expert_intermediate_size=48,
+)
+HYBRID_LAYERS = ["linear_attention", "linear_attention", "linear_attention", "full_attention"]
+
+
+def qwen3_next_hybrid_config(**extra):
+    """Qwen3-Next in its real shape: 3 DeltaNet layers then full attention, MoE MLPs on
+    layers 1-3 (layer 0 dense)."""
+    kw = _common(
+        num_hidden_layers=4,
+        layer_types=HYBRID_LAYERS,
+        mlp_only_layers=[0],
+        decoder_sparse_step=1,
+        partial_rotary_factor=1.0,
+        norm_topk_prob=True,
+        **DELTA,
+        **MOE,
+    )
+    kw.update(extra)
+    return tf.Qwen3NextConfig(**kw)
+
+
+def qwen3_5_config(**extra):
+    kw = _common(num_hidden_layers=4, layer_types=HYBRID_LAYERS, partial_rotary_factor=1.0, **DELTA)
+    kw.update(extra)
+    return tf.Qwen3_5TextConfig(**kw)
+
+
+def qwen3_5_moe_config(**extra):
+    kw = _common(
+        num_hidden_layers=4, layer_types=HYBRID_LAYERS, partial_rotary_factor=1.0, **DELTA, **MOE
+    )
+    kw.update(extra)
+    return tf.Qwen3_5MoeTextConfig(**kw)
+
+
 CONFIGS = {
     "qwen3_next": qwen3_next_config,
+    "qwen3_next_hybrid": qwen3_next_hybrid_config,
+    "qwen3_5": qwen3_5_config,
+    "qwen3_5_moe": qwen3_5_moe_config,
     "llama": lambda: tf.LlamaConfig(**_common()),
     "mistral": lambda: tf.MistralConfig(**_common()),
     "qwen2": lambda: tf.Qwen2Config(**_common()),
@@ -51,6 +103,9 @@ CONFIGS = {
 
 CLASSES = {
     "qwen3_next": tf.Qwen3NextForCausalLM,
+    "qwen3_next_hybrid": tf.Qwen3NextForCausalLM,
+    "qwen3_5": tf.Qwen3_5ForCausalLM,
+    "qwen3_5_moe": tf.Qwen3_5MoeForCausalLM,
     "llama": tf.LlamaForCausalLM,
     "mistral": tf.MistralForCausalLM,
     "qwen2": tf.Qwen2ForCausalLM,
@@ -60,6 +115,11 @@ CLASSES = {
     "gemma3_text": tf.Gemma3ForCausalLM,
     "gpt2": tf.GPT2LMHeadModel,
 }
+
+
+#: The families every invariant test runs on: one homogeneous tiny model per architecture in
+#: CONFIGS (the hybrid / MoE variants have tests of their own in test_gate_sites.py).
+FAMILIES = [name for name in CONFIGS if name not in ("qwen3_next_hybrid", "qwen3_5", "qwen3_5_moe")]
 
 
 def tiny_hf(name: str, seed: int = 0, attn: str = "eager", config=None):

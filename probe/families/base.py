@@ -8,11 +8,11 @@ layout). Families hold no code that runs a model; ``probe.hooks`` reads these ta
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-Layout = Literal["full", "heads", "gate", "pattern"]
+from probe.families.layouts import LAYOUTS, TRANSFORMS, Layout, Transform
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,14 @@ class Tap:
             or its ``output``.
         index: element of a tuple output (0 for the hidden states, 1 for attention weights).
         arg: keyword name of the input when it is passed by keyword.
-        layout: ``full`` (the tensor as is), ``heads`` (last dim split into heads x d_head),
-            ``gate`` (the gate half of a per-head ``[query | gate]`` projection), ``pattern``
-            (attention weights ``(B, H, Tq, Tk)`` viewed as ``(B, Tq, H, Tk)``).
-        transform: ``sigmoid`` to read ``sigmoid(x)`` and write ``logit(v)``.
+        position: which positional argument is the input (0: the first).
+        layout: a :class:`~probe.families.layouts.Layout` (how the value sits in the tensor),
+            or the name of a built-in one: ``full`` (the tensor as is), ``heads`` (last dim
+            split into heads x d_head), ``gate`` (the gate half of a per-head
+            ``[query | gate]`` projection), ``pattern`` (attention weights ``(B, H, Tq, Tk)``
+            viewed as ``(B, Tq, H, Tk)``).
+        transform: a :class:`~probe.families.layouts.Transform` or ``sigmoid`` / ``silu``:
+            the value read is ``transform(x)``, a write is turned back into ``x``.
         writable: whether edits may write this site.
         write_via: for a sum in the residual stream that has no module of its own
             (``resid_mid``), the tap of the addend to adjust on write, with
@@ -42,12 +46,24 @@ class Tap:
     side: Literal["input", "output"]
     index: int = 0
     arg: str = "hidden_states"
-    layout: Layout = "full"
-    transform: Literal["sigmoid"] | None = None
+    layout: Layout | str = "full"
+    transform: Transform | str | None = None
     writable: bool = True
     write_via: Tap | None = None
     write_base: Tap | None = None
     needs: str = ""
+    position: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layout, str):
+            object.__setattr__(self, "layout", LAYOUTS[self.layout])
+        if isinstance(self.transform, str):
+            object.__setattr__(self, "transform", TRANSFORMS[self.transform])
+
+    @property
+    def heads(self) -> str | None:
+        """The ``Dims`` field counting this site's heads (or experts); None if not split."""
+        return self.layout.heads
 
     @property
     def modules(self) -> tuple[str, ...]:
@@ -69,6 +85,17 @@ class Family:
         attn_input / mlp_input: the norm whose input is what the attention / MLP block reads
             from the residual stream (for edge attribution: gradients into one block only).
         refuse: config flag -> the values gatescope supports; any other value is refused.
+        match: a predicate on the config: the family handles a config of one of its
+            ``model_types`` only where it returns True (e.g. the "Gated Attention" layout is a
+            ``qwen3`` config with gate flags; plain ``llama`` takes the same type without them).
+        mixers: token-mixer name -> its module relative to a layer (``full_attention``:
+            ``self_attn``, ``linear_attention``: ``linear_attn``, ...), for the layer map.
+        moe: the module whose presence makes a layer's MLP a mixture of experts (its router).
+        check: called as ``check(config, hf_model)`` once a model of this family is loaded;
+            raises a :class:`~probe.errors.GatescopeError` where the config contradicts the
+            weights (e.g. gate flags that do not fit ``q_proj``'s width).
+        remote_code: the family's checkpoints run their own modelling code (transformers has
+            none for them): loading needs ``trust_remote_code``.
         description: one line for listings and errors.
     """
 
@@ -84,6 +111,11 @@ class Family:
     attn_input: str = "input_layernorm"
     mlp_input: str = "post_attention_layernorm"
     refuse: Mapping[str, tuple] = field(default_factory=dict)
+    match: Callable[[object], bool] | None = None
+    mixers: Mapping[str, str] = field(default_factory=lambda: {"full_attention": "self_attn"})
+    moe: str | None = None
+    check: Callable[[object, object], None] | None = None
+    remote_code: bool = False
     description: str = ""
 
     @property
@@ -93,6 +125,42 @@ class Family:
     @property
     def has_attn_gate(self) -> bool:
         return "attn_gate" in self.taps
+
+    def matches(self, config) -> bool:
+        """Whether this family handles ``config`` (its model type, then its predicate)."""
+        if getattr(config, "model_type", None) not in self.model_types:
+            return False
+        return self.match is None or bool(self.match(config))
+
+    def describe_layer(self, layer, index: int) -> LayerInfo:
+        """The token mixer and MLP kind of one decoder layer."""
+        mixer = next((name for name, path in self.mixers.items() if _has(layer, path)), "unknown")
+        mlp = "moe" if self.moe is not None and _has(layer, self.moe) else "dense"
+        return LayerInfo(index, mixer, mlp)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One entry of a model's layer map.
+
+    Attributes:
+        index: the layer index.
+        mixer: ``full_attention``, ``linear_attention`` (Gated-DeltaNet), ``conv`` (gated
+            short convolution), ...
+        mlp: ``dense`` or ``moe``.
+    """
+
+    index: int
+    mixer: str
+    mlp: str
+
+
+def _has(layer, path: str) -> bool:
+    try:
+        layer.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
 
 
 #: Taps of the standard pre-norm decoder layer (Llama, Qwen, Mistral, Gemma 1): the residual

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from probe.gates import gate_stats
-from probe.model import Model, load_model
+from probe.load import load_model
+from probe.model import Model
 from probe.reference.corpus import prose_paragraphs
 from probe.tasks import last_token_logits, load_task, logit_diff
 
