@@ -82,14 +82,6 @@ class Task:
                 f"{len(self.wrongs)})"
             )
 
-        same = [i for i, (a, b) in enumerate(zip(self.clean, self.corrupt, strict=True)) if a == b]
-        if same:
-            raise GatescopeError(
-                f"task '{self.name}' row {same[0]}: the clean and corrupt prompts are the same "
-                f"text ({len(same)} such rows); patching needs a corrupt prompt that differs "
-                "(e.g. another name)"
-            )
-
     def __len__(self) -> int:
         return len(self.clean)
 
@@ -180,11 +172,25 @@ def _resolve(name_or_path: str | Path, kind: str) -> Path:
 def load_task(name_or_path: str | Path) -> Task:
     """A bundled task (``ioi``, ``facts``, ``induction``) or a JSONL file of pairs."""
     path = _resolve(name_or_path, "task")
-    rows = _read_jsonl(path, "task", ("clean", "corrupt", "answer", "wrong"))
+    rows = _read_jsonl(path, "task")
+    need = ("clean", "corrupt", "answer", "wrong")
     for i, row in enumerate(rows):
-        for key in ("clean", "corrupt", "answer", "wrong"):
+        missing = [k for k in need if k not in row]
+        if missing:
+            raise GatescopeError(
+                f"task {path} row {i}: missing {', '.join(missing)}; each line needs "
+                f"{', '.join(need)}"
+            )
+        for key in need:
             if not isinstance(row[key], str) or not row[key]:
                 raise GatescopeError(f"task {path} row {i}: '{key}' must be a non-empty text")
+    same = [i for i, r in enumerate(rows) if r["clean"] == r["corrupt"]]
+    if same:
+        raise GatescopeError(
+            f"task {path} row {same[0]}: the clean and corrupt prompts are the same text "
+            f"({len(same)} such rows); patching needs a corrupt prompt that differs (e.g. "
+            "another name)"
+        )
     return Task(
         path.stem,
         [r["clean"] for r in rows],
@@ -198,8 +204,10 @@ def load_texts(name_or_path: str | Path) -> list[str]:
     """Sentences of a bundled set (``concept_sport``, ``random_0``, ...) or a JSONL file with a
     ``text`` field per line."""
     path = _resolve(name_or_path, "text set")
-    rows = _read_jsonl(path, "text set", ("text",))
+    rows = _read_jsonl(path, "text set")
     for n, r in enumerate(rows, 1):
+        if "text" not in r:
+            raise GatescopeError(f"text set {path} row {n}: every line needs a 'text' field")
         if not isinstance(r["text"], str) or not r["text"].strip():
             raise GatescopeError(f"text set {path} row {n}: 'text' must be a non-empty text")
     return [r["text"] for r in rows]

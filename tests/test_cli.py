@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from tiny import save_tiny
 from typer.testing import CliRunner
@@ -180,3 +181,128 @@ def test_remote_needs_the_nnsight_backend_and_a_key(model_dir, monkeypatch):
     assert hooks.exit_code == 2 and "--remote needs --backend nnsight" in hooks.output
     nns = runner.invoke(app, [*base, "--backend", "nnsight"])
     assert nns.exit_code == 2 and "NDIF_API_KEY" in nns.output
+
+
+def _commands():
+    """(command path, click command) of every gatescope command."""
+    import typer
+
+    def walk(cmd, path):
+        if hasattr(cmd, "commands"):
+            for name, sub in cmd.commands.items():
+                yield from walk(sub, [*path, name])
+        else:
+            yield " ".join(path), cmd
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+MODEL_OPTIONS = ("--device", "--dtype", "--device-map", "--backend", "--remote",
+                 "--trust-remote-code")  # fmt: skip
+#: Commands that write artefacts, not numbers, and why they have no --json/--out pair.
+NO_JSON = {
+    "app": "starts the web app",
+    "reference train": "--out is the run directory (checkpoints and model)",
+    "reference tasks": "--out is the directory of regenerated data files",
+    "reference bundle": "installs a model into data/models",
+    "sae harvest": "--out is the activation store directory",
+    "sae train": "--out is the SAE directory",
+}
+NO_MODEL = {"app", "reference train", "reference tasks", "reference bundle"}
+
+
+def _flags(cmd) -> set[str]:
+    return {o for p in cmd.params for o in p.opts}
+
+
+@pytest.mark.parametrize("path, cmd", _commands(), ids=[p for p, _ in _commands()])
+def test_every_command_has_the_shared_options(path, cmd):
+    flags = _flags(cmd)
+    assert {"--debug", "--quiet"} <= flags or path == "app"
+    if path not in NO_JSON:
+        assert {"--json", "--out", "--force"} <= flags, path
+    if path not in NO_MODEL:
+        assert set(MODEL_OPTIONS) <= flags, path
+
+
+def _dummy_args(cmd) -> list[str]:
+    """Values for every required argument and option (never reached: the model options are
+    checked first)."""
+    args = []
+    for p in cmd.params:
+        if p.required:
+            args += ["1"] if p.param_type_name == "argument" else [p.opts[0], "1"]
+    return args
+
+
+@pytest.mark.parametrize(
+    "path, cmd", [(p, c) for p, c in _commands() if p not in NO_MODEL],
+    ids=[p for p, _ in _commands() if p not in NO_MODEL],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--backend", "jax"], "--backend jax: unknown"),
+        (["--remote"], "--remote needs --backend nnsight"),
+        (["--device-map", "auto", "--backend", "nnsight"], "--device-map is for the hooks"),
+        (["--device", "cuda:7", "--dtype", "float32"], "--device cuda:7"),
+        (["--dtype", "int4", "--trust-remote-code"], "--dtype int4"),
+    ],
+)
+def test_every_model_command_checks_the_model_options_first(path, cmd, extra, message):
+    if "cuda:7" in extra and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    res = runner.invoke(app, [*path.split(), *_dummy_args(cmd), *extra])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert "Traceback" not in res.output
+
+
+def test_model_options_reach_the_model_and_the_provenance(model_dir, tmp_path):
+    out = tmp_path / "g.json"
+    args = ["gates", model_dir, "--prompt", "w1 w2 w3", "--device", "cpu", "--dtype"]
+    res = runner.invoke(app, [*args, "bfloat16", "--trust-remote-code", "--out", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    prov = json.loads(out.read_text())["provenance"]
+    assert prov["model"]["dtype"] == "bfloat16" and prov["device"] == "cpu"
+    assert prov["model"]["fingerprint"].startswith("sha256:") and prov["n_prompts"] == 1
+    assert prov["gatescope"] and prov["metric"] == "gate statistics" and prov["seconds"] >= 0
+    same = runner.invoke(app, [*args, "bfloat16", "--json"])
+    assert json.loads(same.stdout)["provenance"]["model"] == prov["model"]
+    other = runner.invoke(app, ["gates", plain_dir_of(tmp_path), "--prompt", "w1", "--json"])
+    assert (
+        json.loads(other.stdout)["provenance"]["model"]["fingerprint"]
+        != prov["model"]["fingerprint"]
+    )
+
+
+def plain_dir_of(tmp_path):
+    return str(save_tiny(tmp_path / "other", "qwen3_next", seed=1))
+
+
+def test_patch_provenance_names_the_task_file(model_dir, tmp_path):
+    import hashlib
+
+    task = tmp_path / "t.jsonl"
+    task.write_text(
+        json.dumps({"clean": "w1 w2 w3", "corrupt": "w4 w2 w3", "answer": "w5", "wrong": "w6"})
+        + "\n"
+    )
+    res = runner.invoke(app, ["patch", model_dir, "--task", str(task), "--sites",
+                              "resid_pre.*", "--json", "--limit", "1"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    prov = json.loads(res.stdout)["provenance"]
+    digest = hashlib.sha256(task.read_bytes()).hexdigest()
+    assert {"path": str(task), "sha256": digest} in prov["sources"]
+    assert prov["sites"] == "resid_pre.*" and prov["positions"] == "all" and prov["limit"] == 1
+    assert prov["n_prompts"] == 1 and "LD_clean - LD_corrupt" in prov["formula"]
+
+
+def test_progress_on_stderr_and_quiet(model_dir, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("".join(f"w{i} w{i + 1} w{i + 2}\n" for i in range(24)))
+    base = ["gates", model_dir, "--prompts", str(prompts), "--batch-size", "4", "--json"]
+    res = runner.invoke(app, base)
+    assert res.exit_code == 0 and "6/6" in res.stderr and "6/6" not in res.stdout
+    json.loads(res.stdout)  # stdout stays clean JSON
+    quiet = runner.invoke(app, [*base, "--quiet"])
+    assert quiet.exit_code == 0 and "6/6" not in quiet.stderr

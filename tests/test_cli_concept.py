@@ -100,3 +100,28 @@ def test_bad_input(model_dir, tmp_path, extra, message):  # noqa: F811
         app, ["concept", "cav", model_dir, "--concept", concept, "--random", random, *extra]
     )
     assert res.exit_code == 2 and message in res.output, res.output
+
+
+def test_probe_text_labels_and_one_layer(model_dir, tmp_path):  # noqa: F811
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text(
+        "".join(
+            json.dumps({"text": t, "label": ["sport", "food"][i % 2]}) + "\n"
+            for i, t in enumerate(_sentences(3, 20))
+        )
+    )
+    res = runner.invoke(
+        app,
+        ["concept", "probe", model_dir, "--labels", str(labels), "--sites", "resid_post.1",
+         "--json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    (result,) = json.loads(res.stdout)["results"]
+    assert result["layers"] == [1] and len(result["accuracy"]) == 1
+    assert result["label_names"] == ["food", "sport"]
+    both = runner.invoke(
+        app, ["concept", "probe", model_dir, "--labels", str(labels), "--sites", "resid_post",
+              "--json"],
+    )  # fmt: skip
+    (every,) = json.loads(both.stdout)["results"]
+    assert every["layers"] == [0, 1] and every["accuracy"][1] == result["accuracy"][0]
