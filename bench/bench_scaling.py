@@ -6,7 +6,8 @@ linear-attention heads of 128, MLP 3584, vocabulary 32k to keep it small), rando
 CPU, float32 (``--dtype bfloat16`` for reduced precision). For each point of a grid over
 layers, sequence length and batch it times:
 
-- a plain forward pass, and the same pass traced at every ``attn_gate`` and ``resid_post``
+- a plain forward pass, and the same pass traced at every ``attn_gate`` (attention layers)
+  and ``resid_post``
   (ratio traced / plain);
 - a head-patching sweep (every head of every attention layer, all positions, denoising;
   prompts that differ at 3 tokens before the end), resumed and in full passes, and checks
@@ -123,7 +124,7 @@ def point(layers: int, length: int, batch: int, dtype, repeats: int) -> dict:
         plain = timed(lambda: model.forward(b.clean_ids, b.attention_mask), repeats)
 
         def traced():
-            with Tracer(model, ["attn_gate.*", "resid_post.*"]):
+            with Tracer(model, [*(f"attn_gate.{i}" for i in attn), "resid_post.*"]):
                 model.forward(b.clean_ids, b.attention_mask)
 
         trace = timed(traced, repeats)
