@@ -182,7 +182,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     (HERE / "bench_scaling.txt").write_text(text + "\n")
-    figure(rows, base).write_html(HERE / "bench_scaling.html")
+    figure(rows, base).write_html(HERE / "bench_scaling.html", include_plotlyjs="cdn")
 
 
 def figure(rows: list[dict], base: tuple[int, int, int]):
