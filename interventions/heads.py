@@ -28,7 +28,7 @@ from probe.errors import GatescopeError
 from probe.locate import locate, resolve_path
 from probe.model import Model
 from probe.sites import Site
-from probe.tasks import Task, TaskBatch, last_token_logits, logit_diff
+from probe.tasks import Task, last_token_logits, logit_diff
 from probe.tracer import Tracer
 
 
@@ -118,14 +118,7 @@ def _swap_effects(model, site, sources, base_ids, mask, batch, base_ld) -> torch
     """(P,) mean |change in logit difference| when ``sources[p]`` (n, T, d) replaces the head
     in the ``base_ids`` run; all P variants ride in one pass (block p of rows = variant p)."""
     n_var, n = len(sources), len(batch)
-    expanded = TaskBatch(
-        base_ids.repeat(n_var, 1),  # (P * n, T)
-        base_ids.repeat(n_var, 1),
-        mask.repeat(n_var, 1),
-        batch.lengths.repeat(n_var),
-        batch.answer_ids.repeat(n_var),
-        batch.wrong_ids.repeat(n_var),
-    )
+    expanded = batch.tile(n_var, base_ids)  # (P * n, T)
     with intervene(model, Patch(site, source=torch.cat(sources))):  # (P * n, T, d_head)
         ld = logit_diff(model.forward(expanded.clean_ids, expanded.attention_mask), expanded)
     return (ld.view(n_var, n) - base_ld).abs().mean(1)  # (P,)

@@ -41,7 +41,12 @@ log = logging.getLogger(__name__)
 
 # hf module -> outcome of the check of resumed passes against the full forward: (ok, reason)
 _VERDICTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-TOL = 1e-4  # agreement required of the fast and resumed paths with the full forward
+TOL = 1e-4  # agreement required of the fast and resumed paths with the full forward (float32)
+
+
+def _tol(model: Model) -> float:
+    """:data:`TOL`, or a few rounding steps of the model's dtype where that is coarser."""
+    return max(TOL, 4 * torch.finfo(next(model.hf.parameters()).dtype).eps)
 
 
 def resume_verdict(model: Model) -> tuple[bool, str] | None:
@@ -111,7 +116,7 @@ class _Scorer:
             got = probe.from_hidden(hidden, batch)
         except (AttributeError, TypeError) as exc:  # no final norm or unembedding to call
             return cls(model, False, f"no fast logit formula ({type(exc).__name__}: {exc})")
-        if not torch.allclose(got, full_ld, rtol=TOL, atol=TOL):
+        if not torch.allclose(got, full_ld, rtol=_tol(model), atol=_tol(model)):
             gap = float((got - full_ld).abs().max())
             return cls(model, False, f"unembed(final_norm(x)) is {gap:.2g} off the logits")
         return probe
@@ -231,7 +236,7 @@ def resumed_runs(model, batch: TaskBatch, base, source, sites, start: int):
     base_rows = score.from_hidden(hidden[n:], batch, start)
     if not checked:
         gap = float((base_rows[: len(sub)] - full).abs().max())
-        ok = gap <= TOL * (1 + float(full.abs().max()))
+        ok = gap <= _tol(model) * (1 + float(full.abs().max()))
         reason = "" if ok else f"the resumed base run is {gap:.2g} off the full forward"
         _set_verdict(model, ok, reason)
         if not ok:
@@ -261,7 +266,8 @@ def _patched_logit_diffs(
     if check:
         sub = batch.select(torch.arange(extra))
         got = runs.score.from_hidden(hidden[k * n :], sub, runs.resumed.start)
-        if not torch.allclose(got, runs.base_rows[:extra], rtol=TOL, atol=TOL):
+        tol = _tol(runs.score.model)
+        if not torch.allclose(got, runs.base_rows[:extra], rtol=tol, atol=tol):
             return None
     return ld.view(k, n).mean(1).tolist()  # (k,)
 
@@ -390,10 +396,12 @@ def _human(n: int) -> str:
     return f"{n}B"
 
 
-def _sweep(todo, runs: _Runs, base, batch: TaskBatch, rows: int, progress, mode) -> bool:
-    """Set each component's ``effect`` to its patched mean logit difference; ``False`` if
-    the first resumed pass's unpatched rows differ from the base run."""
+def _sweep(todo, runs: _Runs, base, batch: TaskBatch, rows: int, progress, mode) -> int:
+    """Set each component's ``effect`` to its patched mean logit difference; returns the
+    rows of the largest pass, or 0 if the first resumed pass's unpatched rows differ from
+    the base run."""
     chunks = _chunks(todo, max(1, rows // len(batch)), by_layer=runs.resumed is not None)
+    largest = max((len(c) for c in chunks), default=0) * len(batch)
     if progress:
         from tqdm.auto import tqdm
 
@@ -401,10 +409,10 @@ def _sweep(todo, runs: _Runs, base, batch: TaskBatch, rows: int, progress, mode)
     for i, chunk in enumerate(chunks):
         values = _patched_logit_diffs(chunk, runs, base, batch, check=i == 0)
         if values is None:
-            return False
+            return 0
         for c, value in zip(chunk, values, strict=True):
             c.effect = value
-    return True
+    return max(largest, 1)
 
 
 @dataclass
@@ -415,9 +423,9 @@ class SweepOutcome:
     corrupt_logit_diff: float
     resumed: bool
     resume_reason: str  # why passes did not resume ("" when they did)
-    rows_per_pass: int
+    rows_per_pass: int  # rows of the largest pass run
     peak_memory: int  # bytes: measured on CUDA, estimated from shapes elsewhere
-    peak_memory_measured: bool
+    memory: dict  # held, per_row (estimates, bytes), budget, measured (bool)
 
 
 def run_sweep(
@@ -448,7 +456,8 @@ def run_sweep(
     if runs is not None:
         normalisers(runs, mode)  # refuse a task whose runs do not differ before any pass
         plan = plan_rows(model, batch, runs, batch_rows, budget)
-        if not _sweep(todo, runs, base, batch, plan.rows, progress, mode):
+        used = _sweep(todo, runs, base, batch, plan.rows, progress, mode)
+        if not used:
             reason = "a resumed pass's unpatched rows differed from the base run"
             _set_verdict(model, False, reason)
             runs = None
@@ -457,15 +466,16 @@ def run_sweep(
         runs = full_runs(model, batch, base, source, sites)
         normalisers(runs, mode)
         plan = plan_rows(model, batch, runs, batch_rows, budget)
-        _sweep(todo, runs, base, batch, plan.rows, progress, mode)
+        used = _sweep(todo, runs, base, batch, plan.rows, progress, mode)
     else:
         log.info("patching: resumed passes after %d shared tokens", start)
     base_ld, clean_ld, corrupt_ld = normalisers(runs, mode)
     for c in todo:
         c.effect = (c.effect - base_ld) / (clean_ld - corrupt_ld)
-    peak = plan.peak
+    peak = plan.held + used * plan.per_row
     if cuda:
         peak = torch.cuda.max_memory_allocated(model.device) - before
+    memory = {"held": plan.held, "per_row": plan.per_row, "budget": budget, "measured": cuda}
     return SweepOutcome(
-        clean_ld, corrupt_ld, runs.resumed is not None, reason, plan.rows, int(peak), cuda
+        clean_ld, corrupt_ld, runs.resumed is not None, reason, used, int(peak), memory
     )

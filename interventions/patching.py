@@ -89,7 +89,7 @@ class PatchingResult:
     resume_reason: str = ""  # why passes ran in full ("" when they resumed)
     rows_per_pass: int = 0  # rows of the largest patched pass (from batch_rows, max_memory)
     peak_memory: int = 0  # bytes of the sweep: measured on CUDA, estimated from shapes on CPU
-    peak_memory_measured: bool = False
+    memory: dict = field(default_factory=dict)  # held, per_row, budget, measured
 
     def top(self, n: int = 10) -> list[Component]:
         return sorted(self.components, key=lambda c: -abs(c.effect))[:n]
@@ -225,7 +225,7 @@ def activation_patching(
         resume_reason=out.resume_reason,
         rows_per_pass=out.rows_per_pass,
         peak_memory=out.peak_memory,
-        peak_memory_measured=out.peak_memory_measured,
+        memory=out.memory,
     )
 
 
