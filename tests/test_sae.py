@@ -147,7 +147,7 @@ def test_vsae_readings_on_a_known_sparse_dictionary(tmp_path):
     assert meta["training"]["noise_fraction"] == 0.0 and not any(
         "collapse" in w for w in meta["warnings"]
     )
-    assert meta["training"]["train_explained_variance"] > 0.8
+    assert meta["training"]["train_explained_variance"] > 0.7
     _, meta = _synthetic(tmp_path, "paper", arch="vsae", vsae_reading="paper", learn_variance=False)
     t = meta["training"]
     assert t["mean_sigma"] == pytest.approx(1.0)

@@ -18,6 +18,7 @@ from probe.sae.features import (
     decoder_logits,
     latent_dashboard,
     latent_direction,
+    latent_stats,
     top_contexts,
 )
 from probe.sae.io import TrainedSAE, check_sae_site, load_trained, site_width
@@ -47,6 +48,7 @@ __all__ = [
     "evaluate_sae",
     "latent_dashboard",
     "latent_direction",
+    "latent_stats",
     "load_trained",
     "site_width",
     "top_contexts",

@@ -370,3 +370,23 @@ def latent_dashboard(
         top_contexts=top_ctx,
         quantile_contexts=qctx,
     )
+
+
+@torch.no_grad()
+def latent_stats(
+    model: Model, trained: TrainedSAE, texts: Sequence[str], batch_size: int = 16
+) -> dict[str, list[float]]:
+    """One pass over ``texts``: per latent ``firing_rate`` and ``max_activation`` (the
+    feature list of a browser)."""
+    check_sae_site(model, trained)
+    fires = torch.zeros(trained.width, dtype=torch.long)
+    best = torch.zeros(trained.width)
+    n = 0
+    for start in range(0, len(texts), batch_size):
+        f, _ = _encode_texts(model, trained, texts[start : start + batch_size])
+        fires += (f != 0).sum(0).cpu()
+        best = torch.maximum(best, f.float().max(0).values.cpu().clamp(min=0))
+        n += len(f)
+    if n == 0:
+        raise GatescopeError("no texts to browse; give some text")
+    return {"firing_rate": (fires.double() / n).tolist(), "max_activation": best.tolist()}
