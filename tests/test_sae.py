@@ -208,6 +208,7 @@ def test_killed_run_resumes_exactly(store, tmp_path, capsys):
     a = load_trained(tmp_path / "a").sae.state_dict()
     b = load_trained(whole).sae.state_dict()
     worst = max(float((a[n] - b[n]).abs().max()) for n in a)
+    print(f"resumed vs uninterrupted: max |weight difference| {worst:.3g}")
     assert worst <= 1e-6, worst
     assert not (tmp_path / "a/checkpoint").exists()  # removed once the run is complete
 
@@ -527,3 +528,21 @@ def test_latent_dashboard(model, tmp_path):
     assert tr.meta["spec"]["width"] == 32
     with pytest.raises(GatescopeError, match="--latent 99"):
         latent_dashboard(model, tr, TEXTS[:4], 99)
+
+
+def test_checkpoints_by_wall_time(store, tmp_path):
+    from probe.store import ActivationStore
+
+    st = ActivationStore(store)
+    spec = small(tokens=256 * 10, checkpoint_every=0, checkpoint_minutes=1e-9)  # every step
+
+    def crash(skip):
+        for i, b in enumerate(_plain(st)(skip)):
+            if i == 5:
+                raise SystemExit("killed")
+            yield b
+
+    with pytest.raises(SystemExit):
+        train_sae(spec, crash, 64, tmp_path / "t", _SRC, progress=False)
+    state = json.loads((tmp_path / "t/checkpoint/trainer_state.json").read_text())
+    assert state["counters"]["n_training_steps"] == 5 and state["spec"]["checkpoint_minutes"]
