@@ -21,18 +21,28 @@ from app.cli_common import (
 from probe.errors import GatescopeError
 
 sae_app = typer.Typer(help="Sparse autoencoders: harvest activations, train, evaluate, browse.")
-TEXT_HELP = "text file (one document per line); default: the reference corpus"
+TEXT_HELP = (
+    "text file, one document per line; how lines become forward passes: --text-mode; "
+    "default: the reference corpus"
+)
+TEXT_MODE_HELP = (
+    "lines: each line of --text is its own forward pass (one document per window); "
+    "packed: consecutive short lines are joined into windows of up to the model's context"
+)
+TEXT_MODES = ("lines", "packed")
 
 
-def _texts(path: Path | None, model, split: str) -> list[str]:
+def _texts(path: Path | None, model, split: str, mode: str = "packed") -> list[str]:
     from probe.sae.data import fit_texts, read_texts, reference_texts
 
+    if mode not in TEXT_MODES:
+        raise GatescopeError(f"--text-mode {mode}: expected one of {', '.join(TEXT_MODES)}")
     if path is not None:
         from probe.io import read_text
 
         read_text(path, "--text")  # missing, a directory or not UTF-8: named here
-        return read_texts(path, model)
-    return fit_texts(reference_texts(split), model)
+        return read_texts(path, model, pack=mode == "packed")
+    return fit_texts(reference_texts(split), model, pack=mode == "packed")
 
 
 @sae_app.command("harvest")
@@ -76,18 +86,34 @@ def train_cmd(
     site: str = typer.Option(None, "--site", help="site to train on (with MODEL)"),
     store: Path = typer.Option(None, "--store", help="activation store directory"),
     arch: str = typer.Option("topk", "--arch", help="topk, vsae, batchtopk, jumprelu, ..."),
-    width: int = typer.Option(1024, "--width", help="number of latents"),
-    k: int = typer.Option(32, "--k", help="active latents per token"),
-    tokens: int = typer.Option(1_000_000, "--tokens", help="training tokens"),
+    width: int = typer.Option(
+        None, "--width", help="number of latents (default: from the site width and tokens)"
+    ),
+    k: int = typer.Option(None, "--k", help="active latents per token (default: from the data)"),
+    tokens: int = typer.Option(
+        None, "--tokens", help="training tokens (default: the tokens available, >= 1000 steps)"
+    ),
     out: Path = typer.Option(..., "--out", help="SAE directory"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/checkpoint"),
     batch_size: int = typer.Option(1024, "--batch-size", help="tokens per step"),
     lr: float = typer.Option(4e-4, "--lr"),
     beta: float = typer.Option(1.0, "--beta", help="vSAE KL weight"),
     variance: bool = typer.Option(True, "--variance/--no-variance", help="vSAE variance head"),
-    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="steps"),
+    reading: str = typer.Option(
+        "code",
+        "--vsae-reading",
+        help="vSAE: code (released code: z = mu, KL over all latents, no AuxK; reproduces "
+        "the paper's direction) or paper (the text: reparameterised sampling, AuxK)",
+    ),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="steps (0: off)"),
+    checkpoint_minutes: float = typer.Option(
+        2.0, "--checkpoint-minutes", help="wall-time minutes between checkpoints (0: off)"
+    ),
     seed: int = typer.Option(0, "--seed"),
     text: Path = typer.Option(None, "--text", help=TEXT_HELP + " (with MODEL)"),
+    text_mode: str = typer.Option("packed", "--text-mode", help=TEXT_MODE_HELP),
+    force: bool = typer.Option(False, "--force", help="accept a store from another model"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     device: str = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
     """Train an SAE with SAELens's trainer, from the model or from a store."""
@@ -105,18 +131,35 @@ def train_cmd(
         lr=lr,
         beta=beta,
         learn_variance=variance,
+        vsae_reading=reading,
         checkpoint_every=checkpoint_every,
+        checkpoint_minutes=checkpoint_minutes,
         seed=seed,
         device=device or "cpu",
     )
     spec.validate()
     if store is not None:
-        path = train_from_store(store, spec, out, resume=resume)
+        if model is not None:
+            from probe.store import ActivationStore
+
+            st = ActivationStore(store)
+            st.check(load(model, device=device), st.manifest["site"], force=force)
+        path = train_from_store(store, spec, out, resume=resume, progress=not quiet)
     else:
         m = load(model, device=device)
-        texts = _texts(text, m, "train")
-        path = train_from_model(m, _one_site(m, site), spec, out, texts, resume=resume)
-    typer.echo(f"saved {arch} SAE ({width} latents, k={k}) to {path}")
+        texts = _texts(text, m, "train", text_mode)
+        where = _one_site(m, site)
+        path = train_from_model(m, where, spec, out, texts, resume=resume, progress=not quiet)
+    import json
+
+    meta = json.loads((Path(path) / "gatescope.json").read_text())
+    used = meta["spec"]
+    ev = meta.get("training", {}).get("train_explained_variance")
+    ev_text = f", training explained variance {ev:.3f}" if ev is not None else ""
+    typer.echo(
+        f"saved {arch} SAE ({used['width']} latents, k={used['k']}, {used['tokens']} tokens"
+        f"{ev_text}) to {path}"
+    )
 
 
 def _open(path: Path, model: str | None, device: str | None):
@@ -136,25 +179,41 @@ def _open(path: Path, model: str | None, device: str | None):
 def eval_cmd(
     path: Path = typer.Argument(..., help="SAE directory"),
     model: str = typer.Option(None, "--model", help="default: the model it was trained on"),
-    text: Path = typer.Option(None, "--text", help=TEXT_HELP + " (held-out part)"),
+    text: Path = typer.Option(None, "--text", help=TEXT_HELP + " (default: held-out part)"),
+    text_mode: str = typer.Option("packed", "--text-mode", help=TEXT_MODE_HELP),
     batch_size: int = typer.Option(16, "--batch-size"),
+    force: bool = typer.Option(False, "--force", help="evaluate on another model anyway"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     json_: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
     out: Path = typer.Option(None, "--out", help="write the metrics as JSON"),
     device: str = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
-    """L0, explained variance, dead fraction, CE-loss score and feature frequencies."""
+    """SAEBench core metrics: L0, explained variance, CE / KL loss recovered, fraction alive,
+    feature density histogram (under SAEBench's names in "saebench")."""
     from probe.sae.evaluate import evaluate_sae
 
+    if batch_size < 1:
+        raise GatescopeError(f"--batch-size {batch_size}: expected at least 1 text")
     check_out_path(out)
     trained, m = _open(path, model, device)
-    result = evaluate_sae(m, trained, _texts(text, m, "eval"), batch_size=batch_size)
+    texts = _texts(text, m, "eval", text_mode)
+    result = evaluate_sae(
+        m, trained, texts, batch_size, text_mode=text_mode, force=force, progress=not quiet
+    )
     if out is not None:
         write_json(result.to_dict(), out)
     if json_:
         echo_json(result.to_dict())
         return
-    for key, value in result.to_dict(frequencies=False).items():
-        typer.echo(f"{key:20s} {value:.4f}" if isinstance(value, float) else f"{key:20s} {value}")
+    for group, values in result.saebench().items():
+        if group == "feature_density_histogram":
+            continue
+        for key, value in values.items():
+            name = f"{group}.{key}"
+            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+            typer.echo(f"{name:52s} {shown}")
+    if result.explained_variance < 0.5:
+        typer.echo(f"warning: explained variance {result.explained_variance:.3f} < 0.5", err=True)
 
 
 @sae_app.command("features")
@@ -166,22 +225,35 @@ def features_cmd(
     top: int = typer.Option(5, "--top", help="contexts per latent"),
     window: int = typer.Option(8, "--window", help="tokens either side of the peak"),
     latents: str = typer.Option(None, "--latents", help="e.g. '0,5,17' (default: all)"),
+    latent: int = typer.Option(
+        None,
+        "--latent",
+        help="one latent's feature page as JSON: firing rate, activation histogram, top and "
+        "bottom logits, de-duplicated top contexts, contexts across activation quantiles",
+    ),
+    text_mode: str = typer.Option("packed", "--text-mode", help=TEXT_MODE_HELP),
     model: str = typer.Option(None, "--model", help="default: the model it was trained on"),
     text: Path = typer.Option(None, "--text", help=TEXT_HELP + " (held-out part)"),
     json_: bool = typer.Option(False, "--json", help="print the report as JSON"),
     out: Path = typer.Option(None, "--out", help="write the report as JSON"),
     device: str = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
-    """Top-activating contexts and firing rate of each latent."""
-    from probe.sae.features import top_contexts
+    """Top-activating contexts and firing rate of each latent, or one latent's page."""
+    from probe.sae.features import latent_dashboard, top_contexts
 
     check_out_path(out)
     trained, m = _open(path, model, device)
+    if latent is not None:
+        page = latent_dashboard(m, trained, _texts(text, m, "eval", text_mode), latent, top, window)
+        if out is not None:
+            write_json(page.to_dict(), out)
+        echo_json(page.to_dict())
+        return
     try:
         chosen = [int(x) for x in latents.split(",")] if latents else None
     except ValueError:
         raise GatescopeError(f"--latents {latents}: expected integers like 0,5,17") from None
-    report = top_contexts(m, trained, _texts(text, m, "eval"), top, window, chosen)
+    report = top_contexts(m, trained, _texts(text, m, "eval", text_mode), top, window, chosen)
     if out is not None:
         write_json(report.to_dict(), out)
     if json_:

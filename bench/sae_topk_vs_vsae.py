@@ -7,6 +7,13 @@ same store, and evaluate both on held-out text (L0, explained variance, live fra
 CE-loss score with the SAE spliced in). The vSAE paper (arXiv 2509.22994, Pythia-70M) found
 far fewer live features for vSAE (0.05-0.37 vs 0.81-0.98) and slightly worse reconstruction.
 
+The vSAE is trained in both readings (``--vsae-reading``): ``code`` (the authors' released
+code: z = mu, KL over all latents, no AuxK) and ``paper`` (the text: reparameterised
+sampling with a learned variance, AuxK). The table gives SAEBench's names
+(``sparsity.l0``, ``reconstruction_quality.explained_variance``, ``misc_metrics.frac_alive``,
+``model_performance_preservation.ce_loss_score``) and the vSAE collapse diagnostics
+(mean |mu| of the selected latents, mean sigma, fraction of selections decided by noise).
+
     .venv/bin/python bench/sae_topk_vs_vsae.py [--width 1024] [--k 32] [--tokens 1000000]
 """
 
@@ -24,7 +31,19 @@ from probe.sae import SAETrainSpec, evaluate_sae, load_trained, train_from_store
 from probe.sae.data import fit_texts, reference_texts
 from probe.store import harvest
 
-FIELDS = ("l0", "explained_variance", "live_fraction", "ce_loss_score")
+FIELDS = {
+    "sparsity.l0": "l0",
+    "reconstruction_quality.explained_variance": "explained_variance",
+    "misc_metrics.frac_alive": "live_fraction",
+    "model_performance_preservation.ce_loss_score": "ce_loss_score",
+    "model_behavior_preservation.kl_div_score": "kl_div_score",
+}
+DIAG = ("mean_abs_mu", "mean_sigma", "noise_fraction")
+VARIANTS = {
+    "topk": ("topk", "code"),
+    "vsae-code": ("vsae", "code"),
+    "vsae-paper": ("vsae", "paper"),
+}
 
 
 def main() -> None:
@@ -39,6 +58,7 @@ def main() -> None:
     parser.add_argument("--eval-texts", type=int, default=400)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default=None, help="folder for stores and SAEs (default: temp)")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--json", dest="json_out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -49,27 +69,42 @@ def main() -> None:
     rows = []
     for site in args.sites.split(","):
         store = harvest(model, site, train, args.store_tokens, work / f"store-{site}")
-        for arch in ("topk", "vsae"):
+        for name in args.variants.split(","):
+            arch, reading = VARIANTS[name]
             spec = SAETrainSpec(
                 arch=arch,
                 width=args.width,
                 k=args.k,
                 tokens=args.tokens,
                 beta=args.beta,
+                vsae_reading=reading,
                 checkpoint_every=0,
+                checkpoint_minutes=0,
             )
-            out = work / f"{arch}-{site}"
+            out = work / f"{name}-{site}"
             if not (out / "cfg.json").exists():
                 train_from_store(store, spec, out)
             result = evaluate_sae(model, load_trained(out), held_out)
-            rows.append({"site": site, "arch": arch, **{f: getattr(result, f) for f in FIELDS}})
+            meta = json.loads((out / "gatescope.json").read_text())
+            train = meta.get("training", {})
+            rows.append(
+                {
+                    "site": site,
+                    "variant": name,
+                    **{f: getattr(result, attr) for f, attr in FIELDS.items()},
+                    **{d: train.get(d, float("nan")) for d in DIAG},
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
     print(
         f"\n{args.model}: width {args.width}, k {args.k}, {args.tokens:,} training tokens "
         f"from {args.store_tokens:,} harvested, vSAE beta {args.beta}"
     )
-    print(f"{'site':14s}{'arch':6s}" + "".join(f.rjust(20) for f in FIELDS))
+    short = [f.split(".")[-1] for f in FIELDS] + list(DIAG)
+    print(f"{'site':14s}{'variant':12s}" + "".join(n[:18].rjust(19) for n in short))
     for r in rows:
-        print(f"{r['site']:14s}{r['arch']:6s}" + "".join(f"{r[f]:20.3f}" for f in FIELDS))
+        vals = [r[f] for f in FIELDS] + [r[d] for d in DIAG]
+        print(f"{r['site']:14s}{r['variant']:12s}" + "".join(f"{v:19.3f}" for v in vals))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=2))
 

@@ -30,6 +30,22 @@ from probe.tracer import Tracer
 FORMAT = "gatescope.store/1"
 
 
+def model_fingerprint(model: Model) -> str:
+    """A short sha256 over every parameter's name, shape, dtype and its first and last 1024
+    values: two models with the same width but other weights differ (cheap on large models)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in model.hf.named_parameters():
+        h.update(f"{name}:{tuple(p.shape)}:{p.dtype}".encode())
+        flat = p.detach().reshape(-1)
+        if flat.device.type == "meta":
+            continue
+        for part in (flat[:1024], flat[-1024:]):
+            h.update(part.to("cpu", torch.float32).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _write_atomic_json(path: Path, obj: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2))
@@ -123,6 +139,7 @@ def _open_manifest(out: Path, model: Model, site: Site, dtype: torch.dtype) -> d
         "shards": [],
         "texts_done": 0,
         "tokenizer": getattr(model.tokenizer, "name_or_path", ""),
+        "model_fingerprint": model_fingerprint(model),
     }
 
 
@@ -163,11 +180,18 @@ def _flush(out: Path, manifest: dict, buffer: list[torch.Tensor], texts_done: in
     _write_atomic_json(out / "manifest.json", manifest)
 
 
-def _same_source(manifest: dict, model: Model, site: Site, path: Path) -> None:
-    if manifest["model"] != model.name or manifest["site"] != str(site):
+def _same_source(manifest: dict, model: Model, site: Site, path: Path, force: bool = False) -> None:
+    if manifest["site"] != str(site) or (manifest["model"] != model.name and not force):
         raise GatescopeError(
             f"store {path} holds {manifest['site']} of {manifest['model']}, not {site} of "
             f"{model.name}; use another --out directory"
+        )
+    recorded = manifest.get("model_fingerprint")
+    if recorded and not force and recorded != model_fingerprint(model):
+        raise GatescopeError(
+            f"store {path} was harvested from a model with other weights (fingerprint "
+            f"{recorded}, this {model.name} has {model_fingerprint(model)}); harvest again "
+            "into another --out, or pass --force to use it anyway"
         )
 
 
@@ -214,10 +238,11 @@ class ActivationStore:
     def width(self) -> int:
         return self.manifest["width"]
 
-    def check(self, model: Model, site: Site | str) -> None:
-        """Refuse a store harvested from another model or site."""
+    def check(self, model: Model, site: Site | str, force: bool = False) -> None:
+        """Refuse a store harvested from another model (name or weight fingerprint) or site;
+        ``force`` accepts another model, never another site."""
         site = Site.parse(site) if isinstance(site, str) else site
-        _same_source(self.manifest, model, site, self.path)
+        _same_source(self.manifest, model, site, self.path, force)
 
     def batches(
         self, batch_size: int, shuffle: bool = True, seed: int = 0

@@ -66,20 +66,33 @@ def test_vsae_eval_is_deterministic_and_training_samples(trained_dirs):
     x = torch.rand(50, 64)
     a, b = sae.encode(x), sae.encode(x)
     assert torch.equal(a, b) and ((a != 0).sum(-1) <= 4).all()
-    tsae = VSAETrainingSAE(VSAETrainingSAEConfig(d_in=64, d_sae=32, k=4))
-    with torch.no_grad():
-        tsae.b_logvar.fill_(1.0)
-    tsae.eval()
-    assert torch.equal(tsae.encode(x), tsae.encode(x))
-    tsae.train()
-    assert not torch.equal(tsae.encode(x), tsae.encode(x))
+    for reading, samples in (("paper", True), ("code", False)):
+        cfg = VSAETrainingSAEConfig(d_in=64, d_sae=32, k=4, reading=reading)
+        tsae = VSAETrainingSAE(cfg)
+        with torch.no_grad():
+            tsae.b_logvar.fill_(1.0)
+        tsae.eval()
+        assert torch.equal(tsae.encode(x), tsae.encode(x))
+        tsae.train()
+        assert torch.equal(tsae.encode(x), tsae.encode(x)) != samples, reading
+    with pytest.raises(GatescopeError, match="reading 'text'"):
+        VSAETrainingSAEConfig(d_in=4, d_sae=8, k=2, reading="text")
+
+
+def test_vsae_code_reading_has_no_auxk_and_paper_reading_has():
+    from probe.sae.train import sae_config
+
+    code = sae_config(small("vsae"), 64, "m", "resid_post.0")
+    paper = sae_config(small("vsae", vsae_reading="paper"), 64, "m", "resid_post.0")
+    assert code.reading == "code" and code.aux_loss_coefficient == 0.0
+    assert paper.reading == "paper" and paper.aux_loss_coefficient == 1 / 32
 
 
 def test_vsae_kl_warms_up_over_a_tenth_of_the_steps():
     from probe.sae.train import sae_config
 
     cfg = sae_config(small("vsae", tokens=256 * 100), 64, "m", "resid_post.0")
-    assert cfg.kl_warm_up_steps == 10 and cfg.beta == 1.0 and cfg.aux_loss_coefficient == 1 / 32
+    assert cfg.kl_warm_up_steps == 10 and cfg.beta == 1.0 and cfg.aux_loss_coefficient == 0.0
 
 
 def _dictionary_batches(dictionary: torch.Tensor, batch: int, active: int, seed: int):
@@ -106,6 +119,116 @@ def test_topk_recovers_a_sparse_dictionary(tmp_path):
     dec = torch.nn.functional.normalize(sae.W_dec.detach(), dim=-1)
     best = (dictionary @ dec.T).max(dim=1).values  # (n,)
     assert (best >= 0.9).float().mean() >= 0.8, best
+
+
+def _synthetic(tmp_path, name, n=48, d=32, steps=400, **kw):
+    torch.manual_seed(0)
+    dictionary = torch.nn.functional.normalize(torch.randn(n, d), dim=-1)
+    spec = small(width=96, k=3, tokens=512 * steps, batch_size=512, lr=3e-3, **kw)
+    source = {"model": "synthetic", "site": "resid_post.0", "site_shape": [d]}
+    out = train_sae(
+        spec,
+        lambda skip: _dictionary_batches(dictionary, 512, 3, seed=1),
+        d,
+        tmp_path / name,
+        source,
+        progress=False,
+    )
+    sae = load_trained(out).sae
+    dec = torch.nn.functional.normalize(sae.W_dec.detach(), dim=-1)
+    best = (dictionary @ dec.T).max(dim=1).values  # (n,) best cosine per true direction
+    return best, json.loads((out / "gatescope.json").read_text())
+
+
+@pytest.mark.slow
+def test_vsae_readings_on_a_known_sparse_dictionary(tmp_path):
+    best, meta = _synthetic(tmp_path, "code", steps=1000, arch="vsae", vsae_reading="code")
+    assert (best >= 0.9).float().mean() >= 0.7, best  # 0.75 measured (no AuxK in this reading)
+    assert meta["training"]["noise_fraction"] == 0.0 and not any(
+        "collapse" in w for w in meta["warnings"]
+    )
+    assert meta["training"]["train_explained_variance"] > 0.7
+    _, meta = _synthetic(tmp_path, "paper", arch="vsae", vsae_reading="paper", learn_variance=False)
+    t = meta["training"]
+    assert t["mean_sigma"] == pytest.approx(1.0)
+    assert t["noise_fraction"] > 0.25 and t["mean_abs_mu"] < t["mean_sigma"], t
+    assert any("posterior collapse" in w for w in meta["warnings"]), meta["warnings"]
+
+
+def test_default_spec_follows_the_data():
+    from probe.sae.train import default_spec
+
+    s = default_spec(128, 300_000)
+    assert (s.width, s.k, s.tokens) == (1024, 32, 1_024_000)  # 1000 steps of 1024 tokens
+    assert default_spec(384, 10_000_000).tokens == 4_000_000
+    small_data = default_spec(16, 1000, batch_size=64)
+    assert small_data.width == 128 and small_data.k == 8 and small_data.tokens == 64_000
+    assert default_spec(128, 1, width=64).k == 16  # k stays below width / 4
+    explicit = default_spec(128, 1, width=256, k=5, tokens=9000)
+    assert (explicit.width, explicit.k, explicit.tokens) == (256, 5, 9000)
+
+
+def test_low_explained_variance_is_warned(store, tmp_path, capsys):
+    from probe.store import ActivationStore
+
+    spec = small(width=8, k=1, tokens=256 * 4, lr=1e-6)
+    out = train_sae(spec, _plain(ActivationStore(store)), 64, tmp_path / "w", _SRC, progress=False)
+    meta = json.loads((out / "gatescope.json").read_text())
+    assert meta["training"]["train_explained_variance"] < 0.5
+    assert "explained variance" in meta["warnings"][0]
+    assert "warning: training explained variance" in capsys.readouterr().err
+
+
+_SRC = {"model": "tiny", "site": "attn_gate.1", "site_shape": [4, 16]}
+
+
+def test_killed_run_resumes_exactly(store, tmp_path, capsys):
+    """A crash (no checkpoint written at the crash) after the step-6 checkpoint: the rerun
+    resumes from step 6, redoes the lost steps and ends equal to an uninterrupted run; the
+    vSAE paper reading draws noise, so the RNG state must be restored too."""
+    from probe.sae.data import store_provider
+    from probe.store import ActivationStore
+
+    st = ActivationStore(store)
+    spec = small("vsae", vsae_reading="paper", tokens=256 * 12, checkpoint_every=3)
+
+    def killed(skip):
+        for i, b in enumerate(store_provider(st, 256, seed=0, skip=skip)):
+            if skip == 0 and i == 8:
+                raise SystemExit("killed")  # not KeyboardInterrupt: nothing saved now
+            yield b
+
+    with pytest.raises(SystemExit):
+        train_sae(spec, killed, 64, tmp_path / "a", _SRC, progress=False)
+    state = json.loads((tmp_path / "a/checkpoint/trainer_state.json").read_text())
+    assert state["counters"]["n_training_steps"] == 6
+    train_sae(spec, killed, 64, tmp_path / "a", _SRC, resume=True, progress=False)
+    assert "resuming" in (err := capsys.readouterr().err) and "at step 6 of 12" in err, err
+    whole = train_sae(spec, _plain(st), 64, tmp_path / "b", _SRC, progress=False)
+    a = load_trained(tmp_path / "a").sae.state_dict()
+    b = load_trained(whole).sae.state_dict()
+    worst = max(float((a[n] - b[n]).abs().max()) for n in a)
+    print(f"resumed vs uninterrupted: max |weight difference| {worst:.3g}")
+    assert worst <= 1e-6, worst
+    assert not (tmp_path / "a/checkpoint").exists()  # removed once the run is complete
+
+
+def test_resume_refuses_other_settings(store, tmp_path):
+    from probe.store import ActivationStore
+
+    st = ActivationStore(store)
+    spec = small(tokens=256 * 10, checkpoint_every=2)
+
+    def crash(skip):
+        for i, b in enumerate(_plain(st)(skip)):
+            if i == 3:
+                raise KeyboardInterrupt
+            yield b
+
+    with pytest.raises(KeyboardInterrupt):
+        train_sae(spec, crash, 64, tmp_path / "a", _SRC, progress=False)
+    with pytest.raises(GatescopeError, match="other settings.*width"):
+        train_sae(small(width=16, tokens=256 * 10), crash, 64, tmp_path / "a", _SRC, resume=True)
 
 
 def test_resume_after_an_interruption(store, tmp_path):
@@ -322,3 +445,104 @@ def test_sparse_topk_falls_back_to_saelens_pass_and_still_counts():
     b, _ = _one_step(sparse, x, None)
     assert torch.equal(a.feature_acts, b.feature_acts) and not b.feature_acts.is_sparse
     assert torch.equal(sparse.last_fired, (a.feature_acts != 0).sum(0).float())
+
+
+def test_saebench_names_and_kl(model, trained_dirs):
+    tr = load_trained(trained_dirs["topk"])
+    ev = evaluate_sae(model, tr, TEXTS[:20])
+    sb = ev.to_dict()["saebench"]
+    assert sb["model_performance_preservation"]["ce_loss_score"] == ev.ce_loss_score
+    assert sb["model_performance_preservation"]["ce_loss_without_sae"] == ev.ce_orig
+    assert sb["reconstruction_quality"]["explained_variance"] == ev.explained_variance
+    assert sb["sparsity"]["l0"] == ev.l0 and sb["misc_metrics"]["frac_alive"] == ev.live_fraction
+    kl = sb["model_behavior_preservation"]
+    assert kl["kl_div_with_ablation"] > kl["kl_div_with_sae"] >= 0
+    assert kl["kl_div_score"] == pytest.approx(
+        (kl["kl_div_with_ablation"] - kl["kl_div_with_sae"]) / kl["kl_div_with_ablation"]
+    )
+    hist = sb["feature_density_histogram"]
+    assert sum(hist["counts"]) + hist["dead"] == 32
+    assert -1 <= ev.cossim <= 1 and sb["shrinkage"]["l2_ratio"] == pytest.approx(
+        ev.l2_norm_out / ev.l2_norm_in
+    )
+    # the KL of the zeroed site, recomputed with the model's own forward and a hook
+    from probe.hooks import hook_sites
+
+    batch = model.tokenize(list(TEXTS[:20]))
+    torch.set_grad_enabled(False)
+    clean = model.forward(batch.input_ids, batch.attention_mask)
+    zero = [(tr.site, lambda v, info: torch.zeros_like(v))]
+    with hook_sites(model, zero, write=True):
+        zeroed = model.forward(batch.input_ids, batch.attention_mask)
+    keep = batch.attention_mask.bool()
+    p, q = clean[keep].log_softmax(-1), zeroed[keep].log_softmax(-1)
+    ref = float((p.exp() * (p - q)).sum(-1).mean())
+    torch.set_grad_enabled(True)
+    assert ev.kl_ablate == pytest.approx(ref, rel=1e-4)
+
+
+def test_sae_from_a_model_with_other_weights_is_refused(model, trained_dirs):
+    other = load_model(tiny_hf("qwen3_next", seed=7), tokenizer=tiny_tokenizer())
+    other.name = "tiny"  # same name and width, other weights
+    tr = load_trained(trained_dirs["topk"])
+    assert tr.meta["model_fingerprint"]
+    with pytest.raises(GatescopeError, match="other weights.*--force"):
+        evaluate_sae(other, tr, TEXTS[:4])
+    evaluate_sae(other, tr, TEXTS[:4], force=True)
+    from probe.store import ActivationStore
+
+    st = ActivationStore(tr.meta["store"])
+    with pytest.raises(GatescopeError, match="other weights"):
+        st.check(other, "attn_gate.1")
+    st.check(other, "attn_gate.1", force=True)
+    with pytest.raises(GatescopeError, match="not mlp_gate.1"):
+        st.check(model, "mlp_gate.1", force=True)
+
+
+def test_latent_dashboard(model, tmp_path):
+    from probe.sae import latent_dashboard
+
+    spec = small(tokens=256 * 6, checkpoint_every=0)
+    out = train_from_model(model, "resid_post.1", spec, tmp_path / "r", TEXTS, progress=False)
+    tr = load_trained(out)
+    ev = evaluate_sae(model, tr, TEXTS[:30], text_mode="lines")
+    lat = max(range(32), key=lambda i: ev.feature_frequency[i])
+    page = latent_dashboard(model, tr, TEXTS[:30], lat, top=5, window=3, quantiles=4)
+    assert page.tokens == ev.tokens and page.firing_rate == pytest.approx(ev.feature_frequency[lat])
+    keys = [tuple(c.tokens) for c in page.top_contexts]
+    assert len(keys) == len(set(keys)) and 0 < len(keys) <= 5
+    acts = [c.activation for c in page.top_contexts]
+    assert acts == sorted(acts, reverse=True) and acts[0] == pytest.approx(page.max_activation)
+    for c in page.top_contexts:
+        assert c.acts[c.center] == pytest.approx(c.activation, abs=1e-4)
+    fired = round(page.firing_rate * page.tokens)
+    assert sum(page.histogram["counts"]) == pytest.approx(fired)
+    assert sum(q["tokens"] for q in page.quantile_contexts) == fired
+    for q in page.quantile_contexts:
+        for c in q["contexts"]:
+            assert q["low"] < c.activation <= q["high"] + 1e-6
+    w_u = model.hf.get_output_embeddings().weight.detach()
+    logits = w_u @ tr.sae.W_dec[lat].detach()
+    assert page.top_logits[0][1] == pytest.approx(float(logits.max()), rel=1e-5)
+    assert page.bottom_logits[0][1] == pytest.approx(float(logits.min()), rel=1e-5)
+    assert tr.meta["spec"]["width"] == 32
+    with pytest.raises(GatescopeError, match="--latent 99"):
+        latent_dashboard(model, tr, TEXTS[:4], 99)
+
+
+def test_checkpoints_by_wall_time(store, tmp_path):
+    from probe.store import ActivationStore
+
+    st = ActivationStore(store)
+    spec = small(tokens=256 * 10, checkpoint_every=0, checkpoint_minutes=1e-9)  # every step
+
+    def crash(skip):
+        for i, b in enumerate(_plain(st)(skip)):
+            if i == 5:
+                raise SystemExit("killed")
+            yield b
+
+    with pytest.raises(SystemExit):
+        train_sae(spec, crash, 64, tmp_path / "t", _SRC, progress=False)
+    state = json.loads((tmp_path / "t/checkpoint/trainer_state.json").read_text())
+    assert state["counters"]["n_training_steps"] == 5 and state["spec"]["checkpoint_minutes"]

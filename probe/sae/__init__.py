@@ -12,13 +12,23 @@ from probe.sae.evaluate import SAEEval, evaluate_sae
 from probe.sae.features import (
     FeatureReport,
     LatentContext,
+    LatentDashboard,
     LatentDirection,
     LatentFeatures,
+    decoder_logits,
+    latent_dashboard,
     latent_direction,
+    latent_stats,
     top_contexts,
 )
 from probe.sae.io import TrainedSAE, check_sae_site, load_trained, site_width
-from probe.sae.train import SAETrainSpec, train_from_model, train_from_store, train_sae
+from probe.sae.train import (
+    SAETrainSpec,
+    default_spec,
+    train_from_model,
+    train_from_store,
+    train_sae,
+)
 from probe.sae.vsae import register as _register
 
 _register()
@@ -26,14 +36,19 @@ _register()
 __all__ = [
     "FeatureReport",
     "LatentContext",
+    "LatentDashboard",
     "LatentDirection",
     "LatentFeatures",
     "SAEEval",
     "SAETrainSpec",
     "TrainedSAE",
     "check_sae_site",
+    "decoder_logits",
+    "default_spec",
     "evaluate_sae",
+    "latent_dashboard",
     "latent_direction",
+    "latent_stats",
     "load_trained",
     "site_width",
     "top_contexts",

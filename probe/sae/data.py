@@ -48,15 +48,22 @@ def _fit(model: Model, text: str) -> list[str]:
     return _fit(model, " ".join(words[:half])) + _fit(model, " ".join(words[half:]))
 
 
-def read_texts(path: str | Path, model: Model) -> list[str]:
-    """Non-empty lines of a text file, each fitted to the model's context."""
+def read_texts(path: str | Path, model: Model, pack: bool = False) -> list[str]:
+    """Non-empty lines of a text file, each fitted to the model's context: one document per
+    line, or with ``pack`` consecutive short lines joined into context-sized windows."""
     path = Path(path)
     if not path.is_file():
         raise GatescopeError(f"--text {path}: no such file")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise GatescopeError(
+            f"--text {path}: not UTF-8 text (byte {exc.start}); convert it to UTF-8"
+        ) from None
+    lines = [ln.strip() for ln in raw.splitlines() if ln.strip()]
     if not lines:
         raise GatescopeError(f"--text {path}: the file has no text")
-    return fit_texts(lines, model)
+    return fit_texts(lines, model, pack=pack)
 
 
 def _counts(model: Model, texts: Sequence[str]) -> list[int]:

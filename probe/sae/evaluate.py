@@ -13,11 +13,19 @@ For every batch of texts, three forward passes:
 Explained variance = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2; dead fraction = latents
 that never fire over the evaluation tokens; CE-loss score =
 (CE_ablate - CE_sae) / (CE_ablate - CE_orig). CE is next-token cross-entropy over real tokens.
+KL is the mean over real tokens of KL(p_clean || p_spliced) of the next-token distributions;
+KL-div score = (KL_ablate - KL_sae) / KL_ablate.
+
+:meth:`SAEEval.saebench` gives the same figures under SAEBench's core-eval names and groups
+(``model_behavior_preservation.kl_div_score``, ``model_performance_preservation.
+ce_loss_score``, ``reconstruction_quality.explained_variance``, ``sparsity.l0``,
+``misc_metrics.frac_alive``, ...) plus the log10 feature-density histogram.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -42,6 +50,11 @@ class SAEEval:
         dead_fraction / live_fraction: latents that never / ever fire on these tokens.
         ce_orig, ce_sae, ce_ablate: next-token cross-entropy (nats) clean, spliced, zeroed.
         ce_loss_score: (ce_ablate - ce_sae) / (ce_ablate - ce_orig).
+        kl_sae, kl_ablate: mean KL(clean || spliced / zeroed) per token (nats).
+        kl_div_score: (kl_ablate - kl_sae) / kl_ablate.
+        mse: mean squared error per element; cossim: mean cosine(x, x_hat) per token.
+        l1: mean sum |latents| per token; l2_norm_in / l2_norm_out: mean ||x||, ||x_hat||.
+        text_mode: ``lines`` (one document per line) or ``packed``.
         feature_frequency: per latent, fraction of tokens on which it fires.
     """
 
@@ -60,10 +73,71 @@ class SAEEval:
     ce_sae: float
     ce_ablate: float
     ce_loss_score: float
+    kl_sae: float = float("nan")
+    kl_ablate: float = float("nan")
+    kl_div_score: float = float("nan")
+    mse: float = float("nan")
+    cossim: float = float("nan")
+    l1: float = float("nan")
+    l2_norm_in: float = float("nan")
+    l2_norm_out: float = float("nan")
+    text_mode: str = "packed"
     feature_frequency: list[float] = field(repr=False, default_factory=list)
+
+    def density_histogram(self, bins: int = 20) -> dict:
+        """Histogram of log10 feature density over the live latents (SAEBench's plot), and the
+        number of dead latents apart."""
+        freq = torch.tensor(self.feature_frequency, dtype=torch.float64)
+        live = freq[freq > 0].log10()
+        if len(live) == 0:
+            return {"log10_density_edges": [], "counts": [], "dead": len(freq)}
+        lo, hi = float(live.min()), float(live.max())
+        counts = torch.histc(live, bins=bins, min=lo, max=max(hi, lo + 1e-9))
+        edges = torch.linspace(lo, max(hi, lo + 1e-9), bins + 1)
+        return {
+            "log10_density_edges": edges.tolist(),
+            "counts": [int(c) for c in counts],
+            "dead": int((freq == 0).sum()),
+        }
+
+    def saebench(self) -> dict:
+        """The metrics under SAEBench's core-eval names, grouped as SAEBench groups them."""
+        freq = torch.tensor(self.feature_frequency, dtype=torch.float64)
+        return {
+            "model_behavior_preservation": {
+                "kl_div_score": self.kl_div_score,
+                "kl_div_with_ablation": self.kl_ablate,
+                "kl_div_with_sae": self.kl_sae,
+            },
+            "model_performance_preservation": {
+                "ce_loss_score": self.ce_loss_score,
+                "ce_loss_with_ablation": self.ce_ablate,
+                "ce_loss_with_sae": self.ce_sae,
+                "ce_loss_without_sae": self.ce_orig,
+            },
+            "reconstruction_quality": {
+                "explained_variance": self.explained_variance,
+                "mse": self.mse,
+                "cossim": self.cossim,
+            },
+            "shrinkage": {
+                "l2_norm_in": self.l2_norm_in,
+                "l2_norm_out": self.l2_norm_out,
+                "l2_ratio": self.l2_norm_out / self.l2_norm_in if self.l2_norm_in else math.nan,
+            },
+            "sparsity": {"l0": self.l0, "l1": self.l1},
+            "misc_metrics": {
+                "frac_alive": self.live_fraction,
+                "freq_over_1_percent": float((freq > 0.01).double().mean()),
+                "freq_over_10_percent": float((freq > 0.1).double().mean()),
+            },
+            "token_stats": {"total_tokens_eval_reconstruction": self.tokens},
+            "feature_density_histogram": self.density_histogram(),
+        }
 
     def to_dict(self, frequencies: bool = True) -> dict:
         d = asdict(self)
+        d["saebench"] = self.saebench()
         if not frequencies:
             d.pop("feature_frequency")
         return d
@@ -77,6 +151,8 @@ class _Stats:
 
     def __init__(self, width: int):
         self.n, self.l0, self.err, self.sum_sq = 0, 0.0, 0.0, 0.0
+        self.l1, self.cos, self.norm_in, self.norm_out = 0.0, 0.0, 0.0, 0.0
+        self.d_in = 1
         self.sum = None
         self.fires = torch.zeros(width, dtype=torch.long)
 
@@ -87,6 +163,11 @@ class _Stats:
         self.err += float((x - x_hat).pow(2).sum())
         self.sum_sq += float(x.pow(2).sum())
         self.sum = x.sum(0) if self.sum is None else self.sum + x.sum(0)
+        self.d_in = x.shape[-1]
+        self.l1 += float(f.double().abs().sum())
+        self.cos += float(F.cosine_similarity(x, x_hat, dim=-1).sum())
+        self.norm_in += float(x.norm(dim=-1).sum())
+        self.norm_out += float(x_hat.norm(dim=-1).sum())
         active = f != 0
         self.l0 += float(active.sum())
         self.fires += active.sum(0).cpu()
@@ -103,6 +184,14 @@ def _ce(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[fl
         logits[:, :-1][keep].float(), ids[:, 1:][keep].to(logits.device), reduction="sum"
     )
     return float(loss), int(keep.sum())
+
+
+def _kl(clean: torch.Tensor, other: torch.Tensor, mask: torch.Tensor) -> float:
+    """Summed KL(softmax(clean) || softmax(other)) over real positions."""
+    keep = mask.bool().to(clean.device)
+    p = clean[keep].float().log_softmax(-1)
+    q = other[keep].float().log_softmax(-1)
+    return float((p.exp() * (p - q)).sum())
 
 
 def _splice(trained: TrainedSAE, stats: _Stats, clip: bool, where: str):
@@ -129,30 +218,48 @@ def _ce_score(orig: float, sae: float, ablate: float) -> float:
 
 @torch.no_grad()
 def evaluate_sae(
-    model: Model, trained: TrainedSAE, texts: Sequence[str], batch_size: int = 16
+    model: Model,
+    trained: TrainedSAE,
+    texts: Sequence[str],
+    batch_size: int = 16,
+    text_mode: str = "packed",
+    force: bool = False,
+    progress: bool = False,
 ) -> SAEEval:
-    """Evaluate ``trained`` on ``texts`` (see the module docstring)."""
-    check_sae_site(model, trained)
+    """Evaluate ``trained`` on ``texts`` (see the module docstring); ``text_mode`` records
+    how the texts were cut (``lines`` or ``packed``)."""
+    check_sae_site(model, trained, force=force)
     site = trained.site
     clip = model.family.taps[site.kind].transform == "sigmoid"
     stats = _Stats(trained.width)
     ce = {"orig": [0.0, 0], "sae": [0.0, 0], "ablate": [0.0, 0]}
     zero = [(site, lambda v, info: torch.zeros_like(v))]
+    kl = {"sae": 0.0, "ablate": 0.0}
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(texts), unit="text", desc=f"sae eval {site}", disable=not progress)
     for start in range(0, len(texts), batch_size):
         batch = model.tokenize(list(texts[start : start + batch_size]))
         ids, mask = batch.input_ids, batch.attention_mask
         where = f"texts {start}-{start + len(ids) - 1}"
         runs = {
-            "sae": [(site, _splice(trained, stats, clip, where))],
             "orig": [],
+            "sae": [(site, _splice(trained, stats, clip, where))],
             "ablate": zero,
         }
+        clean = None
         for name, entries in runs.items():
             with hook_sites(model, entries, write=bool(entries)):
                 logits = model.forward(ids, mask)
             total, count = _ce(logits, ids, mask.to(logits.device))
             ce[name][0] += total
             ce[name][1] += count
+            if clean is None:
+                clean = logits
+            else:
+                kl[name] += _kl(clean, logits, mask)
+        bar.update(len(ids))
+    bar.close()
     if stats.n == 0:
         raise GatescopeError("no evaluation tokens; give some evaluation text")
     c = {name: s / max(n, 1) for name, (s, n) in ce.items()}
@@ -173,5 +280,14 @@ def evaluate_sae(
         ce_sae=c["sae"],
         ce_ablate=c["ablate"],
         ce_loss_score=_ce_score(c["orig"], c["sae"], c["ablate"]),
+        kl_sae=kl["sae"] / stats.n,
+        kl_ablate=kl["ablate"] / stats.n,
+        kl_div_score=(kl["ablate"] - kl["sae"]) / kl["ablate"] if kl["ablate"] > 0 else math.nan,
+        mse=stats.err / (stats.n * stats.d_in),
+        cossim=stats.cos / stats.n,
+        l1=stats.l1 / stats.n,
+        l2_norm_in=stats.norm_in / stats.n,
+        l2_norm_out=stats.norm_out / stats.n,
+        text_mode=text_mode,
         feature_frequency=(stats.fires.double() / stats.n).tolist(),
     )

@@ -88,8 +88,12 @@ def load_trained(path: str | Path, device: str = "cpu") -> TrainedSAE:
     return TrainedSAE(sae.eval(), path, Site.parse(site), model or "", shape, meta)
 
 
-def check_sae_site(model: Model, trained: TrainedSAE) -> None:
-    """Refuse an SAE whose ``d_in`` does not match its site in ``model``."""
+def check_sae_site(model: Model, trained: TrainedSAE, force: bool = False) -> None:
+    """Refuse an SAE whose ``d_in`` does not match its site in ``model``, or (unless
+    ``force``) one trained on another model: another name, or the same name with other
+    weights (the model fingerprint recorded at training)."""
+    from probe.store import model_fingerprint
+
     model.check_site(trained.site)
     width, shape = site_width(model, trained.site)
     if width != trained.sae.cfg.d_in:
@@ -97,4 +101,20 @@ def check_sae_site(model: Model, trained: TrainedSAE) -> None:
             f"SAE {trained.path} has d_in {trained.sae.cfg.d_in}, but {trained.site} of "
             f"{model.name} is {width} wide (shape {shape}); use the model and site it was "
             f"trained on ({trained.model}, {trained.site})"
+        )
+    if force:
+        return
+    recorded = trained.meta.get("model_fingerprint")
+    if recorded:
+        if recorded != model_fingerprint(model):
+            raise GatescopeError(
+                f"SAE {trained.path} was trained on {trained.model or 'a model'} with other "
+                f"weights (fingerprint {recorded}; {model.name} has "
+                f"{model_fingerprint(model)}); use the model it was trained on, or pass "
+                "--force to use it anyway"
+            )
+    elif trained.model and trained.model != model.name:
+        raise GatescopeError(
+            f"SAE {trained.path} was trained on {trained.model}, not {model.name}; "
+            "evaluate it on that model, or pass --force to use it anyway"
         )
