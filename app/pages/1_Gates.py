@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from app.ui import cached_model, model_name, pick_model
+from app.ui import cached_model, model_name, pick_model, shared_text
 from probe import Tracer
 from probe.errors import GatescopeError
 from probe.gates import gate_stats, token_gates
@@ -51,7 +51,7 @@ if model is None:
 name = model_name(model)
 
 st.subheader("Per-token gate values")
-prompt = st.text_area("prompt", DEFAULT_PROMPT, key="prompt")
+prompt = shared_text("prompt", DEFAULT_PROMPT, key="prompt", area=True)
 layer = st.slider("layer", 0, model.dims.n_layers - 1, 0, key="layer")
 try:
     tg = token_gates(model, prompt)
@@ -70,7 +70,10 @@ if tg is not None:
             color_continuous_scale="Viridis",
             aspect="auto",
             title=f"mean gate per head, layer {layer} (0 = closed, 1 = open)",
+            labels={"x": "head", "y": "token", "color": "mean gate"},
         )
+        fig.update_traces(hovertemplate="%{x}, token %{y}<br>mean gate %{z:.3f}<extra></extra>")
+        fig.update_yaxes(tickmode="array", tickvals=labels, ticktext=labels)
         st.plotly_chart(fig, width="stretch", key="token_gates")
     else:
         st.info("This model has no attention output gate; showing GLU gate activity instead.")
@@ -82,8 +85,12 @@ if tg is not None:
             zmin=0,
             zmax=1,
             aspect="auto",
+            color_continuous_scale="Viridis",
             title="fraction of |mlp_gate| >= 0.01 per token",
+            labels={"x": "token", "y": "layer", "color": "active fraction"},
         )
+        glu.update_traces(hovertemplate="%{y}, token %{x}<br>active %{z:.3f}<extra></extra>")
+        glu.update_xaxes(tickmode="array", tickvals=labels, ticktext=labels)
         st.plotly_chart(glu, width="stretch", key="token_glu")
 
 st.subheader("Over a prompt set")
@@ -95,9 +102,11 @@ if report["mean_gate"] is not None:
         zmin=0,
         zmax=1,
         aspect="auto",
-        labels={"x": "head", "y": "layer"},
+        color_continuous_scale="Viridis",
+        labels={"x": "head", "y": "layer", "color": "mean gate"},
         title="mean gate (layer x head)",
     )
+    heat.update_traces(hovertemplate="layer %{y}, head %{x}<br>mean gate %{z:.3f}<extra></extra>")
     cols[0].plotly_chart(heat, width="stretch", key="mean_gate")
     hist = px.histogram(
         x=gate_values(name),
@@ -106,6 +115,7 @@ if report["mean_gate"] is not None:
         title="distribution of gate values",
         labels={"x": "gate value"},
     )
+    hist.update_yaxes(title_text="count (log)")
     cols[1].plotly_chart(hist, width="stretch", key="gate_hist")
     below = go.Figure()
     for t, table in report["gate_below"].items():
@@ -114,7 +124,13 @@ if report["mean_gate"] is not None:
             x=[f"L{i}" for i in range(len(table))],
             y=[sum(r) / len(r) for r in table],
         )
-    below.update_layout(barmode="group", title="fraction of gate values under thresholds")
+    below.update_layout(
+        barmode="group",
+        title="fraction of gate values under thresholds",
+        xaxis_title="layer",
+        yaxis_title="fraction of gate values",
+        yaxis_range=[0, 1],
+    )
     st.plotly_chart(below, width="stretch", key="gate_below")
 if report["glu_below"] is not None:
     glu = go.Figure()
@@ -122,7 +138,13 @@ if report["glu_below"] is not None:
         glu.add_bar(
             name=f"|mlp_gate| < {t}", x=[f"L{i}" for i in range(len(per_layer))], y=per_layer
         )
-    glu.update_layout(barmode="group", title="GLU gate sparsity per layer")
+    glu.update_layout(
+        barmode="group",
+        title="GLU gate sparsity per layer",
+        xaxis_title="layer",
+        yaxis_title="fraction of GLU gate values",
+        yaxis_range=[0, 1],
+    )
     st.plotly_chart(glu, width="stretch", key="glu_sparsity")
 
 st.subheader("Attention sink and largest activation: gated vs ungated")
@@ -134,12 +156,59 @@ for other in pair:
     except GatescopeError as exc:
         st.warning(f"{other}: {exc}")
 sink, act = go.Figure(), go.Figure()
+sinks, acts = {}, {}
 for other, rep in reports.items():
     layers = [f"L{i}" for i in range(len(rep["sink"]))]
-    sink.add_bar(name=other, x=layers, y=[sum(r) / len(r) for r in rep["sink"]])
-    act.add_bar(name=other, x=layers, y=rep["max_activation"])
-sink.update_layout(barmode="group", title="attention on the first token (sink)")
-act.update_layout(barmode="group", title="largest |residual activation|")
+    sinks[other] = [sum(r) / len(r) for r in rep["sink"]]
+    acts[other] = list(rep["max_activation"])
+    sink.add_bar(name=other, x=layers, y=sinks[other])
+    act.add_bar(name=other, x=layers, y=acts[other])
+sink.update_layout(
+    barmode="group",
+    title="attention on the first token (sink), mean over heads",
+    xaxis_title="layer",
+    yaxis_title="attention probability on token 0",
+    yaxis_range=[0, 1],
+)
+act.update_layout(
+    barmode="group",
+    title="largest |residual activation|",
+    xaxis_title="layer",
+    yaxis_title="max |resid_post| (activation units)",
+)
+for fig in (sink, act):
+    fig.update_traces(hovertemplate="%{fullData.name}, %{x}: %{y:.3f}<extra></extra>")
 cols = st.columns(2)
 cols[0].plotly_chart(sink, width="stretch", key="sink")
 cols[1].plotly_chart(act, width="stretch", key="max_act")
+
+
+def verdict(values: dict[str, list[float]], what: str) -> str:
+    """One line from the numbers: per layer, which model is higher, and the overall means."""
+    gated, plain = values["reference"], values["reference-plain"]
+    higher = [i for i, (g, p) in enumerate(zip(gated, plain, strict=True)) if g > p]
+    mean_g, mean_p = sum(gated) / len(gated), sum(plain) / len(plain)
+    lower = "lower" if mean_g < mean_p else "higher"
+    where = f"; the gated model is higher at layers {higher}" if higher else ""
+    return (
+        f"{what}: gated mean {mean_g:.3f} vs plain {mean_p:.3f}, {lower} overall "
+        f"({mean_g / mean_p:.2f}x){where}."
+    )
+
+
+if set(reports) == {"reference", "reference-plain"}:
+    st.markdown("**Verdict.** " + verdict(sinks, "attention sink"))
+    st.markdown("**Verdict.** " + verdict(acts, "largest activation"))
+if sinks:
+    rows = [
+        {"model": m, "layer": i, "sink": sinks[m][i], "max_activation": acts[m][i]}
+        for m in sinks
+        for i in range(len(sinks[m]))
+    ]
+    st.download_button(
+        "sink and largest activation (CSV)",
+        "model,layer,sink,max_activation\n"
+        + "".join(f"{r['model']},{r['layer']},{r['sink']},{r['max_activation']}\n" for r in rows),
+        file_name="gates_sink.csv",
+        key="sink_csv",
+    )
