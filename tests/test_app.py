@@ -57,6 +57,7 @@ def test_gates_page_charts_and_bad_prompts(tiny_app):
     assert not at.exception and not at.error
 
 
+@pytest.mark.slow  # runs the reference model's full computation
 @needs_reference
 def test_gates_page_on_the_reference_models(monkeypatch):
     monkeypatch.delenv("GATESCOPE_MODEL", raising=False)
@@ -118,12 +119,27 @@ def test_patching_a_custom_pair_and_its_bad_inputs(tiny_app):
     assert not at.exception and at.error
 
 
+@pytest.mark.slow  # builds a RelP graph on the reference model
+@needs_reference
+def test_circuits_node_count_resets_when_the_task_changes(monkeypatch):
+    monkeypatch.delenv("GATESCOPE_MODEL", raising=False)
+    at = _run(PAGES["3_Circuits"], {"task": "ioi"})
+    slider = [s for s in at.slider if s.key.startswith("size_")][0]
+    default = slider.value
+    slider.set_value(max(0, default - 1) if default else 1).run()
+    at.selectbox(key="task").set_value("induction").run()
+    assert not at.exception
+    fresh = [s for s in at.slider if s.key.startswith("size_")][0]
+    assert "induction" in fresh.key and not at.error
+
+
 def test_steering_page_bad_pairs(tiny_app):
     at = _run(PAGES["5_Steering"])
     at.text_area(key="pairs").set_value("only one side").run()
     assert not at.exception and "positive text | negative text" in at.error[0].value
 
 
+@pytest.mark.slow  # runs the reference model's full computation
 @needs_reference
 @pytest.mark.parametrize("page", list(PAGES))
 def test_feature_pages_on_the_reference_model(monkeypatch, page):
@@ -195,6 +211,7 @@ def test_saes_page_trains_and_browses_on_the_reference_model(monkeypatch, tmp_pa
     assert 0 < explained <= 1
 
 
+@pytest.mark.slow  # runs the reference model's full computation
 @needs_reference
 def test_patching_page_layer_by_head_and_by_position(monkeypatch):
     monkeypatch.delenv("GATESCOPE_MODEL", raising=False)
@@ -206,6 +223,7 @@ def test_patching_page_layer_by_head_and_by_position(monkeypatch):
     assert all("@" in c for c in at.dataframe[0].value["component"])
 
 
+@pytest.mark.slow  # runs the reference model's full computation
 @needs_reference
 def test_concepts_page_bad_target_is_a_message(monkeypatch):
     monkeypatch.delenv("GATESCOPE_MODEL", raising=False)
@@ -213,4 +231,8 @@ def test_concepts_page_bad_target_is_a_message(monkeypatch):
     at.text_input(key="target").set_value("wonderfulness|terrible").run()
     assert not at.exception and "not a single token" in at.error[0].value
     at.text_input(key="target").set_value("wonderful|terrible").run()  # the page recovers
+    assert not at.exception and not at.error and not at.get("plotly_chart")  # waits for Run
+    at.button(key="concepts_run").click().run()
     assert not at.exception and not at.error and at.get("plotly_chart")
+    table = at.dataframe[0].value
+    assert len(table) == 4 and table["TCAV"].notna().all()
