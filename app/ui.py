@@ -1,8 +1,14 @@
-"""Shared pieces of the Streamlit pages: the model picker, cached loading, error display.
+"""Shared pieces of the Streamlit pages: the model picker, cached loading, error display,
+and the state every page shares.
 
 Pages call only the public API of ``probe``, ``interventions`` and ``circuits``. The model
 shown is chosen in the sidebar (default: the bundled ``reference`` model, or the
 ``GATESCOPE_MODEL`` environment variable) and loaded once (``st.cache_resource``).
+
+The model (a typed directory or hub id included), the prompt and the task are one state for
+the whole app: kept in ``st.session_state`` under ``shared.*`` keys (widget keys are dropped
+when a page that lacks the widget runs, these are not) and mirrored in the URL's query
+parameters (``?model=...&prompt=...&task=...``), so a view can be bookmarked and shared.
 """
 
 from __future__ import annotations
@@ -31,11 +37,62 @@ def cached_model(name: str):
     return load_model(name)
 
 
+SHARED = ("model", "prompt", "task")
+
+
+def shared(name: str, default=None):
+    """The app-wide value of ``name`` (model, prompt, task): this session's, else the URL's
+    query parameter, else ``default``."""
+    key = f"shared.{name}"
+    if key not in st.session_state and name in st.query_params:
+        st.session_state[key] = st.query_params[name]
+    return st.session_state.get(key, default)
+
+
+def remember(name: str, value) -> None:
+    """Set the app-wide ``name`` and mirror it in the URL."""
+    st.session_state[f"shared.{name}"] = value
+    if value in (None, ""):
+        if name in st.query_params:
+            del st.query_params[name]
+    elif st.query_params.get(name) != str(value):
+        st.query_params[name] = str(value)
+
+
+def _mirror_all() -> None:
+    """Put every shared value in the URL (a page change starts from a bare URL)."""
+    for name in SHARED:
+        value = shared(name)
+        if value not in (None, ""):
+            remember(name, value)
+
+
+def shared_text(label: str, default: str, key: str, area: bool = False, **kw) -> str:
+    """A text input (or area) holding the app-wide prompt."""
+    widget = st.text_area if area else st.text_input
+    value = widget(label, shared("prompt", default), key=key, **kw)
+    remember("prompt", value)
+    return value
+
+
+def shared_choice(where, name: str, label: str, options: list, key: str, **kw):
+    """A selectbox over ``options`` holding the app-wide ``name`` (the task, say)."""
+    current = shared(name)
+    index = options.index(current) if current in options else 0
+    value = where.selectbox(label, options, index=index, key=key, **kw)
+    remember(name, value)
+    return value
+
+
 def pick_model():
-    """Sidebar model picker; returns the loaded Model, or None after showing an error."""
+    """Sidebar model picker; returns the loaded Model, or None after showing an error. The
+    choice (and a typed path) is the app-wide ``model``."""
     st.sidebar.header("Model")
-    wanted = default_model()
-    default = wanted if wanted in CHOICES else CHOICES[-1]
+    _mirror_all()
+    wanted = shared("model")
+    if wanted is None:
+        wanted = default_model()
+    default = wanted if wanted in CHOICES[:2] else CHOICES[-1]
     choice = st.sidebar.selectbox(
         "model", CHOICES, index=CHOICES.index(default), key="model_choice"
     )
@@ -43,9 +100,12 @@ def pick_model():
     if choice == CHOICES[-1]:
         fallback = "" if wanted in CHOICES else wanted
         name = st.sidebar.text_input("directory or hub id", value=fallback, key="model_path")
+        remember("model", name.strip())
         if not name.strip():
             st.info("Type a local model directory or a hub id in the sidebar.")
             return None
+    else:
+        remember("model", choice)
     try:
         return cached_model(name.strip())
     except GatescopeError as exc:

@@ -19,9 +19,16 @@ def tiny_app(tiny_dir, monkeypatch):
     monkeypatch.setenv("GATESCOPE_MODEL", tiny_dir)
 
 
-def _run(path):
-    at = AppTest.from_file(path, default_timeout=180).run()
+def _run(path, query=None, press_run=True):
+    at = AppTest.from_file(path, default_timeout=180)
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
+    at.run()
     assert not at.exception, at.exception
+    runs = [b for b in at.button if b.label == "Run"]
+    if press_run and runs:  # pages that compute for long wait for their Run button
+        runs[0].click().run()
+        assert not at.exception, at.exception
     return at
 
 
@@ -50,6 +57,7 @@ def test_gates_page_charts_and_bad_prompts(tiny_app):
     assert not at.exception and not at.error
 
 
+@pytest.mark.slow  # runs the reference model's full computation
 @needs_reference
 def test_gates_page_on_the_reference_models(monkeypatch):
     monkeypatch.delenv("GATESCOPE_MODEL", raising=False)
@@ -71,12 +79,67 @@ def test_feature_pages_run_without_exceptions_on_a_tiny_model(tiny_app, page):
     assert at.error or at.get("plotly_chart")
 
 
+def test_model_and_prompt_carry_across_pages_and_into_the_url(tiny_dir, monkeypatch):
+    monkeypatch.delenv("GATESCOPE_MODEL", raising=False)
+    query = {"model": tiny_dir, "prompt": "w1 w2 w3"}
+    at = _run(GATES, query)  # a bookmarked URL opens on its model and prompt
+    assert at.selectbox(key="model_choice").value.startswith("other")
+    assert at.text_input(key="model_path").value == tiny_dir
+    assert at.text_area(key="prompt").value == "w1 w2 w3" and not at.error
+    at.text_area(key="prompt").set_value("w4 w5").run()
+    assert at.query_params["prompt"] in ("w4 w5", ["w4 w5"])
+    assert at.query_params["model"] in (tiny_dir, [tiny_dir])
+    # the next page reads the same state: the typed model and the new prompt
+    steer = AppTest.from_file(PAGES["5_Steering"], default_timeout=180)
+    steer.session_state["shared.model"] = at.session_state["shared.model"]
+    steer.session_state["shared.prompt"] = at.session_state["shared.prompt"]
+    steer.run()
+    assert steer.text_input(key="model_path").value == tiny_dir
+    assert steer.text_input(key="prompt").value == "w4 w5"
+
+
+def test_patching_a_custom_pair_and_its_bad_inputs(tiny_app):
+    at = _run(PAGES["2_Patching"], {"task": "your own pair"})
+    at.text_input(key="clean").set_value("w1 w2 w3 w4").run()
+    at.text_input(key="corrupt").set_value("w1 w9 w3 w4").run()
+    at.text_input(key="answer").set_value("w5").run()
+    at.text_input(key="wrong").set_value("w6").run()
+    assert not at.exception and not at.error, at.error
+    assert at.get("plotly_chart") and at.dataframe[0].value["component"].tolist()
+    assert any("all 1 prompts used" in c.value for c in at.caption)
+    at.checkbox(key="each_head_out").check().run()  # per position over the pair
+    assert not at.exception and not at.error
+    assert all("@" in c for c in at.dataframe[0].value["component"])
+    at.selectbox(key="kind").set_value("resid_pre").run()  # its own default: each position
+    assert at.checkbox(key="each_resid_pre").value is True
+    at.text_input(key="answer").set_value("w5 w6").run()
+    assert not at.exception and "token" in at.error[0].value
+    at.text_input(key="answer").set_value("w5").run()
+    at.text_input(key="corrupt").set_value("w1 w9 w3").run()  # lengths differ
+    assert not at.exception and at.error
+
+
+@pytest.mark.slow  # builds a RelP graph on the reference model
+@needs_reference
+def test_circuits_node_count_resets_when_the_task_changes(monkeypatch):
+    monkeypatch.delenv("GATESCOPE_MODEL", raising=False)
+    at = _run(PAGES["3_Circuits"], {"task": "ioi"})
+    slider = [s for s in at.slider if s.key.startswith("size_")][0]
+    default = slider.value
+    slider.set_value(max(0, default - 1) if default else 1).run()
+    at.selectbox(key="task").set_value("induction").run()
+    assert not at.exception
+    fresh = [s for s in at.slider if s.key.startswith("size_")][0]
+    assert "induction" in fresh.key and not at.error
+
+
 def test_steering_page_bad_pairs(tiny_app):
     at = _run(PAGES["5_Steering"])
     at.text_area(key="pairs").set_value("only one side").run()
     assert not at.exception and "positive text | negative text" in at.error[0].value
 
 
+@pytest.mark.slow  # runs the reference model's full computation
 @needs_reference
 @pytest.mark.parametrize("page", list(PAGES))
 def test_feature_pages_on_the_reference_model(monkeypatch, page):
@@ -148,17 +211,19 @@ def test_saes_page_trains_and_browses_on_the_reference_model(monkeypatch, tmp_pa
     assert 0 < explained <= 1
 
 
+@pytest.mark.slow  # runs the reference model's full computation
 @needs_reference
 def test_patching_page_layer_by_head_and_by_position(monkeypatch):
     monkeypatch.delenv("GATESCOPE_MODEL", raising=False)
     at = _run(PAGES["2_Patching"])
     heads = at.dataframe[0].value["component"].tolist()
     assert heads and all("@" not in c and c.startswith("head_out.") for c in heads)
-    at.checkbox(key="each").check().run()
+    at.checkbox(key="each_head_out").check().run()
     assert not at.exception and not at.error
     assert all("@" in c for c in at.dataframe[0].value["component"])
 
 
+@pytest.mark.slow  # runs the reference model's full computation
 @needs_reference
 def test_concepts_page_bad_target_is_a_message(monkeypatch):
     monkeypatch.delenv("GATESCOPE_MODEL", raising=False)
@@ -166,4 +231,8 @@ def test_concepts_page_bad_target_is_a_message(monkeypatch):
     at.text_input(key="target").set_value("wonderfulness|terrible").run()
     assert not at.exception and "not a single token" in at.error[0].value
     at.text_input(key="target").set_value("wonderful|terrible").run()  # the page recovers
+    assert not at.exception and not at.error and not at.get("plotly_chart")  # waits for Run
+    at.button(key="concepts_run").click().run()
     assert not at.exception and not at.error and at.get("plotly_chart")
+    table = at.dataframe[0].value
+    assert len(table) == 4 and table["TCAV"].notna().all()

@@ -1,4 +1,6 @@
-"""The app in a real browser: `make app`'s server, headless Chromium, the Gates page."""
+"""The app in a real browser: `make app`'s server, headless Chromium, every page at 1400 and
+800 px wide. Prints each page's first render and widget-change times; with
+``GATESCOPE_SCREENSHOTS=DIR`` saves a screenshot of every page there (docs/ holds them)."""
 
 import os
 import shutil
@@ -9,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, needs_reference
 from tiny import save_tiny
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -63,50 +65,133 @@ def server(tmp_path_factory):
         proc.wait(timeout=20)
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
-def test_gates_page_in_chromium(server, tmp_path):
+PAGES = ["Gates", "Patching", "Circuits", "Steering", "Concepts"]
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="Debian chromium is not installed"
+)
+
+
+def _open(page, url: str) -> None:
+    deadline = time.time() + 60
+    while True:  # the server needs a moment to start
+        try:
+            page.goto(url, timeout=10000)
+            return
+        except Exception:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _idle(page, timeout: float = 240000) -> None:
+    """Wait until the script run is over (Streamlit's status widget gone)."""
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=stStatusWidget]')", timeout=timeout
+    )
+
+
+def _no_exception(page) -> None:
+    shown = page.locator("[data-testid=stException]")
+    assert shown.count() == 0, shown.first.inner_text()[:800]
+
+
+def _shot(page, name: str) -> None:
+    where = os.environ.get("GATESCOPE_SCREENSHOTS")
+    if where:
+        Path(where).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(where) / f"{name}.png"), full_page=True)
+
+
+@pytest.mark.slow
+@needs_chromium
+@pytest.mark.parametrize("width", [1400, 800])
+def test_every_page_in_chromium(server, width):
     from playwright.sync_api import sync_playwright
 
-    url, started, (prompt, token) = server
+    url, _, (prompt, token) = server
+    times = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            deadline = time.time() + 60
-            while True:  # the server needs a moment to start
-                try:
-                    page.goto(f"{url}/Gates", timeout=10000)
-                    break
-                except Exception:
-                    if time.time() > deadline:
-                        raise
-                    time.sleep(0.5)
-            page.wait_for_selector(".js-plotly-plot", timeout=120000)
-            first_chart = time.perf_counter() - started
-            print(f"\nfrom server start to the Gates page's first chart: {first_chart:.1f} s")
-            chart = page.locator(".js-plotly-plot").first
-            before = chart.inner_html()
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            _open(page, f"{url}/Gates")
+            page.wait_for_selector(".js-plotly-plot", timeout=240000)
+            _idle(page)
+            for name in PAGES:  # warm the caches, then time a fresh load of each page
+                start = time.perf_counter()
+                page.goto(f"{url}/{name}")
+                _idle(page)
+                run = page.get_by_role("button", name="Run", exact=True)
+                if run.count():
+                    run.first.click()
+                    _idle(page)
+                if name != "Steering":  # its chart waits for a button; its text is the figure
+                    page.wait_for_selector(".js-plotly-plot", timeout=240000)
+                else:
+                    page.wait_for_selector("[data-testid=stText]", timeout=240000)
+                _idle(page)
+                _no_exception(page)
+                times[name] = [time.perf_counter() - start]
+                _shot(page, f"{name.lower()}_{width}")
+            # a widget change that needs no new computation: the Gates layer slider
+            page.goto(f"{url}/Gates")
+            _idle(page)
+            chart = page.locator(".js-plotly-plot").first.inner_html()
+            start = time.perf_counter()
+            page.get_by_role("slider").first.press("ArrowRight")
+            page.wait_for_function(
+                "old => document.querySelector('.js-plotly-plot').innerHTML !== old",
+                arg=chart,
+                timeout=30000,
+            )
+            _idle(page)
+            times["Gates"].append(time.perf_counter() - start)
+            # the prompt typed here is the prompt on the next page, and in the URL
             box = page.locator("textarea").first
-            assert token not in before
             box.fill(prompt)
             box.press("Control+Enter")
-            try:
-                page.wait_for_function(
-                    "([old, token]) => { const c = document.querySelector('.js-plotly-plot');"
-                    " return c && c.innerHTML !== old && c.innerHTML.includes(token); }",
-                    arg=[before, token],
-                    timeout=30000,
-                )
-            except Exception:
-                shown = page.locator("[data-testid=stException], [data-testid=stAlert]")
-                texts = [shown.nth(i).inner_text()[:800] for i in range(shown.count())]
-                pytest.fail(f"the chart was not redrawn for the typed prompt; page shows {texts}")
-            print(
-                f"per-token chart redrawn {time.perf_counter() - started - first_chart:.1f} s "
-                "after the first chart"
+            _idle(page)
+            assert token in page.locator(".js-plotly-plot").first.inner_html()
+            model = page.locator("[data-testid=stSidebar] [data-baseweb=select]").first.inner_text()
+            page.locator("[data-testid=stSidebarNav] a", has_text="Steering").click()
+            _idle(page)
+            assert page.get_by_label("prompt").input_value() == prompt
+            assert (
+                page.locator("[data-testid=stSidebar] [data-baseweb=select]").first.inner_text()
+                == model
             )
-            shot = tmp_path / "gates.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10000
+            assert "prompt=" in page.url and "model=" in page.url
+        finally:
+            browser.close()
+    for name, t in times.items():
+        extra = f", widget change {t[1]:.2f} s" if len(t) > 1 else ""
+        print(f"\n{width} px {name}: first render {t[0]:.2f} s{extra}")
+
+
+@pytest.mark.slow
+@needs_chromium
+@needs_reference
+def test_patching_each_position_and_a_custom_pair_in_chromium(server):
+    from playwright.sync_api import sync_playwright
+
+    url, _, _ = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            _open(page, f"{url}/Patching?model=reference&task=ioi")
+            page.wait_for_selector(".js-plotly-plot", timeout=240000)
+            _idle(page)
+            page.get_by_text("each position").click()
+            _idle(page)
+            _no_exception(page)
+            body = page.locator("[data-testid=stMain]").inner_text()
+            assert "prompts used" in body or "left out" in body
+            _open(page, f"{url}/Patching?model=reference&task=your own pair")
+            page.wait_for_selector(".js-plotly-plot", timeout=240000)
+            _idle(page)
+            _no_exception(page)
+            assert "all 1 prompts used" in page.locator("[data-testid=stMain]").inner_text()
         finally:
             browser.close()

@@ -165,3 +165,84 @@ def test_reference_positive_sentiment_is_significant_and_a_random_set_is_not():
     # at one concept gap the CAV moves the metric more than every equal-norm random vector;
     # at two gaps it saturates (+0.60) while random vectors push it down by up to 0.7
     assert res.add.beats_random_at(1.0)
+
+
+def _target_by_difference(model, inputs, module, view, direction, eps):
+    """d target / d site along ``direction`` (at each input's last token) by central
+    differences, the site moved by a plain PyTorch hook on ``module`` (not gatescope's)."""
+    from probe.concepts.tcav import target_function
+
+    fn = target_function(model, "w7")
+    out = []
+    for sign in (1.0, -1.0):
+        batch = next(iter(model.batches(inputs, len(inputs))))
+        last = batch.lengths - 1
+
+        def hook(mod, args, output, sign=sign, last=last):
+            new = output.clone()
+            view(new, last, sign * eps * direction)
+            return new
+
+        handle = module.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                out.append(fn(model.forward(batch.input_ids, batch.attention_mask), batch.lengths))
+        finally:
+            handle.remove()
+    return ((out[0] - out[1]) / (2 * eps)).double().numpy()
+
+
+def test_gradient_reaches_the_attention_gate():
+    # attn_gate is read as sigmoid(logit) and written in logit space only where it changed;
+    # a zero added to it used to be dropped, so every gradient (and TCAV) there was exactly 0
+    model = load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
+    model.hf.double()
+    inputs = _sentences(7, 4)
+    (grads,) = site_gradients(model, inputs, "attn_gate.1", "w7").values()
+    assert np.abs(grads).max() > 1e-4
+    h, d = model.dims.n_heads, model.dims.d_head
+    direction = torch.randn(h * d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def view(raw, last, delta):  # move the gate value, write the logit
+        gate = raw.view(*raw.shape[:2], h, 2, d)[..., 1, :]
+        rows = torch.arange(len(raw))
+        g = torch.sigmoid(gate[rows, last]) + delta.view(h, d)
+        gate[rows, last] = torch.logit(g)
+
+    module = model.layer(1).self_attn.q_proj
+    numeric = _target_by_difference(model, inputs, module, view, direction, 1e-3)
+    assert np.allclose(grads @ direction.numpy(), numeric, rtol=2e-2, atol=1e-6)
+
+
+def test_gradient_at_mlp_out_matches_differences_and_the_residual():
+    model = load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
+    model.hf.double()
+    inputs = _sentences(8, 4)
+    last_layer = model.dims.n_layers - 1
+    sites = f"mlp_out.{last_layer},resid_post.{last_layer}"
+    mlp, resid = site_gradients(model, inputs, sites, "w7").values()
+    grads = {"mlp": mlp, "resid": resid}
+    assert np.abs(grads["mlp"]).max() > 1e-4
+    assert np.allclose(grads["mlp"], grads["resid"], atol=1e-10)  # an addend of the stream
+    direction = torch.randn(model.dims.d_model, generator=torch.Generator().manual_seed(1))
+    direction = direction.double()
+
+    def view(raw, last, delta):
+        raw[torch.arange(len(raw)), last] += delta
+
+    module = model.layer(last_layer).mlp
+    numeric = _target_by_difference(model, inputs, module, view, direction, 1e-3)
+    assert np.allclose(grads["mlp"] @ direction.numpy(), numeric, rtol=2e-2, atol=1e-6)
+
+
+def test_shared_gradient_direction_is_flagged():
+    from probe.concepts.tcav import _tcav_from_arrays
+
+    rng = np.random.default_rng(0)
+    xc = rng.normal(size=(30, 8)) + 2.0
+    xr = [rng.normal(size=(30, 8)) for _ in range(10)]
+    same = np.tile(rng.normal(size=8), (12, 1)) * rng.uniform(0.5, 2, size=(12, 1))
+    res, _ = _tcav_from_arrays("s", "t", xc, xr, same, "last")
+    assert res.all_or_none and set(res.concept_scores) <= {0.0, 1.0}
+    varied, _ = _tcav_from_arrays("s", "t", xc, xr, rng.normal(size=(12, 8)), "last")
+    assert not varied.all_or_none and varied.to_dict()["all_or_none"] is False

@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from app.ui import cached_model, model_name, pick_model
+from app.ui import cached_model, model_name, pick_model, shared_text
 from probe import Tracer
 from probe.errors import GatescopeError
 from probe.gates import gate_stats, token_gates
@@ -51,40 +51,133 @@ if model is None:
 name = model_name(model)
 
 st.subheader("Per-token gate values")
-prompt = st.text_area("prompt", DEFAULT_PROMPT, key="prompt")
+prompt = shared_text("prompt", DEFAULT_PROMPT, key="prompt", area=True)
 layer = st.slider("layer", 0, model.dims.n_layers - 1, 0, key="layer")
 try:
     tg = token_gates(model, prompt)
 except GatescopeError as exc:
     st.error(str(exc))
     tg = None
+
+
+def token_labels(model, prompt: str) -> list[str]:
+    """One label per token, "i:text", with each multi-byte character shown whole on the
+    token that completes it (the text each token adds to the decoded prefix)."""
+    ids = model.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    labels, before = [], ""
+    for i in range(len(ids)):
+        text = model.tokenizer.decode(ids[: i + 1])
+        piece = text[len(before) :] if text.startswith(before) else text
+        piece = piece.replace("\ufffd", "")
+        labels.append(f"{i}:{piece if piece.strip() else repr(piece) if piece else '…'}")
+        before = text if "\ufffd" not in text else before
+    return labels
+
+
+@st.cache_data(show_spinner="Reading attention patterns...")
+def patterns(name: str, prompt: str, layer: int) -> list:
+    """(T, H, T) attention probabilities of one prompt at one layer."""
+    model = cached_model(name)
+    site = f"attn_pattern.{layer}"
+    with torch.no_grad(), Tracer(model, site, device="cpu", dtype=torch.float32) as tr:
+        model.run([prompt])
+    return next(iter(tr.activations.values()))[0].tolist()
+
+
+def gate_over_text(labels: list[str], values: list[float]) -> str:
+    """The prompt's tokens as HTML spans shaded by their gate value (white 0 to blue 1)."""
+    import html
+
+    spans = []
+    for label, v in zip(labels, values, strict=True):
+        text = html.escape(label.split(":", 1)[1])
+        shade = int(255 - 200 * max(0.0, min(1.0, v)))
+        spans.append(
+            f'<span title="gate {v:.3f}" style="background: rgb({shade},{shade},255); '
+            f'padding: 1px 2px; margin: 1px; border-radius: 3px">{text}</span>'
+        )
+    return "<div style='line-height: 2'>" + "".join(spans) + "</div>"
+
+
+def section_attn_gate(model, tg, labels: list[str], layer: int) -> None:
+    """The attention output gate: per token and head, over the text, with the pattern."""
+    fig = px.imshow(
+        tg.gates[layer],
+        x=[f"head {h}" for h in range(model.dims.n_heads)],
+        y=labels,
+        zmin=0,
+        zmax=1,
+        color_continuous_scale="Viridis",
+        aspect="auto",
+        title=f"mean gate per head, layer {layer} (0 = closed, 1 = open)",
+        labels={"x": "head", "y": "token", "color": "mean gate"},
+    )
+    fig.update_traces(hovertemplate="%{x}, token %{y}<br>mean gate %{z:.3f}<extra></extra>")
+    fig.update_yaxes(tickmode="array", tickvals=labels, ticktext=labels)
+    fig.update_layout(height=max(350, 18 * len(labels)))
+    st.plotly_chart(fig, width="stretch", key="token_gates")
+    head = st.selectbox("head", list(range(model.dims.n_heads)), key="head")
+    st.markdown(
+        f"**Gate of head {head}, layer {layer}, over the prompt** (white 0, blue 1; hover "
+        "for the value)"
+    )
+    st.html(gate_over_text(labels, [row[head] for row in tg.gates[layer]]))
+    try:
+        pattern = patterns(name, prompt, layer)
+    except GatescopeError as exc:
+        st.info(f"attention pattern unavailable: {exc}")
+        return
+    att = px.imshow(
+        [[row[head][k] for k in range(len(labels))] for row in pattern],
+        x=labels,
+        y=labels,
+        zmin=0,
+        zmax=1,
+        color_continuous_scale="Blues",
+        aspect="auto",
+        title=f"attention pattern, layer {layer} head {head} (before the gate)",
+        labels={"x": "key token", "y": "query token", "color": "attention"},
+    )
+    att.update_traces(hovertemplate="query %{y} -> key %{x}<br>attention %{z:.3f}<extra></extra>")
+    att.update_xaxes(tickmode="array", tickvals=labels, ticktext=labels)
+    att.update_yaxes(tickmode="array", tickvals=labels, ticktext=labels)
+    att.update_layout(height=max(350, 18 * len(labels)))
+    st.plotly_chart(att, width="stretch", key="attention_pattern")
+
+
+def section_mlp_gate(model, tg, labels: list[str], layer: int) -> None:
+    """The GLU gate: fraction of active gate units per token and layer."""
+    glu = px.imshow(
+        list(tg.glu_active),
+        x=labels,
+        y=[f"L{i}" for i in range(len(tg.glu_active))],
+        zmin=0,
+        zmax=1,
+        aspect="auto",
+        color_continuous_scale="Viridis",
+        title="fraction of |mlp_gate| >= 0.01 per token",
+        labels={"x": "token", "y": "layer", "color": "active fraction"},
+    )
+    glu.update_traces(hovertemplate="%{y}, token %{x}<br>active %{z:.3f}<extra></extra>")
+    glu.update_xaxes(tickmode="array", tickvals=labels, ticktext=labels)
+    st.plotly_chart(glu, width="stretch", key="token_glu")
+
+
+# one section per gate kind, drawn when the model has it; new gate kinds add an entry
+SECTIONS = {
+    "attn_gate": (lambda tg: tg.gates is not None, section_attn_gate),
+    "mlp_gate": (lambda tg: tg.glu_active is not None, section_mlp_gate),
+}
+
 if tg is not None:
-    labels = [f"{i}:{t}" for i, t in enumerate(tg.tokens)]
-    if tg.gates is not None:
-        fig = px.imshow(
-            tg.gates[layer],
-            x=[f"head {h}" for h in range(model.dims.n_heads)],
-            y=labels,
-            zmin=0,
-            zmax=1,
-            color_continuous_scale="Viridis",
-            aspect="auto",
-            title=f"mean gate per head, layer {layer} (0 = closed, 1 = open)",
-        )
-        st.plotly_chart(fig, width="stretch", key="token_gates")
-    else:
+    labels = token_labels(model, prompt)
+    if len(labels) != len(tg.tokens):
+        labels = [f"{i}:{t}" for i, t in enumerate(tg.tokens)]
+    if tg.gates is None:
         st.info("This model has no attention output gate; showing GLU gate activity instead.")
-    if tg.glu_active is not None:
-        glu = px.imshow(
-            [row for row in tg.glu_active],
-            x=labels,
-            y=[f"L{i}" for i in range(len(tg.glu_active))],
-            zmin=0,
-            zmax=1,
-            aspect="auto",
-            title="fraction of |mlp_gate| >= 0.01 per token",
-        )
-        st.plotly_chart(glu, width="stretch", key="token_glu")
+    for kind, (present, draw) in SECTIONS.items():
+        if kind in model.kinds and present(tg):
+            draw(model, tg, labels, layer)
 
 st.subheader("Over a prompt set")
 report = prompt_set_report(name)
@@ -95,9 +188,11 @@ if report["mean_gate"] is not None:
         zmin=0,
         zmax=1,
         aspect="auto",
-        labels={"x": "head", "y": "layer"},
+        color_continuous_scale="Viridis",
+        labels={"x": "head", "y": "layer", "color": "mean gate"},
         title="mean gate (layer x head)",
     )
+    heat.update_traces(hovertemplate="layer %{y}, head %{x}<br>mean gate %{z:.3f}<extra></extra>")
     cols[0].plotly_chart(heat, width="stretch", key="mean_gate")
     hist = px.histogram(
         x=gate_values(name),
@@ -106,6 +201,7 @@ if report["mean_gate"] is not None:
         title="distribution of gate values",
         labels={"x": "gate value"},
     )
+    hist.update_yaxes(title_text="count (log)")
     cols[1].plotly_chart(hist, width="stretch", key="gate_hist")
     below = go.Figure()
     for t, table in report["gate_below"].items():
@@ -114,7 +210,13 @@ if report["mean_gate"] is not None:
             x=[f"L{i}" for i in range(len(table))],
             y=[sum(r) / len(r) for r in table],
         )
-    below.update_layout(barmode="group", title="fraction of gate values under thresholds")
+    below.update_layout(
+        barmode="group",
+        title="fraction of gate values under thresholds",
+        xaxis_title="layer",
+        yaxis_title="fraction of gate values",
+        yaxis_range=[0, 1],
+    )
     st.plotly_chart(below, width="stretch", key="gate_below")
 if report["glu_below"] is not None:
     glu = go.Figure()
@@ -122,7 +224,13 @@ if report["glu_below"] is not None:
         glu.add_bar(
             name=f"|mlp_gate| < {t}", x=[f"L{i}" for i in range(len(per_layer))], y=per_layer
         )
-    glu.update_layout(barmode="group", title="GLU gate sparsity per layer")
+    glu.update_layout(
+        barmode="group",
+        title="GLU gate sparsity per layer",
+        xaxis_title="layer",
+        yaxis_title="fraction of GLU gate values",
+        yaxis_range=[0, 1],
+    )
     st.plotly_chart(glu, width="stretch", key="glu_sparsity")
 
 st.subheader("Attention sink and largest activation: gated vs ungated")
@@ -134,12 +242,59 @@ for other in pair:
     except GatescopeError as exc:
         st.warning(f"{other}: {exc}")
 sink, act = go.Figure(), go.Figure()
+sinks, acts = {}, {}
 for other, rep in reports.items():
     layers = [f"L{i}" for i in range(len(rep["sink"]))]
-    sink.add_bar(name=other, x=layers, y=[sum(r) / len(r) for r in rep["sink"]])
-    act.add_bar(name=other, x=layers, y=rep["max_activation"])
-sink.update_layout(barmode="group", title="attention on the first token (sink)")
-act.update_layout(barmode="group", title="largest |residual activation|")
+    sinks[other] = [sum(r) / len(r) for r in rep["sink"]]
+    acts[other] = list(rep["max_activation"])
+    sink.add_bar(name=other, x=layers, y=sinks[other])
+    act.add_bar(name=other, x=layers, y=acts[other])
+sink.update_layout(
+    barmode="group",
+    title="attention on the first token (sink), mean over heads",
+    xaxis_title="layer",
+    yaxis_title="attention probability on token 0",
+    yaxis_range=[0, 1],
+)
+act.update_layout(
+    barmode="group",
+    title="largest |residual activation|",
+    xaxis_title="layer",
+    yaxis_title="max |resid_post| (activation units)",
+)
+for fig in (sink, act):
+    fig.update_traces(hovertemplate="%{fullData.name}, %{x}: %{y:.3f}<extra></extra>")
 cols = st.columns(2)
 cols[0].plotly_chart(sink, width="stretch", key="sink")
 cols[1].plotly_chart(act, width="stretch", key="max_act")
+
+
+def verdict(values: dict[str, list[float]], what: str) -> str:
+    """One line from the numbers: per layer, which model is higher, and the overall means."""
+    gated, plain = values["reference"], values["reference-plain"]
+    higher = [i for i, (g, p) in enumerate(zip(gated, plain, strict=True)) if g > p]
+    mean_g, mean_p = sum(gated) / len(gated), sum(plain) / len(plain)
+    lower = "lower" if mean_g < mean_p else "higher"
+    where = f"; the gated model is higher at layers {higher}" if higher else ""
+    return (
+        f"{what}: gated mean {mean_g:.3f} vs plain {mean_p:.3f}, {lower} overall "
+        f"({mean_g / mean_p:.2f}x){where}."
+    )
+
+
+if set(reports) == {"reference", "reference-plain"}:
+    st.markdown("**Verdict.** " + verdict(sinks, "attention sink"))
+    st.markdown("**Verdict.** " + verdict(acts, "largest activation"))
+if sinks:
+    rows = [
+        {"model": m, "layer": i, "sink": sinks[m][i], "max_activation": acts[m][i]}
+        for m in sinks
+        for i in range(len(sinks[m]))
+    ]
+    st.download_button(
+        "sink and largest activation (CSV)",
+        "model,layer,sink,max_activation\n"
+        + "".join(f"{r['model']},{r['layer']},{r['sink']},{r['max_activation']}\n" for r in rows),
+        file_name="gates_sink.csv",
+        key="sink_csv",
+    )

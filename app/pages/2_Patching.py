@@ -1,24 +1,41 @@
-"""Patching: activation patching sweeps on a task, as heatmaps, with the top components."""
+"""Patching: activation patching sweeps on a bundled task or your own clean / corrupt pair,
+as heatmaps, with the top components and the numbers behind them."""
 
+import json
 from dataclasses import replace
 
 import streamlit as st
 
-from app.ui import cached_model, model_name, pick_model
+from app.ui import cached_model, model_name, pick_model, shared_choice
 from interventions.patching import PatchingResult, activation_patching
 from probe.errors import GatescopeError
-from probe.tasks import BUNDLED_TASKS, load_task
+from probe.tasks import BUNDLED_TASKS, Task, load_task
 
 st.set_page_config(page_title="gatescope: patching", layout="wide")
 st.title("Activation patching")
 KINDS = ["head_out", "attn_gate", "resid_pre", "attn_out", "mlp_out", "mlp_gate"]
+CUSTOM = "your own pair"
+MEANING = {
+    "denoise": "corrupt run with one clean activation patched in; 1 = clean behaviour "
+    "restored, 0 = no effect",
+    "noise": "clean run with one corrupt activation patched in; -1 = clean behaviour "
+    "destroyed (corrupt logit difference reached), 0 = no effect",
+}
+
+
+def make_task(spec: tuple) -> Task:
+    """``("bundled", name, n)`` or ``("custom", clean, corrupt, answer, wrong)``."""
+    if spec[0] == "bundled":
+        return load_task(spec[1]).subset(spec[2])
+    _, clean, corrupt, answer, wrong = spec
+    return Task("custom pair", [clean], [corrupt], [answer], [wrong])
 
 
 @st.cache_data(show_spinner=False)
-def sweep_layer(name: str, task: str, kind: str, mode: str, n: int, each: bool, layer: int):
+def sweep_layer(name: str, spec: tuple, kind: str, mode: str, each: bool, layer: int):
     return activation_patching(
         cached_model(name),
-        load_task(task).subset(n),
+        make_task(spec),
         f"{kind}.{layer}",
         positions="each" if each else None,
         mode=mode,
@@ -26,14 +43,14 @@ def sweep_layer(name: str, task: str, kind: str, mode: str, n: int, each: bool, 
     )
 
 
-def sweep(name: str, task: str, kind: str, mode: str, n: int, each: bool) -> PatchingResult:
+def sweep(name: str, spec: tuple, kind: str, mode: str, each: bool) -> PatchingResult:
     """One cached sweep per layer, with a progress bar; merged into one result."""
     n_layers = cached_model(name).dims.n_layers
     bar = st.progress(0.0, text="patching...")
     parts = []
     for layer in range(n_layers):
-        parts.append(sweep_layer(name, task, kind, mode, n, each, layer))
-        bar.progress((layer + 1) / n_layers, text=f"patched layer {layer} of {n_layers}")
+        parts.append(sweep_layer(name, spec, kind, mode, each, layer))
+        bar.progress((layer + 1) / n_layers, text=f"patched layer {layer + 1} of {n_layers}")
     bar.empty()
     first = parts[0]
     return replace(first, components=[c for part in parts for c in part.components])
@@ -42,30 +59,73 @@ def sweep(name: str, task: str, kind: str, mode: str, n: int, each: bool) -> Pat
 model = pick_model()
 if model is None:
     st.stop()
-cols = st.columns(5)
-task = cols[0].selectbox("task", BUNDLED_TASKS, key="task")
+cols = st.columns([2, 2, 2, 2, 2])
+task = shared_choice(cols[0], "task", "task", [*BUNDLED_TASKS, CUSTOM], key="task")
 kinds = [k for k in KINDS if k in model.kinds]
 kind = cols[1].selectbox("site kind", kinds, key="kind")
 mode = cols[2].selectbox("mode", ["denoise", "noise"], key="mode")
-n = cols[3].slider("prompts", 4, 64, 16, key="n")
 headed = kind in ("head_out", "attn_gate")
-each = cols[4].checkbox("each position", value=not headed, key="each")
+# the checkbox's key names the kind: its default (off for per-head kinds) comes back when
+# the kind changes instead of the last kind's setting
+each = cols[4].checkbox("each position", value=not headed, key=f"each_{kind}")
+if task == CUSTOM:
+    left, right = st.columns(2)
+    clean = left.text_input(
+        "clean prompt", "When Mary and John went to the store, John gave a drink to", key="clean"
+    )
+    corrupt = right.text_input(
+        "corrupt prompt",
+        "When Mary and John went to the store, Mary gave a drink to",
+        key="corrupt",
+    )
+    answer = left.text_input("answer (one token)", " Mary", key="answer")
+    wrong = right.text_input("wrong answer (one token)", " John", key="wrong")
+    spec = ("custom", clean, corrupt, answer, wrong)
+    n = 1
+    try:
+        make_task(spec).tokenize(model.tokenizer)
+    except GatescopeError as exc:
+        st.error(str(exc))
+        st.stop()
+else:
+    n = cols[3].slider("prompts", 4, 64, 16, key="n")
+    spec = ("bundled", task, n)
 try:
-    result = sweep(model_name(model), task, kind, mode, n, each)
+    result = sweep(model_name(model), spec, kind, mode, each)
 except GatescopeError as exc:
     st.error(str(exc))
     st.stop()
+if result.n_prompts < n:
+    st.warning(
+        f"{n - result.n_prompts} of {n} prompts left out: patching each position needs prompts "
+        f"of one token length, and the largest group of equal-length prompts has "
+        f"{result.n_prompts}. Turn off 'each position' to use all {n}."
+    )
+else:
+    st.caption(f"all {n} prompts used")
 st.caption(
     f"{result.n_prompts} prompts; clean logit difference {result.clean_logit_diff:.2f}, "
-    f"corrupt {result.corrupt_logit_diff:.2f}; effect 1 = clean behaviour restored"
+    f"corrupt {result.corrupt_logit_diff:.2f}. Effect: {MEANING[mode]}."
 )
 fig = result.figure(kind)
+fig.update_traces(zmin=-1, zmax=1, colorbar={"title": "normalised effect"})
+fig.update_layout(yaxis_title="layer" if not (headed and each) else "layer.head")
 if result.tokens and each:
     fig.update_xaxes(
+        title_text="position: token",
+        tickmode="array",
         ticktext=[f"{i}:{t}" for i, t in enumerate(result.tokens)],
         tickvals=[f"pos {i}" for i in range(len(result.tokens))],
     )
+else:
+    fig.update_xaxes(title_text="head" if headed else "")
 st.plotly_chart(fig, width="stretch", key="patching_heatmap")
+st.download_button(
+    "effects (JSON)",
+    json.dumps([{"component": c.label, "effect": c.effect} for c in result.components]),
+    file_name=f"patching_{kind}.json",
+    key="patching_json",
+)
 st.subheader("Top components")
 st.dataframe(
     [{"component": c.label, "effect": round(c.effect, 3)} for c in result.top(10)], hide_index=True

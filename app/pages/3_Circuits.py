@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app.ui import cached_model, model_name, pick_model
+from app.ui import cached_model, model_name, pick_model, shared_choice
 from circuits.agreement import agreement
 from circuits.graph import build_graph, faithfulness, faithfulness_curve
 from probe.errors import GatescopeError
@@ -29,7 +29,7 @@ if model is None:
     st.stop()
 name = model_name(model)
 cols = st.columns(3)
-task = cols[0].selectbox("task", BUNDLED_TASKS, key="task")
+task = shared_choice(cols[0], "task", "task", list(BUNDLED_TASKS), key="task")
 kind = cols[1].selectbox("site kind", ["mlp_out", "attn_out", "resid_pre", "head_out"], key="kind")
 n = cols[2].slider("prompts", 4, 48, 16, key="n")
 try:
@@ -41,7 +41,9 @@ except GatescopeError as exc:
 
 st.subheader("Attribution vs activation patching")
 left, right = st.columns([2, 1])
-left.plotly_chart(result.figure(kind), width="stretch", key="agreement_scatter")
+scatter = result.figure(kind)
+scatter.update_layout(xaxis_title="activation patching effect", yaxis_title="attribution score")
+left.plotly_chart(scatter, width="stretch", key="agreement_scatter")
 right.dataframe(
     [
         {
@@ -60,11 +62,17 @@ size = st.slider(
     0,
     len(graph.nodes) - 1,
     curve.smallest(0.8) or len(graph.nodes) - 1,
-    key="size",
+    # keyed by what the graph was built from: a new task or prompt count starts again at
+    # the smallest circuit reaching 80 % faithfulness instead of keeping the old node count
+    key=f"size_{name}_{task}_{n}",
 )
 small = graph.prune(size)
 small.faithfulness = faithfulness(cached_model(name), load_task(task).subset(n), small.node_names())
-st.metric("faithfulness", f"{small.faithfulness:.3f}")
+st.metric(
+    "faithfulness",
+    f"{small.faithfulness:.3f}",
+    help="logit difference with only these nodes kept, as a fraction of the full model's",
+)
 left, right = st.columns([3, 2])
 left.plotly_chart(small.figure(), width="stretch", key="circuit_graph")
 right.plotly_chart(curve.figure(), width="stretch", key="faithfulness_curve")

@@ -1,10 +1,14 @@
-"""Steering: build a vector from contrast pairs, compare generations, check random controls."""
+"""Steering: build a vector from contrast pairs, compare generations, check random controls.
+
+The strength is in units of the site's typical norm (mean |resid_post| over the bundled
+prompts): strength 0.25 adds a vector a quarter as long as a typical residual vector."""
 
 import json
 
 import streamlit as st
+import torch
 
-from app.ui import cached_model, model_name, pick_model
+from app.ui import cached_model, model_name, pick_model, shared_text
 from interventions.steering import build_vector, evaluate_steering, generate, word_logit_metric
 from probe.errors import GatescopeError
 from probe.tasks import TASKS_DIR, load_texts
@@ -35,8 +39,28 @@ def vector(name: str, pairs_text: str, method: str, site: str):
     )
 
 
+STRENGTHS = [-1.0, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 1.0]
+
+
+@st.cache_data(show_spinner="Measuring the site's typical norm...")
+def typical_norm(name: str, site: str) -> float:
+    """Mean norm of the site's value per token over the bundled sentiment prompts."""
+    from probe import Tracer
+
+    model = cached_model(name)
+    norms = []
+    with torch.no_grad():
+        for batch in model.batches(load_texts("sentiment_prompts")[:32], 16):
+            with Tracer(model, site, device="cpu", dtype=torch.float32) as tr:
+                model.forward(batch.input_ids, batch.attention_mask)
+            value = next(iter(tr.activations.values())).flatten(2)  # (B, T, D)
+            mask = batch.attention_mask.bool().cpu()
+            norms.append(value.norm(dim=-1)[mask])
+    return float(torch.cat(norms).mean())
+
+
 @st.cache_data(show_spinner="Evaluating against random vectors...")
-def evaluation(name: str, pairs_text: str, method: str, site: str):
+def evaluation(name: str, pairs_text: str, method: str, site: str, coefs: tuple):
     model = cached_model(name)
     words = json.loads((TASKS_DIR / "sentiment_words.json").read_text())
     metric = word_logit_metric(model, words["positive"], words["negative"])
@@ -45,6 +69,7 @@ def evaluation(name: str, pairs_text: str, method: str, site: str):
         vector(name, pairs_text, method, site),
         load_texts("sentiment_prompts"),
         metric,
+        coefs=coefs,
         n_random=10,
     )
 
@@ -64,19 +89,54 @@ site = cols[1].selectbox(
     index=model.dims.n_layers // 2,
     key="site",
 )
-coef = cols[2].slider("coefficient", -8.0, 8.0, 4.0, 0.5, key="coef")
-prompt = st.text_input("prompt", "Honestly, the film was", key="prompt")
+strength = cols[2].select_slider(
+    "strength (x the site's typical norm)", STRENGTHS, value=0.25, key="strength"
+)
+prompt = shared_text("prompt", "Honestly, the film was", key="prompt")
 try:
     vec = vector(name, pairs_text, method, site)
-    left, right = st.columns(2)
-    left.markdown(f"**unsteered**\n\n{prompt}{generate(model, prompt, None, max_new_tokens=16)}")
-    steered = generate(model, prompt, vec, coef, max_new_tokens=16)
-    right.markdown(f"**steered ({coef:+g})**\n\n{prompt}{steered}")
+    typical = typical_norm(name, site)
+    vnorm = float(vec.direction.norm())
+    coefs = tuple(s_ * typical / vnorm for s_ in STRENGTHS)
+    coef = coefs[STRENGTHS.index(strength)]
+    st.caption(
+        f"vector norm {vnorm:.3g}; typical |{site}| {typical:.3g}; strength {strength:+g} "
+        f"adds {abs(strength) * typical:.3g} (coefficient {coef:+.3g} on the vector)"
+    )
+    shown = [-strength, 0.0, strength] if strength else [0.0]
+    for col, s_ in zip(st.columns(len(shown)), shown, strict=True):
+        c = coefs[STRENGTHS.index(s_)] if s_ in STRENGTHS else -coef
+        text = generate(model, prompt, vec if s_ else None, c, max_new_tokens=16)
+        col.markdown(f"**strength {s_:+g}**" + ("" if s_ else " (unsteered)"))
+        col.text(prompt + text)
     if (TASKS_DIR / "sentiment_words.json").is_file():
-        st.plotly_chart(
-            evaluation(name, pairs_text, method, site).figure(),
-            width="stretch",
-            key="steering_eval",
-        )
+        run = st.button("Run the random-vector control (about 10 s)", key="steer_run")
+        key = (name, pairs_text, method, site)
+        if run or st.session_state.get("steer_done") == key:
+            ev = evaluation(name, pairs_text, method, site, coefs)
+            st.session_state["steer_done"] = key
+            fig = ev.figure()
+            fig.update_traces(x=list(STRENGTHS))
+            fig.add_vline(x=strength, line_dash="dash", annotation_text="current")
+            fig.update_layout(
+                xaxis_title="strength (x typical norm)",
+                yaxis_title="positive - negative word logits",
+            )
+            st.plotly_chart(fig, width="stretch", key="steering_eval")
+            beats = ev.beats_random_at(coef)
+            st.markdown(
+                f"**Verdict at strength {strength:+g}:** "
+                + (
+                    "outside the band of 10 random vectors of equal norm."
+                    if beats
+                    else "inside the band of random vectors of equal norm: no better than noise."
+                )
+            )
+            st.download_button(
+                "effect per strength (JSON)",
+                json.dumps({"strength": STRENGTHS, **ev.to_dict()}),
+                file_name="steering.json",
+                key="steer_json",
+            )
 except GatescopeError as exc:
     st.error(str(exc))

@@ -1,10 +1,13 @@
 """Concepts: CAV accuracy per layer and TCAV scores with p-values against random CAVs."""
 
+import json
+
 import plotly.graph_objects as go
 import streamlit as st
 
 from app.ui import cached_model, model_name, pick_model
 from probe.concepts import cross_layer
+from probe.concepts.tcav import target_function
 from probe.errors import GatescopeError
 from probe.tasks import TASKS_DIR, load_texts
 
@@ -12,7 +15,7 @@ st.set_page_config(page_title="gatescope: concepts", layout="wide")
 st.title("Concepts")
 
 
-@st.cache_data(show_spinner="Training CAVs and computing TCAV per layer...")
+@st.cache_data(show_spinner="Training CAVs and computing TCAV per layer (10-60 s)...")
 def layers(name: str, concept: str, kind: str, target: str, n_random: int):
     randoms = [load_texts(f"random_{i}") for i in range(n_random)]
     return cross_layer(
@@ -46,10 +49,21 @@ kind = cols[1].selectbox("site kind", kinds, key="kind")
 target = cols[2].text_input("target word (its logit)", "wonderful|terrible", key="target")
 n_random = cols[3].slider("random sets", 10, 12, 10, key="n_random")
 try:
-    result = layers(model_name(model), concept, kind, target, n_random)
+    target_function(model, target)  # a bad target is refused before anything runs
 except GatescopeError as exc:
     st.error(str(exc))
     st.stop()
+args = (model_name(model), concept, kind, target, n_random)
+if st.session_state.get("concepts_done") != args:
+    if not st.button("Run", key="concepts_run", type="primary"):
+        st.info("TCAV trains CAVs against every random set on every layer (10-60 s): press Run.")
+        st.stop()
+try:
+    result = layers(*args)
+except GatescopeError as exc:
+    st.error(str(exc))
+    st.stop()
+st.session_state["concepts_done"] = args
 fig = go.Figure()
 fig.add_trace(go.Bar(x=[f"L{i}" for i in result.layers], y=result.accuracy, name="CAV accuracy"))
 fig.add_trace(
@@ -57,8 +71,22 @@ fig.add_trace(
         x=[f"L{i}" for i in result.layers], y=result.tcav, name="TCAV score", mode="lines+markers"
     )
 )
+random_tcav = [sum(r.random_scores) / len(r.random_scores) for r in result.results]
+fig.add_trace(
+    go.Scatter(
+        x=[f"L{i}" for i in result.layers],
+        y=random_tcav,
+        name="random TCAV",
+        mode="lines+markers",
+        line={"dash": "dot"},
+    )
+)
+fig.update_traces(hovertemplate="%{fullData.name}, %{x}: %{y:.3f}<extra></extra>")
 fig.update_layout(
-    title=f"{concept} at {kind}: CAV accuracy and TCAV on '{target}'", yaxis_range=[0, 1.05]
+    title=f"{concept} at {kind}: CAV accuracy and TCAV on '{target}'",
+    yaxis_range=[0, 1.05],
+    xaxis_title="layer",
+    yaxis_title="accuracy / fraction of inputs",
 )
 st.plotly_chart(fig, width="stretch", key="concept_layers")
 st.dataframe(
@@ -69,9 +97,15 @@ st.dataframe(
             "TCAV": round(t, 3),
             "p": p,
             "significant": p < 0.05,
+            "all or none": r.all_or_none,
         }
-        for i, a, t, p in zip(
-            result.layers, result.accuracy, result.tcav, result.p_values, strict=True
+        for i, a, t, p, r in zip(
+            result.layers,
+            result.accuracy,
+            result.tcav,
+            result.p_values,
+            result.results,
+            strict=True,
         )
     ],
     hide_index=True,
@@ -79,4 +113,18 @@ st.dataframe(
 st.caption(
     f"variance of TCAV across layers: {result.tcav_variance:.3f}; cosine of CAVs "
     f"between adjacent layers: {[round(c, 2) for c in result.adjacent_cosine]}"
+)
+flat = [r.site for r in result.results if r.all_or_none]
+if flat:
+    st.warning(
+        f"At {', '.join(flat)} every input's gradient points the same way (mean cosine to "
+        "their mean > 0.99, as next to the unembedding), so each CAV scores 0 or 1 by "
+        "construction: the score there says only on which side of that one direction the "
+        "concept falls, not how many inputs it moves."
+    )
+st.download_button(
+    "per-layer numbers (JSON)",
+    json.dumps(result.to_dict()),
+    file_name=f"tcav_{kind}.json",
+    key="concepts_json",
 )

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -72,22 +72,68 @@ def _add_zero(store: dict, site: Site) -> Callable:
     return hook
 
 
+def _logit_twin(model: Model, site: Site) -> Site | None:
+    """For a site read as ``sigmoid(x)`` (``attn_gate``), the site of ``x`` itself
+    (``attn_gate_logit``); ``None`` for any other site.
+
+    Such sites are written in logit space and only where the value changed (the hooks keep
+    an unchanged gate bit-exact), so a zero added to the gate value is dropped and no
+    gradient reaches it: the gradient is read at the logit instead and divided by
+    ``d sigmoid / dx``."""
+    taps = model.family.taps
+    tap = taps[site.kind]
+    if tap.transform != "sigmoid":
+        return None
+    plain = replace(tap, transform=None)
+    for kind, other in taps.items():
+        if other == plain:
+            return Site(kind, site.layer, site.head)
+    raise GatescopeError(
+        f"site '{site}': no gradient can be read at a sigmoid site without its logit site "
+        f"(this family has none); use another site kind"
+    )
+
+
+def _add_zero_logit(store: dict, site: Site) -> Callable:
+    """A write hook on the logit twin of a sigmoid site: adds a zero tensor that requires
+    grad and keeps ``sigmoid'(x)`` so that ``d target / d gate = grad(x) / sigmoid'(x)``."""
+
+    def hook(value, info):
+        x = value.detach().float()
+        store[site] = (
+            torch.zeros_like(value, requires_grad=True),
+            torch.sigmoid(x) * torch.sigmoid(-x),  # sigmoid'(x), no cancellation near 1
+        )
+        return value + store[site][0]
+
+    return hook
+
+
 def site_gradients(
     model: Model, inputs: Sequence[str], sites, target: Target, pooling: str = "last"
 ) -> dict[Site, np.ndarray]:
     """Site -> (N, D): gradient of the target w.r.t. each site's value per input, pooled."""
     sites = _sites(model, sites)
     fn = target_function(model, target)
+    twins = {s: _logit_twin(model, s) for s in sites}
     out: dict[Site, list[np.ndarray]] = {s: [] for s in sites}
     for batch in model.batches(list(inputs), 16):
         zeros: dict[Site, torch.Tensor] = {}
-        hooks = [(s, _add_zero(zeros, s)) for s in sites]
+        hooks = [
+            (s, _add_zero(zeros, s)) if twins[s] is None else (twins[s], _add_zero_logit(zeros, s))
+            for s in sites
+        ]
         with torch.enable_grad(), hook_sites(model, hooks, write=True):
             logits = model.forward(batch.input_ids, batch.attention_mask)
             fn(logits, batch.lengths).sum().backward()
         mask = batch.attention_mask.float().cpu().unsqueeze(-1)  # (B, T, 1)
         for site in sites:
-            grad = zeros[site].grad.detach().float().cpu().flatten(2)  # (B, T, D)
+            if twins[site] is None:
+                grad = zeros[site].grad.detach().float()
+            else:
+                zero, slope = zeros[site]
+                grad = zero.grad.detach().float() / slope
+            grad = grad.cpu().flatten(2)  # (B, T, D)
             if pooling == "last":
                 g = grad[torch.arange(len(grad)), batch.lengths.cpu() - 1]  # (B, D)
             else:
@@ -133,6 +179,15 @@ class TCAVResult:
     random_accuracy: list[float]
     p_tcav: float
     p_accuracy: float
+    gradient_agreement: float = float("nan")
+
+    @property
+    def all_or_none(self) -> bool:
+        """Whether every input's gradient points the same way (mean cosine to the mean
+        gradient > 0.99, as at the last layer, where the gradient is nearly the unembedding
+        direction for every input): each CAV then scores 0 or 1 by construction, and the
+        score only says on which side of that one direction the CAV falls."""
+        return self.gradient_agreement > 0.99
 
     @property
     def p_value(self) -> float:
@@ -166,10 +221,25 @@ class TCAVResult:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        return {**d, "p_value": self.p_value, "score": self.score, "significant": self.significant}
+        return {
+            **d,
+            "p_value": self.p_value,
+            "score": self.score,
+            "significant": self.significant,
+            "all_or_none": self.all_or_none,
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
+
+
+def _agreement(grads: np.ndarray) -> float:
+    """Mean cosine of each input's gradient (N, D) with their mean direction."""
+    mean = grads.mean(0)
+    norms = np.linalg.norm(grads, axis=1) * np.linalg.norm(mean)
+    if not norms.all():
+        return float("nan")
+    return float(np.mean(grads @ mean / norms))
 
 
 def _tcav_from_arrays(
@@ -194,6 +264,7 @@ def _tcav_from_arrays(
         random_accs,
         _ttest(concept_scores, random_scores),
         max(_ttest(accs, random_accs, "greater"), _ttest(accs, [0.5] * len(accs), "greater")),
+        _agreement(grads),
     )
     return result, cavs
 
