@@ -57,6 +57,19 @@ def test_gates_page_charts_and_bad_prompts(tiny_app):
     assert not at.exception and not at.error
 
 
+def test_gates_page_on_a_hybrid_moe_model_shows_every_gate_type(tmp_path, monkeypatch):
+    path = save_tiny(tmp_path / "hybrid", "qwen3_next_hybrid")
+    monkeypatch.setenv("GATESCOPE_MODEL", str(path))
+    at = _run(GATES)
+    assert not at.error
+    heads = [h.value for h in at.subheader]
+    assert "Layer map" in heads and "Gated-DeltaNet gates" in heads
+    assert any(h.startswith("MoE routers") for h in heads)
+    keys = {c.proto.id for c in at.get("plotly_chart")}
+    assert keys  # charts drawn; layer 0 has no attention gate: a message, not a chart
+    assert any("has no attn_gate" in i.value for i in at.info)
+
+
 @pytest.mark.slow  # runs the reference model's full computation
 @needs_reference
 def test_gates_page_on_the_reference_models(monkeypatch):

@@ -6,6 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
+from app.gate_sections import hybrid_sections
 from app.ui import cached_model, model_name, pick_model, shared_text
 from probe import Tracer
 from probe.errors import GatescopeError
@@ -147,8 +148,9 @@ def section_attn_gate(model, tg, labels: list[str], layer: int) -> None:
 
 def section_mlp_gate(model, tg, labels: list[str], layer: int) -> None:
     """The GLU gate: fraction of active gate units per token and layer."""
-    glu = px.imshow(
-        list(tg.glu_active),
+    n_tok = len(labels)
+    glu = px.imshow(  # MoE layers have no dense GLU gate: gaps, never 0
+        [r if r is not None else [float("nan")] * n_tok for r in tg.glu_active],
         x=labels,
         y=[f"L{i}" for i in range(len(tg.glu_active))],
         zmin=0,
@@ -165,8 +167,14 @@ def section_mlp_gate(model, tg, labels: list[str], layer: int) -> None:
 
 # one section per gate kind, drawn when the model has it; new gate kinds add an entry
 SECTIONS = {
-    "attn_gate": (lambda tg: tg.gates is not None, section_attn_gate),
-    "mlp_gate": (lambda tg: tg.glu_active is not None, section_mlp_gate),
+    "attn_gate": (
+        lambda tg, i: tg.gates is not None and tg.gates[i] is not None,
+        section_attn_gate,
+    ),
+    "mlp_gate": (
+        lambda tg, i: tg.glu_active is not None and tg.glu_active[i] is not None,
+        section_mlp_gate,
+    ),
 }
 
 if tg is not None:
@@ -175,16 +183,23 @@ if tg is not None:
         labels = [f"{i}:{t}" for i, t in enumerate(tg.tokens)]
     if tg.gates is None:
         st.info("This model has no attention output gate; showing GLU gate activity instead.")
+    info = model.layer_map()[layer]
     for kind, (present, draw) in SECTIONS.items():
-        if kind in model.kinds and present(tg):
+        if kind in model.kinds and present(tg, layer):
             draw(model, tg, labels, layer)
+        elif kind in model.kinds:
+            st.info(
+                f"layer {layer} ({info.mixer}, {info.mlp} MLP) has no {kind}; layers with it: "
+                f"{', '.join(map(str, model.layers_with(kind)))}"
+            )
 
 st.subheader("Over a prompt set")
 report = prompt_set_report(name)
 cols = st.columns(2)
 if report["mean_gate"] is not None:
-    heat = px.imshow(
-        report["mean_gate"],
+    n_heads = max(len(r) for r in report["mean_gate"] if r is not None)
+    heat = px.imshow(  # layers without an attention gate are gaps (NaN), never 0
+        [r if r is not None else [float("nan")] * n_heads for r in report["mean_gate"]],
         zmin=0,
         zmax=1,
         aspect="auto",
@@ -208,7 +223,7 @@ if report["mean_gate"] is not None:
         below.add_bar(
             name=f"gate < {t}",
             x=[f"L{i}" for i in range(len(table))],
-            y=[sum(r) / len(r) for r in table],
+            y=[None if r is None else sum(r) / len(r) for r in table],
         )
     below.update_layout(
         barmode="group",
@@ -233,6 +248,8 @@ if report["glu_below"] is not None:
     )
     st.plotly_chart(glu, width="stretch", key="glu_sparsity")
 
+hybrid_sections(report)
+
 st.subheader("Attention sink and largest activation: gated vs ungated")
 pair = ["reference", "reference-plain"] if name in ("reference", "reference-plain") else [name]
 reports = {}
@@ -245,7 +262,7 @@ sink, act = go.Figure(), go.Figure()
 sinks, acts = {}, {}
 for other, rep in reports.items():
     layers = [f"L{i}" for i in range(len(rep["sink"]))]
-    sinks[other] = [sum(r) / len(r) for r in rep["sink"]]
+    sinks[other] = [None if r is None else sum(r) / len(r) for r in rep["sink"]]
     acts[other] = list(rep["max_activation"])
     sink.add_bar(name=other, x=layers, y=sinks[other])
     act.add_bar(name=other, x=layers, y=acts[other])
