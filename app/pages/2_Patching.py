@@ -59,7 +59,8 @@ def sweep(name: str, spec: tuple, kind: str, mode: str, each: bool) -> PatchingR
 model = pick_model()
 if model is None:
     st.stop()
-cols = st.columns([2, 2, 2, 2, 2])
+cols = st.columns(3)  # two rows of controls: none truncates at 800 px
+row2 = st.columns(2)
 task = shared_choice(cols[0], "task", "task", [*BUNDLED_TASKS, CUSTOM], key="task")
 kinds = [k for k in KINDS if k in model.kinds]
 kind = cols[1].selectbox("site kind", kinds, key="kind")
@@ -67,7 +68,7 @@ mode = cols[2].selectbox("mode", ["denoise", "noise"], key="mode")
 headed = kind in ("head_out", "attn_gate")
 # the checkbox's key names the kind: its default (off for per-head kinds) comes back when
 # the kind changes instead of the last kind's setting
-each = cols[4].checkbox("each position", value=not headed, key=f"each_{kind}")
+each = row2[1].checkbox("each position", value=not headed, key=f"each_{kind}")
 if task == CUSTOM:
     left, right = st.columns(2)
     clean = left.text_input(
@@ -88,7 +89,7 @@ if task == CUSTOM:
         st.error(str(exc))
         st.stop()
 else:
-    n = cols[3].slider("prompts", 4, 64, 16, key="n")
+    n = row2[0].slider("prompts", 4, 64, 16, key="n")
     spec = ("bundled", task, n)
 try:
     result = sweep(model_name(model), spec, kind, mode, each)

@@ -35,7 +35,7 @@ concepts = sorted(p.stem for p in TASKS_DIR.glob("concept_*.jsonl"))
 if not concepts:
     st.error("no concept sets found in data/tasks (run `gatescope reference tasks`)")
     st.stop()
-cols = st.columns(4)
+cols = st.columns(2) + st.columns(2)  # two rows: readable at 800 px
 concept = cols[0].selectbox(
     "concept",
     concepts,
