@@ -32,6 +32,7 @@ from contextlib import contextmanager
 
 import torch
 
+from circuits.projections import o_proj_slices
 from probe.errors import GatescopeError
 from probe.model import Model, resolve_path
 from probe.sites import Site
@@ -184,9 +185,7 @@ def _writes(model: Model, c, run) -> tuple[torch.Tensor, int] | None:
     site = Site(c.kind, c.layer)
     delta = run.clean[site] - run.corrupt[site]
     if c.kind == "head_out":
-        from circuits.graph import _o_proj_slices
-
-        delta = delta[:, :, c.head] @ _o_proj_slices(model, c.layer)[c.head].T
+        delta = delta[:, :, c.head] @ o_proj_slices(model, c.layer)[c.head].T
     if c.position is not None:
         keep = torch.zeros_like(delta)
         keep[:, c.position] = delta[:, c.position]

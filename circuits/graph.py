@@ -31,9 +31,9 @@ import torch
 
 from circuits.attribution import EMBED, gradient_pass
 from circuits.methods import AtPStar, Method, RelPStar, make
+from circuits.projections import o_proj_slices
 from interventions.edits import Patch, intervene
 from probe.errors import GatescopeError
-from probe.locate import locate
 from probe.model import Model
 from probe.sites import Site
 from probe.tasks import Task, TaskBatch, logit_diff
@@ -156,27 +156,13 @@ def _block_of(node: Node) -> str:
     return node.name
 
 
-def _o_proj_slices(model: Model, layer: int) -> torch.Tensor:
-    """(H, d_model, d_head) the per-head slices of the output projection.
-
-    The module is called on the basis vectors (minus its bias), so the layout of its weight
-    (``nn.Linear`` (out, in), GPT-2's ``Conv1D`` (in, out), square or not) does not matter."""
-    o_proj = locate(model, Site("head_out", layer))
-    h, d = model.dims.n_heads, model.dims.d_head
-    param = next(o_proj.parameters())
-    with torch.no_grad():
-        basis = torch.eye(h * d, dtype=param.dtype, device=param.device)
-        rows = o_proj(basis) - o_proj(torch.zeros_like(basis[:1]))  # (h*d, d_model)
-    return rows.float().view(h, d, -1).transpose(1, 2)
-
-
 def _node_deltas(model: Model, clean: dict, corrupt: dict):
     """Yield (node name, layer, head, clean - corrupt output in the residual stream)."""
     yield "embed", -1, None, clean[EMBED] - corrupt[EMBED]
     for layer in range(model.dims.n_layers):
         site = Site("head_out", layer)
         dz = clean[site] - corrupt[site]  # (N, T, H, d_head)
-        slices = _o_proj_slices(model, layer)  # (H, d_model, d_head)
+        slices = o_proj_slices(model, layer)  # (H, d_model, d_head)
         for h in range(model.dims.n_heads):
             yield f"head.{layer}.{h}", layer, h, dz[:, :, h] @ slices[h].T  # (N, T, d_model)
         mlp = Site("mlp_out", layer)

@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from circuits.graph import CircuitGraph, _o_proj_slices
+from circuits.graph import CircuitGraph
+from circuits.projections import o_proj_slices
 from probe.errors import GatescopeError
 from probe.hooks import hook_sites
 from probe.model import Model, resolve_path
@@ -46,7 +47,7 @@ class EdgePatcher:
     def __init__(self, model: Model, task: Task) -> None:
         self.model, self.batch = model, task.tokenize(model.tokenizer)
         n = model.dims.n_layers
-        self.slices = [_o_proj_slices(model, i) for i in range(n)]
+        self.slices = [o_proj_slices(model, i) for i in range(n)]
         fam = model.family
         self.readers = {}
         for i in range(n):

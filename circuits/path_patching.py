@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from circuits.atp_star import _Blocks
-from circuits.graph import _o_proj_slices
+from circuits.projections import o_proj_slices
 from interventions.edits import Patch, intervene
 from probe.errors import GatescopeError
 from probe.hooks import locate
@@ -123,7 +123,7 @@ def path_patching(
         head = int(name.split(".")[2])
         site = Site("head_out", layer)
         dz = (clean[site] - corrupt[site])[:, :, head]
-        return dz @ _o_proj_slices(model, layer)[head].T
+        return dz @ o_proj_slices(model, layer)[head].T
 
     def head_output(layer: int, head: int, channel: str, x: torch.Tensor) -> torch.Tensor:
         seen = {}
