@@ -15,7 +15,12 @@ reference_app = typer.Typer(help="Train and evaluate the bundled reference model
 @user_errors
 def train(
     out: Path = typer.Option(..., "--out", help="run directory (checkpoints, final model)"),
-    arch: str = typer.Option("gated", "--arch", help="gated (Qwen3-Next) or plain (Qwen3)"),
+    arch: str = typer.Option(
+        "gated",
+        "--arch",
+        help="gated (Qwen3-Next, full attention), plain (Qwen3) or hybrid (Qwen3-Next: "
+        "Gated-DeltaNet x3 + full attention, MoE MLPs)",
+    ),
     steps: int = typer.Option(3000, "--steps"),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint"),
@@ -28,19 +33,30 @@ def train(
         "first corpus of the bundled models)",
     ),
     threads: int = typer.Option(None, "--threads", help="CPU threads (1 when two runs share)"),
+    tokenizer: Path = typer.Option(
+        None, "--tokenizer", help="a fresh run uses this model directory's tokenizer"
+    ),
+    corpus: int = typer.Option(
+        2, "--corpus", help="corpus version: 2 (current) or 1 (first two stages of the twins)"
+    ),
+    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="steps per checkpoint"),
 ) -> None:
     """Train a reference model (see data/models/*/README.md for the bundled models' recipe)."""
     import torch
 
     from probe.errors import GatescopeError
-    from probe.reference.train import TrainConfig, train_reference
+    from probe.reference.train import ARCHES, TrainConfig, train_reference
 
     if steps < 1 or warmup < 0 or warmup >= steps:
         raise GatescopeError(
             f"--steps {steps} --warmup {warmup}: expected 0 <= warm-up < steps, steps >= 1"
         )
-    if arch not in ("gated", "plain"):
-        raise GatescopeError(f"--arch {arch}: expected 'gated' or 'plain'")
+    if arch not in ARCHES:
+        raise GatescopeError(f"--arch {arch}: expected one of {', '.join(ARCHES)}")
+    if corpus not in (1, 2):
+        raise GatescopeError(f"--corpus {corpus}: expected 1 or 2")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise GatescopeError(f"--checkpoint-every {checkpoint_every}: expected a positive number")
     if not lr > 0:
         raise GatescopeError(f"--lr {lr}: expected a positive learning rate")
     if threads is not None:
@@ -55,7 +71,9 @@ def train(
         warmup=warmup,
         induction_tail=induction_tail,
         init=None if init is None else str(init),
-        checkpoint_every=min(250, max(1, steps // 4)),
+        checkpoint_every=checkpoint_every or min(250, max(1, steps // 4)),
+        corpus_version=corpus,
+        tokenizer=None if tokenizer is None else str(tokenizer),
     )
     final = train_reference(cfg, out, resume=resume)
     typer.echo(f"saved {final}")

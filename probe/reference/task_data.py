@@ -18,8 +18,9 @@ from probe.reference.corpus import (
     IOI_TEST,
     SENTIMENT_TEST,
     TOPIC_TRAIN,
-    induction_words,
+    induction_vocabulary,
     ioi_prompt,
+    joined_by_and,
     prose_paragraphs,
 )
 
@@ -45,20 +46,29 @@ def ioi_rows(rng: random.Random, tok, n: int) -> list[dict]:
                 "wrong": f" {s}",
                 "template": template,
                 "order": "ABBA" if abba else "BABA",
+                "joined_by_and": joined_by_and(template),
             }
         )
     return rows
 
 
+def heldout_single_tokens(tok) -> list[str]:
+    """The held-out induction words (never in an induction document) that are one token."""
+    _, held = induction_vocabulary()
+    return [w for w in held if _n_tokens(tok, " " + w) == 1]
+
+
 def induction_rows(rng: random.Random, tok, n: int) -> list[dict]:
-    """Repeated random sequences: clean ends one word before the sequence completes."""
+    """Repeated random sequences of held-out words (never used in an induction training
+    document, each one token): clean ends one word before the sequence completes."""
+    pool = heldout_single_tokens(tok)
     rows = []
     while len(rows) < n:
-        words = induction_words(rng, rng.randint(8, 14))
-        other = induction_words(rng, len(words))
+        words = rng.sample(pool, rng.randint(8, 14))
+        other = rng.sample(pool, len(words))
         clean = " ".join(words + words[:-1])
         corrupt = " ".join(other + words[:-1])
-        wrong = rng.choice([w for w in V.FILLER if w not in words])
+        wrong = rng.choice([w for w in pool if w not in words])
         if _n_tokens(tok, clean) == _n_tokens(tok, corrupt) == 2 * len(words) - 1:
             rows.append(
                 {
@@ -161,7 +171,7 @@ def write_task_data(out: Path, tokenizer, seed: int = 0) -> dict[str, int]:
     rng = random.Random(seed + 7919)  # apart from the training corpus's generator
     out.mkdir(parents=True, exist_ok=True)
     files = {
-        "ioi": ioi_rows(rng, tokenizer, 200),
+        "ioi": ioi_rows(rng, tokenizer, 300),
         "induction": induction_rows(rng, tokenizer, 200),
         "facts": fact_rows(tokenizer),
     }
