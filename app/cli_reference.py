@@ -106,14 +106,18 @@ def evaluate(
 def tasks(
     out: Path = typer.Option(Path("data/tasks"), "--out", help="directory for the JSONL files"),
     seed: int = typer.Option(0, "--seed"),
+    tokenizer: str = typer.Option(
+        "reference", "--tokenizer", help="the model whose tokenizer sets the token counts"
+    ),
 ) -> None:
     """Regenerate the task, steering and concept data (held-out prompts) from the seed."""
-    from probe.reference.corpus import build_corpus
-    from probe.reference.task_data import write_task_data
-    from probe.reference.tokenizer import train_tokenizer
+    from transformers import AutoTokenizer
 
-    tokenizer = train_tokenizer(build_corpus(seed).documents)
-    for name, rows in write_task_data(out, tokenizer, seed).items():
+    from probe.reference import BUNDLED, reference_path
+    from probe.reference.task_data import write_task_data
+
+    source = reference_path(tokenizer) if tokenizer in BUNDLED else tokenizer
+    for name, rows in write_task_data(out, AutoTokenizer.from_pretrained(source), seed).items():
         typer.echo(f"{name}.jsonl\t{rows} rows")
 
 

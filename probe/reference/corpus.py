@@ -162,7 +162,7 @@ def ioi_prompt(rng: random.Random, template: str, abba: bool) -> tuple[str, str,
 
 #: The corpus of the first two training stages of the bundled gated and plain models.
 IOI_TRAIN_V1 = IOI_TRAIN[:18]
-_V1_POOL = V.FILLER + V.NAMES + V.OBJECTS + V.PLACES
+V1_POOL = V.FILLER + V.NAMES + V.OBJECTS + V.PLACES
 _WORD = re.compile(r"[A-Za-z]+|[0-9]+")
 
 
@@ -201,7 +201,7 @@ def induction_vocabulary() -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 def induction_words(rng: random.Random, length: int, version: int = 2) -> list[str]:
-    pool = _V1_POOL if version == 1 else induction_vocabulary()[0]
+    pool = V1_POOL if version == 1 else induction_vocabulary()[0]
     return [rng.choice(pool) for _ in range(length)]
 
 

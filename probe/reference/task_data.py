@@ -18,6 +18,7 @@ from probe.reference.corpus import (
     IOI_TEST,
     SENTIMENT_TEST,
     TOPIC_TRAIN,
+    V1_POOL,
     induction_vocabulary,
     ioi_prompt,
     joined_by_and,
@@ -53,9 +54,10 @@ def ioi_rows(rng: random.Random, tok, n: int) -> list[dict]:
 
 
 def heldout_single_tokens(tok) -> list[str]:
-    """The held-out induction words (never in an induction document) that are one token."""
+    """The held-out induction words that are one token and occur in no induction document
+    of either corpus version (the twins' first stages used version 1's word pool)."""
     _, held = induction_vocabulary()
-    return [w for w in held if _n_tokens(tok, " " + w) == 1]
+    return [w for w in held if w not in set(V1_POOL) and _n_tokens(tok, " " + w) == 1]
 
 
 def induction_rows(rng: random.Random, tok, n: int) -> list[dict]:
