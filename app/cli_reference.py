@@ -36,6 +36,9 @@ def train(
     tokenizer: Path = typer.Option(
         None, "--tokenizer", help="a fresh run uses this model directory's tokenizer"
     ),
+    init_embeddings: Path = typer.Option(
+        None, "--init-embeddings", help="a fresh run starts from this model's token embeddings"
+    ),
     corpus: int = typer.Option(
         2, "--corpus", help="corpus version: 2 (current) or 1 (first two stages of the twins)"
     ),
@@ -74,6 +77,7 @@ def train(
         checkpoint_every=checkpoint_every or min(250, max(1, steps // 4)),
         corpus_version=corpus,
         tokenizer=None if tokenizer is None else str(tokenizer),
+        init_embeddings=None if init_embeddings is None else str(init_embeddings),
     )
     final = train_reference(cfg, out, resume=resume)
     typer.echo(f"saved {final}")

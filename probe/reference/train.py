@@ -59,6 +59,7 @@ class TrainConfig:
     corpus_scale: float = 1.0  # shrink the corpus (tests only)
     corpus_version: int = 2  # 1: the corpus of the first two stages of gated and plain
     tokenizer: str | None = None  # a model directory whose tokenizer a fresh run uses
+    init_embeddings: str | None = None  # a fresh run starts from this model's embeddings
     # hybrid only: Gated-DeltaNet heads and MoE sizes
     linear_heads: int = 4
     linear_d_head: int = 32
@@ -202,6 +203,22 @@ def _check_dir(path: str, option: str) -> Path:
     return folder
 
 
+def _copy_embeddings(model, source: Path) -> None:
+    """Copy the (tied) token embeddings of the model in ``source`` into ``model``."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(source / "model.safetensors"))
+    weight = tensors.get("model.embed_tokens.weight")
+    target = model.get_input_embeddings().weight
+    if weight is None or weight.shape != target.shape:
+        raise GatescopeError(
+            f"--init-embeddings {source}: no token embeddings of shape {tuple(target.shape)} "
+            "there; give a model with the same tokenizer and width"
+        )
+    with torch.no_grad():
+        target.copy_(weight)
+
+
 def _check_init(cfg: TrainConfig) -> Path:
     init = _check_dir(cfg.init, "--init")
     found = json.loads((init / "config.json").read_text()).get("layer_types") or []
@@ -221,7 +238,10 @@ def _start(cfg: TrainConfig, documents: list[str]):
             tokenizer = train_tokenizer(documents, cfg.vocab)
         else:
             tokenizer = tf.AutoTokenizer.from_pretrained(_check_dir(cfg.tokenizer, "--tokenizer"))
-        return cls(model_config(cfg, len(tokenizer))), tokenizer, None
+        model = cls(model_config(cfg, len(tokenizer)))
+        if cfg.init_embeddings is not None:
+            _copy_embeddings(model, _check_dir(cfg.init_embeddings, "--init-embeddings"))
+        return model, tokenizer, None
     init = _check_init(cfg)
     expected = cls.__name__
     found = json.loads((init / "config.json").read_text()).get("architectures", ["?"])[0]
