@@ -89,20 +89,34 @@ def evaluate(
     model: str = typer.Argument("reference", help=MODEL_HELP),
     json_: bool = typer.Option(False, "--json"),
     limit: int = typer.Option(None, "--limit", help="use only the first N IOI/induction rows"),
+    twin: str = typer.Option(
+        "auto", "--twin", help="compare the gate effects with this model ('none': skip)"
+    ),
 ) -> None:
-    """Held-out figures: IOI, induction, facts, prose perplexity, gates and sink."""
+    """Held-out figures: IOI, induction, facts, prose perplexity, the gate effects of the
+    Gated Attention paper against the twin, and on a hybrid its router and DeltaNet figures."""
     from probe.reference.evaluate import evaluate_reference
 
-    result = evaluate_reference(load(model), limit=limit)
+    result = evaluate_reference(load(model), limit=limit, twin=None if twin == "none" else twin)
     if json_:
         echo_json(result.to_dict())
         return
     for key, value in result.to_dict().items():
-        if isinstance(value, float):
+        if key == "hybrid":
+            continue  # nested tables: see --json
+        if key == "paper_effects":
+            value = value["verdict"] if value else None
+        elif isinstance(value, float):
             value = f"{value:.3f}"
         elif isinstance(value, list):
-            value = " ".join(f"{v:.3f}" for v in value)
+            value = " ".join(
+                "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+                for v in value
+            )
         typer.echo(f"{key:>26}: {value}")
+    if result.hybrid:
+        typer.echo(f"{'dead experts':>26}: {result.hybrid['dead_experts']}")
+        typer.echo(f"{'mean shared gate':>26}: {result.hybrid['mean_shared_gate']:.3f}")
 
 
 @reference_app.command("tasks")
@@ -129,21 +143,19 @@ def tasks(
 @user_errors
 def bundle_cmd(
     run: Path = typer.Argument(..., help="the --out directory of `reference train`"),
-    name: str = typer.Option(..., "--name", help="reference-gated or reference-plain"),
+    name: str = typer.Option(
+        ..., "--name", help="reference-gated, reference-plain or reference-hybrid"
+    ),
+    twin: str = typer.Option(
+        "auto", "--twin", help="the model the paper's gate effects are compared with"
+    ),
 ) -> None:
     """Evaluate a trained model and install it as a bundled reference model (with README)."""
-    import json
-
     from probe.model import load_model
     from probe.reference.bundle import bundle
     from probe.reference.evaluate import evaluate_reference
 
     model = load_model(str(Path(run) / "model"))
     model.name = name
-    training = Path(run) / "model" / "training.json"
-    init = json.loads(training.read_text()).get("config", {}).get("init")
-    before = None
-    if init:  # a continued run: its README also gives the figures of the starting model
-        before = evaluate_reference(load_model(init))
-    dest = bundle(run, name, evaluate_reference(model), before)
+    dest = bundle(run, name, evaluate_reference(model, twin=twin))
     typer.echo(f"installed {dest}")

@@ -228,7 +228,7 @@ class Model:
 
 
 def _bundled(name: str) -> Path | None:
-    if name not in ("reference", "reference-gated", "reference-plain"):
+    if name not in ("reference", "reference-gated", "reference-plain", "reference-hybrid"):
         return None
     from probe.reference import reference_path
 

@@ -168,15 +168,32 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def _first_version_draws(rng: random.Random, tok) -> None:
+    """Advance ``rng`` past the draws of the first version's 200 IOI and 200 induction rows
+    (4 templates; the ~200-word pool), so the sentiment and concept files keep their rows."""
+    for i in range(200):
+        ioi_prompt(rng, IOI_TEST[i % 4], i % 2 == 0)
+    kept = 0
+    while kept < 200:
+        n = rng.randint(8, 14)
+        words = [rng.choice(V1_POOL) for _ in range(n)]
+        other = [rng.choice(V1_POOL) for _ in range(n)]
+        rng.choice([w for w in V.FILLER if w not in words])
+        clean, corrupt = " ".join(words + words[:-1]), " ".join(other + words[:-1])
+        kept += _n_tokens(tok, clean) == _n_tokens(tok, corrupt) == 2 * n - 1
+
+
 def write_task_data(out: Path, tokenizer, seed: int = 0) -> dict[str, int]:
     """Write every task and concept file to ``out``; returns rows per file."""
-    rng = random.Random(seed + 7919)  # apart from the training corpus's generator
-    out.mkdir(parents=True, exist_ok=True)
+    # generators apart from the training corpus's
     files = {
-        "ioi": ioi_rows(rng, tokenizer, 300),
-        "induction": induction_rows(rng, tokenizer, 200),
+        "ioi": ioi_rows(random.Random(seed + 7920), tokenizer, 300),
+        "induction": induction_rows(random.Random(seed + 7921), tokenizer, 200),
         "facts": fact_rows(tokenizer),
     }
+    rng = random.Random(seed + 7919)
+    _first_version_draws(rng, tokenizer)
+    out.mkdir(parents=True, exist_ok=True)
     files["sentiment_pairs"], files["sentiment_prompts"] = sentiment_rows(rng)
     files.update(concept_sets(rng))
     for name, rows in files.items():
