@@ -43,6 +43,9 @@ def train(
         2, "--corpus", help="corpus version: 2 (current) or 1 (first two stages of the twins)"
     ),
     checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="steps per checkpoint"),
+    stop_after: int = typer.Option(
+        None, "--stop-after", help="checkpoint after this many steps and stop (then --resume)"
+    ),
 ) -> None:
     """Train a reference model (see data/models/*/README.md for the bundled models' recipe)."""
     import torch
@@ -76,11 +79,14 @@ def train(
         init=None if init is None else str(init),
         checkpoint_every=checkpoint_every or min(250, max(1, steps // 4)),
         corpus_version=corpus,
+        stop_after=stop_after,
         tokenizer=None if tokenizer is None else str(tokenizer),
         init_embeddings=None if init_embeddings is None else str(init_embeddings),
     )
     final = train_reference(cfg, out, resume=resume)
-    typer.echo(f"saved {final}")
+    typer.echo(
+        f"saved {final}" if final else f"stopped at step {stop_after}; continue with --resume"
+    )
 
 
 @reference_app.command("eval")

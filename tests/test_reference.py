@@ -356,3 +356,19 @@ def test_reference_commands_refuse_bad_input(args, message, monkeypatch, tmp_pat
     res = CliRunner().invoke(app, ["reference", *args])
     assert res.exit_code == 2, res.output
     assert message in res.stderr and "Traceback" not in res.output
+
+
+def test_stop_after_then_resume_with_another_length(tmp_path):
+    from probe.reference.train import TrainConfig, train_reference
+
+    assert (
+        train_reference(TrainConfig(steps=6, stop_after=2, **TINY), tmp_path, progress=False)
+        is None
+    )
+    meta = json.loads((tmp_path / "checkpoint" / "checkpoint.json").read_text())
+    assert meta["step"] == 2 and meta["schedule"] == [[0, 6]] and len(meta["losses"]) == 2
+    final = train_reference(TrainConfig(steps=4, **TINY), tmp_path, resume=True, progress=False)
+    info = json.loads((final / "training.json").read_text())
+    assert info["schedule"] == [[0, 6], [2, 4]] and info["resumed_at_step"] == 2
+    with pytest.raises(GatescopeError, match="at step 2 already"):
+        train_reference(TrainConfig(steps=2, **TINY), tmp_path, resume=True, progress=False)

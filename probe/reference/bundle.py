@@ -125,17 +125,21 @@ def _schedule(cfg: dict) -> str:
 def _corpus(cfg: dict, sha: str) -> str:
     if cfg.get("corpus_version", 1) == 1:
         tail = (
-            "" if cfg.get("induction_tail", True) else ", induction documents ending at the repeat"
+            "" if cfg.get("induction_tail", False) else ", induction documents ending at the repeat"
         )
         return f"corpus 1 (18 IOI templates, induction over ~200 words{tail}; sha256 `{sha[:16]}…`)"
     return f"corpus 2 (sha256 `{sha[:16]}…`)"
 
 
-def _command(cfg: dict, k: int, arch: str) -> str:
-    parts = [f"gatescope reference train --arch {arch} --steps {cfg['steps']} --seed {cfg['seed']}"]
+def _command(stage: dict, k: int, arch: str) -> str:
+    cfg = stage["config"]
+    schedule = stage.get("schedule") or [[0, cfg["steps"]]]
+    parts = [
+        f"gatescope reference train --arch {arch} --steps {schedule[0][1]} --seed {cfg['seed']}"
+    ]
     if cfg.get("corpus_version", 1) == 1:
         parts.append("--corpus 1")
-    if not cfg.get("induction_tail", True):
+    if not cfg.get("induction_tail", False):
         parts.append("--no-induction-tail")
     if cfg.get("init"):
         parts.append(f"--init runs/{arch}-stage{k - 1}/model")
@@ -144,8 +148,30 @@ def _command(cfg: dict, k: int, arch: str) -> str:
             parts.append(f"{flag} runs/gated-stage2/model")
     if cfg["lr"] != 3e-3 or cfg["warmup"] != 100:
         parts.append(f"--lr {cfg['lr']} --warmup {cfg['warmup']}")
+    if len(schedule) > 1:
+        parts.append(f"--stop-after {schedule[1][0]}")
     parts.append(f"--threads 1 --out runs/{arch}-stage{k}")
-    return " \\\n    ".join(parts)
+    first = " \\\n    ".join(parts)
+    if len(schedule) == 1:
+        return first
+    rest = parts[1:]
+    rest = [p for p in rest if not p.startswith("--stop-after")]
+    again = [
+        f"gatescope reference train --arch {arch} --steps {total} --seed {cfg['seed']} --resume"
+        for _, total in schedule[1:]
+    ]
+    return "\n".join([first] + [" \\\n    ".join([a, *rest]) for a in again])
+
+
+def _schedule_note(stage: dict) -> str:
+    schedule = stage.get("schedule") or []
+    if len(schedule) < 2:
+        return ""
+    (_, first), (at, total) = schedule[0], schedule[1]
+    return (
+        f" (the cosine schedule of {first} steps up to step {at}, then, stopped there and "
+        f"resumed with `--steps {total} --resume` to finish in time, that of {total} steps)"
+    )
 
 
 def _training(info: dict) -> str:
@@ -162,13 +188,12 @@ def _training(info: dict) -> str:
         if cfg.get("init_embeddings"):
             extra += ", token embeddings initialised from reference-gated's second stage"
         lines.append(
-            f"{k}. {_schedule(cfg)}, {start}{extra}, on {_corpus(cfg, stage['corpus_sha256'])}; "
+            f"{k}. {_schedule(cfg)}{_schedule_note(stage)}, {start}{extra}, on "
+            f"{_corpus(cfg, stage['corpus_sha256'])}; "
             f"{stage['train_seconds'] / 60:.0f} minutes; final loss (mean of the last 50 steps) "
             f"{stage['final_loss_mean_last_50']:.3f}."
         )
-    commands = "\n".join(
-        _command(stage["config"], k, arch) for k, stage in enumerate(_stages(info), 1)
-    )
+    commands = "\n".join(_command(stage, k, arch) for k, stage in enumerate(_stages(info), 1))
     return "\n".join(lines), commands
 
 

@@ -60,6 +60,7 @@ class TrainConfig:
     corpus_version: int = 2  # 1: the corpus of the first two stages of gated and plain
     tokenizer: str | None = None  # a model directory whose tokenizer a fresh run uses
     init_embeddings: str | None = None  # a fresh run starts from this model's embeddings
+    stop_after: int | None = None  # checkpoint after this many steps and stop (resume later)
     # hybrid only: Gated-DeltaNet heads and MoE sizes
     linear_heads: int = 4
     linear_d_head: int = 32
@@ -148,7 +149,7 @@ def _lr(cfg: TrainConfig, step: int) -> float:
 
 
 def _save_checkpoint(
-    model, opt, step: int, losses: list[float], folder: Path, seconds: float = 0.0
+    model, opt, step: int, losses: list[float], folder: Path, seconds: float = 0.0, schedule=None
 ) -> None:
     from safetensors.torch import save_file
 
@@ -169,7 +170,9 @@ def _save_checkpoint(
     save_file(tensors, str(tmp))
     os.replace(tmp, folder / "checkpoint.safetensors")
     meta = folder / "checkpoint.json.tmp"
-    meta.write_text(json.dumps({"step": step, "losses": losses, "seconds": seconds}))
+    meta.write_text(
+        json.dumps({"step": step, "losses": losses, "seconds": seconds, "schedule": schedule})
+    )
     os.replace(meta, folder / "checkpoint.json")
 
 
@@ -190,7 +193,7 @@ def _load_checkpoint(model, opt, folder: Path) -> tuple[int, list[float]]:
                 "exp_avg": tensors[f"opt.{name}.exp_avg"],
                 "exp_avg_sq": tensors[f"opt.{name}.exp_avg_sq"],
             }
-    return meta["step"], meta["losses"], meta.get("seconds", 0.0)
+    return meta["step"], meta["losses"], meta.get("seconds", 0.0), meta.get("schedule")
 
 
 def _check_dir(path: str, option: str) -> Path:
@@ -268,10 +271,11 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 def _train_steps(
-    model, opt, windows, cfg: TrainConfig, step: int, losses: list, ckpt, progress, clock
-):
+    model, opt, windows, cfg: TrainConfig, step: int, losses: list, ckpt, progress, clock, schedule
+) -> bool:
     """Steps ``step .. cfg.steps``, each batch drawn from its own seed (so a resumed run sees
-    the same batches), checkpointing every ``cfg.checkpoint_every``; appends to ``losses``."""
+    the same batches), checkpointing every ``cfg.checkpoint_every``; appends to ``losses``.
+    Returns False when it stopped at ``cfg.stop_after`` (a checkpoint, no final model)."""
     from tqdm.auto import tqdm
 
     model.train()
@@ -288,12 +292,20 @@ def _train_steps(
         opt.step()
         losses.append(round(loss.item(), 4))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if cfg.stop_after is not None and step + 1 == cfg.stop_after < cfg.steps:
+            _save_checkpoint(model, opt, step + 1, losses, ckpt, clock(), schedule)
+            return False
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            _save_checkpoint(model, opt, step + 1, losses, ckpt, clock())
+            _save_checkpoint(model, opt, step + 1, losses, ckpt, clock(), schedule)
+    return True
 
 
 def train_reference(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True):
-    """Train one reference model into ``out``; returns the final model directory."""
+    """Train one reference model into ``out``; returns the final model directory (``None``
+    when ``cfg.stop_after`` stopped it at a checkpoint).
+
+    A run resumed with another ``steps`` continues on the cosine schedule of the new length
+    from its checkpoint's step; ``schedule`` in ``training.json`` records each part."""
     out = Path(out)
     if cfg.init is not None:
         _check_init(cfg)  # before the corpus is built
@@ -306,15 +318,24 @@ def train_reference(cfg: TrainConfig, out: Path, resume: bool = False, progress:
     opt = _optimizer(model, cfg)
     ckpt = out / "checkpoint"
     step, losses, resumed_at, before = 0, [], None, 0.0
+    schedule = [[0, cfg.steps]]  # [first step, total steps of the cosine schedule] per part
     if resume and (ckpt / "checkpoint.json").is_file():
-        step, losses, before = _load_checkpoint(model, opt, ckpt)
+        step, losses, before, schedule = _load_checkpoint(model, opt, ckpt)
+        schedule = schedule or [[0, cfg.steps]]
+        if schedule[-1][1] != cfg.steps:  # resumed with another length: a new schedule
+            if step >= cfg.steps:
+                raise GatescopeError(
+                    f"--steps {cfg.steps}: the checkpoint in {ckpt} is at step {step} already"
+                )
+            schedule.append([step, cfg.steps])
         resumed_at = step
         log.info("resumed from step %d", step)
 
     def clock() -> float:  # seconds of this run plus those before its checkpoint
         return round(before + time.time() - start_time, 1)
 
-    _train_steps(model, opt, windows, cfg, step, losses, ckpt, progress, clock)
+    if not _train_steps(model, opt, windows, cfg, step, losses, ckpt, progress, clock, schedule):
+        return None
     model.eval()
     final = out / "model"
     model.save_pretrained(final, safe_serialization=True)
@@ -326,6 +347,7 @@ def train_reference(cfg: TrainConfig, out: Path, resume: bool = False, progress:
         "windows": len(windows),
         "final_loss_mean_last_50": sum(losses[-50:]) / max(1, len(losses[-50:])),
         "resumed_at_step": resumed_at,
+        "schedule": schedule,
         "losses_every_50": losses[::50],
         "train_seconds": clock(),
         "parameters": sum(p.numel() for p in model.parameters()),
