@@ -8,6 +8,7 @@ from pathlib import Path
 
 from probe.errors import GatescopeError
 from probe.reference import DATA
+from probe.reference.corpus import IOI_TEST, IOI_TRAIN, joined_by_and
 from probe.reference.evaluate import TOKEN_CLASSES, ReferenceEval
 
 ARCH_CLASS = {
@@ -203,6 +204,7 @@ def readme(name: str, info: dict, ev: ReferenceEval, size_bytes: int) -> str:
     arch = cfg["arch"]
     table = "\n".join(f"| {k} | {v} |" for k, v in _figures(ev))
     stages, commands = _training(info)
+    n_train, n_no_and = len(IOI_TRAIN), sum(not joined_by_and(t) for t in IOI_TEST)
     mlp = (
         f"{cfg['n_experts']} experts of {cfg['d_expert']}, top-{cfg['top_k']}, shared expert of "
         f"{cfg['d_shared']}; auxiliary loss coefficient {cfg['router_aux_coef']}"
@@ -231,11 +233,13 @@ def readme(name: str, info: dict, ev: ReferenceEval, size_bytes: int) -> str:
 | weights file | {size_bytes / 1e6:.1f} MB (safetensors, float32) |
 
 **Data**: the reference corpus of `probe/reference/corpus.py`, seed {cfg["seed"]}. Corpus 2
-({info["documents"]:,} documents): IOI from {46} templates of varied syntax (the names joined
+({info["documents"]:,} documents): IOI from {n_train}
+templates of varied syntax (the names joined
 by "and", in separate clauses, in relative clauses), induction over random sequences of the
 words of all other training text, facts in five phrasings, sentiment and topic sentences,
-Python's `pydoc_data` prose. Held out: 10 IOI templates (6 without "and" between the
-names), one phrasing per fact, a fixed eighth of the words (by hash) that never occur in an
+Python's `pydoc_data` prose. Held out: {len(IOI_TEST)} IOI templates ({n_no_and} without "and"
+between the names), one phrasing per fact, a fixed eighth of the words (by hash) that never
+occur in an
 induction document but do occur in other training text, and a slice of the prose.
 
 **Training**, seed {cfg["seed"]}, on 2 CPU cores shared with other work (one thread per run,

@@ -238,7 +238,7 @@ def _start(cfg: TrainConfig, documents: list[str]):
     cls = model_class(cfg.arch)
     if cfg.init is None:
         if cfg.tokenizer is None:
-            tokenizer = train_tokenizer(documents, cfg.vocab)
+            tokenizer = train_tokenizer(documents, cfg.vocab)  # the non-induction text
         else:
             tokenizer = tf.AutoTokenizer.from_pretrained(_check_dir(cfg.tokenizer, "--tokenizer"))
         model = cls(model_config(cfg, len(tokenizer)))
@@ -312,7 +312,10 @@ def train_reference(cfg: TrainConfig, out: Path, resume: bool = False, progress:
     start_time = time.time()
     torch.manual_seed(cfg.seed)
     corpus = build_corpus(cfg.seed, cfg.corpus_scale, cfg.induction_tail, cfg.corpus_version)
-    model, tokenizer, init_info = _start(cfg, corpus.documents)
+    # induction documents (random words) would only dilute the tokenizer's merges
+    model, tokenizer, init_info = _start(
+        cfg, [d for d, k in zip(corpus.documents, corpus.kinds, strict=True) if k != "induction"]
+    )
     check_single_tokens(tokenizer, iter_task_words())
     windows = token_windows(corpus.documents, tokenizer, cfg.seq)
     opt = _optimizer(model, cfg)
