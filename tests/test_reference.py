@@ -65,7 +65,7 @@ def _first_stage(info: dict) -> dict:
 def test_first_corpus_of_the_bundled_twins_is_reproduced(name):
     info = json.loads((reference_path(name) / "training.json").read_text())
     first = _first_stage(info)
-    assert first["config"]["induction_tail"] is False
+    assert not first["config"].get("induction_tail", False)  # the first code had no tail
     assert build_corpus(0, induction_tail=False, version=1).sha256() == first["corpus_sha256"]
 
 
@@ -309,7 +309,8 @@ def test_bundled_models_reproduce_their_readme_figures(name):
     ioi = ioi_figures(model, limit=100)
     assert ioi["n_ioi"] == 100
     assert ioi["ioi_accuracy"] == pytest.approx(recorded["ioi_accuracy"], abs=0.1)
-    assert ioi["ioi_logit_diff"] == pytest.approx(recorded["ioi_logit_diff"], rel=0.25)
+    ld = recorded["ioi_logit_diff"]
+    assert ioi["ioi_logit_diff"] == pytest.approx(ld, abs=max(0.25 * abs(ld), 0.5))
     acc, n = induction_accuracy(model, limit=60)
     assert n == 60 and acc == pytest.approx(recorded["induction_accuracy"], abs=0.1)
     assert model.is_gated == (name != "reference-plain")

@@ -286,7 +286,7 @@ class _HybridReader:
         self.mask = self.ids = None
 
     def _real(self, flat: torch.Tensor) -> torch.Tensor:
-        return flat[self.mask.reshape(-1).to(flat.device)]
+        return flat[self.mask.reshape(-1).bool().to(flat.device)]
 
     def router_hook(self, layer):
         def hook(module, args, output):
