@@ -24,7 +24,12 @@ reference_app = typer.Typer(help="Train and evaluate the bundled reference model
 @user_errors
 def train(
     out: Path = typer.Option(..., "--out", help="run directory (checkpoints, final model)"),
-    arch: str = typer.Option("gated", "--arch", help="gated (Qwen3-Next) or plain (Qwen3)"),
+    arch: str = typer.Option(
+        "gated",
+        "--arch",
+        help="gated (Qwen3-Next, full attention), plain (Qwen3) or hybrid (Qwen3-Next: "
+        "Gated-DeltaNet x3 + full attention, MoE MLPs)",
+    ),
     steps: int = typer.Option(3000, "--steps"),
     seed: int = typer.Option(0, "--seed"),
     resume: bool = typer.Option(False, "--resume", help="continue from the last checkpoint"),
@@ -37,19 +42,36 @@ def train(
         "first corpus of the bundled models)",
     ),
     threads: int = typer.Option(None, "--threads", help="CPU threads (1 when two runs share)"),
+    tokenizer: Path = typer.Option(
+        None, "--tokenizer", help="a fresh run uses this model directory's tokenizer"
+    ),
+    init_embeddings: Path = typer.Option(
+        None, "--init-embeddings", help="a fresh run starts from this model's token embeddings"
+    ),
+    corpus: int = typer.Option(
+        2, "--corpus", help="corpus version: 2 (current) or 1 (first two stages of the twins)"
+    ),
+    checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="steps per checkpoint"),
+    stop_after: int = typer.Option(
+        None, "--stop-after", help="checkpoint after this many steps and stop (then --resume)"
+    ),
 ) -> None:
     """Train a reference model (see data/models/*/README.md for the bundled models' recipe)."""
     import torch
 
     from probe.errors import GatescopeError
-    from probe.reference.train import TrainConfig, train_reference
+    from probe.reference.train import ARCHES, TrainConfig, train_reference
 
     if steps < 1 or warmup < 0 or warmup >= steps:
         raise GatescopeError(
             f"--steps {steps} --warmup {warmup}: expected 0 <= warm-up < steps, steps >= 1"
         )
-    if arch not in ("gated", "plain"):
-        raise GatescopeError(f"--arch {arch}: expected 'gated' or 'plain'")
+    if arch not in ARCHES:
+        raise GatescopeError(f"--arch {arch}: expected one of {', '.join(ARCHES)}")
+    if corpus not in (1, 2):
+        raise GatescopeError(f"--corpus {corpus}: expected 1 or 2")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise GatescopeError(f"--checkpoint-every {checkpoint_every}: expected a positive number")
     if not lr > 0:
         raise GatescopeError(f"--lr {lr}: expected a positive learning rate")
     if threads is not None:
@@ -64,10 +86,16 @@ def train(
         warmup=warmup,
         induction_tail=induction_tail,
         init=None if init is None else str(init),
-        checkpoint_every=min(250, max(1, steps // 4)),
+        checkpoint_every=checkpoint_every or min(250, max(1, steps // 4)),
+        corpus_version=corpus,
+        stop_after=stop_after,
+        tokenizer=None if tokenizer is None else str(tokenizer),
+        init_embeddings=None if init_embeddings is None else str(init_embeddings),
     )
     final = train_reference(cfg, out, resume=resume)
-    typer.echo(f"saved {final}")
+    typer.echo(
+        f"saved {final}" if final else f"stopped at step {stop_after}; continue with --resume"
+    )
 
 
 @reference_app.command("eval")
@@ -79,20 +107,34 @@ def evaluate(
     json_: bool = typer.Option(False, "--json"),
     out: Path = typer.Option(None, "--out", help="write the figures as JSON"),
     limit: int = typer.Option(None, "--limit", help="use only the first N IOI/induction rows"),
+    twin: str = typer.Option(
+        "auto", "--twin", help="compare the gate effects with this model ('none': skip)"
+    ),
 ) -> None:
-    """Held-out figures: IOI, induction, facts, prose perplexity, gates and sink."""
+    """Held-out figures: IOI, induction, facts, prose perplexity, the gate effects of the
+    Gated Attention paper against the twin, and on a hybrid its router and DeltaNet figures."""
     from probe.reference.evaluate import evaluate_reference
 
     positive(limit, "--limit")
-    result = evaluate_reference(load(model), limit=limit)
+    result = evaluate_reference(load(model), limit=limit, twin=None if twin == "none" else twin)
     if emit(result.to_dict(), json_, out):
         return
     for key, value in result.to_dict().items():
-        if isinstance(value, float):
+        if key == "hybrid":
+            continue  # nested tables: see --json
+        if key == "paper_effects":
+            value = value["verdict"] if value else None
+        elif isinstance(value, float):
             value = f"{value:.3f}"
         elif isinstance(value, list):
-            value = " ".join(f"{v:.3f}" for v in value)
+            value = " ".join(
+                "-" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+                for v in value
+            )
         typer.echo(f"{key:>26}: {value}")
+    if result.hybrid:
+        typer.echo(f"{'dead experts':>26}: {result.hybrid['dead_experts']}")
+        typer.echo(f"{'mean shared gate':>26}: {result.hybrid['mean_shared_gate']:.3f}")
 
 
 @reference_app.command("tasks")
@@ -100,14 +142,18 @@ def evaluate(
 def tasks(
     out: Path = typer.Option(Path("data/tasks"), "--out", help="directory for the JSONL files"),
     seed: int = typer.Option(0, "--seed"),
+    tokenizer: str = typer.Option(
+        "reference", "--tokenizer", help="the model whose tokenizer sets the token counts"
+    ),
 ) -> None:
     """Regenerate the task, steering and concept data (held-out prompts) from the seed."""
-    from probe.reference.corpus import build_corpus
-    from probe.reference.task_data import write_task_data
-    from probe.reference.tokenizer import train_tokenizer
+    from transformers import AutoTokenizer
 
-    tokenizer = train_tokenizer(build_corpus(seed).documents)
-    for name, rows in write_task_data(out, tokenizer, seed).items():
+    from probe.reference import BUNDLED, reference_path
+    from probe.reference.task_data import write_task_data
+
+    source = reference_path(tokenizer) if tokenizer in BUNDLED else tokenizer
+    for name, rows in write_task_data(out, AutoTokenizer.from_pretrained(source), seed).items():
         typer.echo(f"{name}.jsonl\t{rows} rows")
 
 
@@ -115,10 +161,14 @@ def tasks(
 @user_errors
 def bundle_cmd(
     run: Path = typer.Argument(..., help="the --out directory of `reference train`"),
-    name: str = typer.Option(..., "--name", help="reference-gated or reference-plain"),
+    name: str = typer.Option(
+        ..., "--name", help="reference-gated, reference-plain or reference-hybrid"
+    ),
+    twin: str = typer.Option(
+        "auto", "--twin", help="the model the paper's gate effects are compared with"
+    ),
 ) -> None:
     """Evaluate a trained model and install it as a bundled reference model (with README)."""
-    import json
 
     check_name(name)
 
@@ -128,10 +178,5 @@ def bundle_cmd(
 
     model = load_model(str(Path(run) / "model"))
     model.name = name
-    training = Path(run) / "model" / "training.json"
-    init = json.loads(training.read_text()).get("config", {}).get("init")
-    before = None
-    if init:  # a continued run: its README also gives the figures of the starting model
-        before = evaluate_reference(load_model(init))
-    dest = bundle(run, name, evaluate_reference(model), before)
+    dest = bundle(run, name, evaluate_reference(model, twin=twin))
     typer.echo(f"installed {dest}")

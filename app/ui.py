@@ -22,7 +22,7 @@ import streamlit as st
 
 from probe.errors import GatescopeError
 
-CHOICES = ["reference", "reference-plain", "other (local directory or hub id)"]
+CHOICES = ["reference", "reference-plain", "reference-hybrid", "other (local directory or hub id)"]
 
 
 def default_model() -> str:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def _bundled(name: str) -> Path | None:
-    if name not in ("reference", "reference-gated", "reference-plain"):
+    if name not in ("reference", "reference-gated", "reference-plain", "reference-hybrid"):
         return None
     from probe.reference import reference_path
 

@@ -1,18 +1,29 @@
-"""Reference corpus, tokenizer, training (resume, second stage), the CLI, and the bundled
-models' held-out figures."""
+"""Reference corpus, tokenizer, training (resume, later stages, the hybrid), the CLI, the
+evaluation's figures, and the bundled models' held-out figures."""
 
 import json
 import random
+import re
 
 import pytest
 import torch
-from conftest import needs_reference
+from conftest import needs_reference, reference_available
 from typer.testing import CliRunner
 
 from app.cli import app
 from probe import GatescopeError, load_model
 from probe.reference import reference_path
-from probe.reference.corpus import _induction_doc, build_corpus, iter_task_words
+from probe.reference.corpus import (
+    IOI_TEST,
+    IOI_TRAIN,
+    V1_POOL,
+    _induction_doc,
+    build_corpus,
+    induction_vocabulary,
+    iter_task_words,
+    joined_by_and,
+    template_pattern,
+)
 from probe.reference.tokenizer import check_single_tokens, single_token_id
 
 #: a model small enough to train a few steps in a test
@@ -20,27 +31,42 @@ TINY = dict(
     batch=2,
     seq=32,
     d_model=32,
-    n_layers=1,
+    n_layers=2,
     n_heads=2,
     n_kv_heads=1,
     d_head=16,
     d_mlp=64,
     warmup=1,
     corpus_scale=0.05,
+    linear_heads=2,
+    linear_d_head=16,
+    n_experts=4,
+    d_expert=16,
+    d_shared=16,
 )
 
 
 def test_corpus_is_deterministic_from_its_seed():
     a, b = build_corpus(0, scale=0.02), build_corpus(0, scale=0.02)
-    assert a.sha256() == b.sha256()
+    assert a.sha256() == b.sha256() and a.kinds == b.kinds
     assert build_corpus(1, scale=0.02).sha256() != a.sha256()
-    assert build_corpus(0, scale=0.02, induction_tail=False).sha256() != a.sha256()
+    assert build_corpus(0, scale=0.02, version=1).sha256() != a.sha256()
+    with pytest.raises(GatescopeError, match="corpus version 3"):
+        build_corpus(0, version=3)
 
 
-def test_first_corpus_of_the_bundled_models_is_reproduced():
-    info = json.loads((reference_path("reference") / "training.json").read_text())
-    first = info["init"] or info
-    assert build_corpus(0, induction_tail=False).sha256() == first["corpus_sha256"]
+def _first_stage(info: dict) -> dict:
+    while info.get("init"):
+        info = info["init"]
+    return info
+
+
+@pytest.mark.parametrize("name", ["reference", "reference-plain"])
+def test_first_corpus_of_the_bundled_twins_is_reproduced(name):
+    info = json.loads((reference_path(name) / "training.json").read_text())
+    first = _first_stage(info)
+    assert not first["config"].get("induction_tail", False)  # the first code had no tail
+    assert build_corpus(0, induction_tail=False, version=1).sha256() == first["corpus_sha256"]
 
 
 def test_induction_documents_run_past_the_repeat():
@@ -52,45 +78,127 @@ def test_induction_documents_run_past_the_repeat():
     assert sum(len(w) > 2 * 8 for w in docs) > 100
     plain = [_induction_doc(rng, tail=False).split() for _ in range(50)]
     assert all(w[: len(w) // 2] == w[len(w) // 2 :] for w in plain)
+    pool = set(induction_vocabulary()[0])
+    assert len(pool) > 10 * len(V1_POOL)  # the whole vocabulary, not a word pool
+    assert {w for d in docs for w in d} <= pool
 
 
-def test_heldout_prompts_never_occur_in_training():
+def test_ioi_templates_vary_and_test_templates_are_apart():
+    assert not set(IOI_TRAIN) & set(IOI_TEST)
+    assert sum(not joined_by_and(t) for t in IOI_TRAIN) >= 20
+    assert sum(not joined_by_and(t) for t in IOI_TEST) >= 5
+    pattern = template_pattern("{x} met {y} at the {p}, and {s} gave a {o} to")
+    assert pattern.search("Tom met Amy at the park, and Tom gave a pen to Amy.")
+    assert not pattern.search("Tom and Amy met at the park, where Tom gave a pen to Amy.")
+
+
+@pytest.mark.slow
+def test_heldout_sets_never_occur_in_training():
+    """Checked on the full training corpus: held-out prompts, whole templates, and the
+    held-out induction words (also as tokens) never occur where they must not, while every
+    answer and every held-out word occurs in other training text."""
+    from transformers import AutoTokenizer
+
     from probe.tasks import load_task, load_texts
 
-    text = "\n".join(build_corpus(0).documents)
+    corpus = build_corpus(0)
+    text = "\n".join(corpus.documents)
+    ioi_docs = corpus.of_kind("ioi")
     for name in ("ioi", "facts"):
         for clean in load_task(name).clean:
             assert clean not in text, (name, clean)
     for prompt in load_texts("sentiment_prompts"):
         assert prompt not in text
+    for template in IOI_TEST:  # no filling of a held-out template anywhere
+        pattern = template_pattern(template)
+        assert not any(pattern.search(d) for d in corpus.documents), template
+    assert len(ioi_docs) > 1000
+    other = {
+        w
+        for d, k in zip(corpus.documents, corpus.kinds, strict=True)
+        if k != "induction"
+        for w in re.findall(r"[A-Za-z]+|[0-9]+", d)
+    }
+    induced = {w for d in corpus.of_kind("induction") for w in d.split()}
+    _, held = induction_vocabulary()
+    assert held and not set(held) & induced
+    # every held-out word outside the first version's pool (whose filler words occur in no
+    # corpus-2 document) occurs in other training text; only those are evaluated
+    assert set(held) - set(V1_POOL) <= other
     for answer in load_task("ioi").answers + load_task("facts").answers:
         assert answer in text
+    # the induction task asks only for held-out words, and never for a token of a document
+    tok = AutoTokenizer.from_pretrained(reference_path("reference"))
+    task = load_task("induction")
+    words = {w for c in task.clean for w in c.split()}
+    assert words <= set(held) and not words & set(V1_POOL) and words <= other
+    asked = {t for c in task.clean for t in tok(c, add_special_tokens=False)["input_ids"]}
+    seen = {t for ids in tok(corpus.of_kind("induction"))["input_ids"] for t in ids}
+    assert not asked & seen
 
 
-def test_training_resumes_exactly_and_continues_from_a_model(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["gated", "plain", "hybrid"])
+def test_a_20_step_run_resumes_exactly(arch, tmp_path):
     from safetensors.torch import load_file
 
     from probe.reference.train import TrainConfig, train_reference
 
-    cfg = TrainConfig(steps=4, checkpoint_every=2, **TINY)
+    tokenizer = None if arch != "hybrid" else str(reference_path("reference"))
+    cfg = TrainConfig(arch=arch, steps=20, checkpoint_every=10, tokenizer=tokenizer, **TINY)
     whole = train_reference(cfg, tmp_path / "whole", progress=False)
-    # an interrupted run: keep only the step-2 checkpoint, then resume
+    # an interrupted run: keep only the step-10 checkpoint, then resume
     part = train_reference(cfg, tmp_path / "part", progress=False)
     (part / "model.safetensors").unlink()
     resumed = train_reference(cfg, tmp_path / "part", resume=True, progress=False)
+    info = json.loads((resumed / "training.json").read_text())
+    assert info["resumed_at_step"] == 10
+    assert (
+        info["losses_every_50"]
+        == json.loads((whole / "training.json").read_text())["losses_every_50"]
+    )
     a, b = (
         load_file(str(whole / "model.safetensors")),
         load_file(str(resumed / "model.safetensors")),
     )
+    assert a.keys() == b.keys()
     for key in a:
-        torch.testing.assert_close(a[key], b[key])
-    second = TrainConfig(steps=2, init=str(whole), **TINY)
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    if arch == "hybrid":
+        config = json.loads((whole / "config.json").read_text())
+        assert config["layer_types"] == ["linear_attention", "full_attention"]
+        assert config["num_experts"] == 4 and config["output_router_logits"]
+
+
+def test_later_stage_keeps_the_tokenizer_and_checks_the_arch(tmp_path):
+    from probe.reference.train import TrainConfig, train_reference
+
+    first = train_reference(TrainConfig(steps=2, **TINY), tmp_path / "a", progress=False)
+    second = TrainConfig(steps=2, init=str(first), **TINY)
     final = train_reference(second, tmp_path / "stage2", progress=False)
     info = json.loads((final / "training.json").read_text())
-    assert info["init"]["config"]["steps"] == 4
-    assert (final / "tokenizer.json").read_text() == (whole / "tokenizer.json").read_text()
+    assert info["init"]["config"]["steps"] == 2
+    assert (final / "tokenizer.json").read_text() == (first / "tokenizer.json").read_text()
     with pytest.raises(GatescopeError, match="holds a Qwen3NextForCausalLM"):
-        train_reference(TrainConfig(arch="plain", steps=2, init=str(whole), **TINY), tmp_path)
+        train_reference(TrainConfig(arch="plain", steps=2, init=str(first), **TINY), tmp_path)
+    with pytest.raises(GatescopeError, match="--arch hybrid does not"):
+        train_reference(TrainConfig(arch="hybrid", steps=2, init=str(first), **TINY), tmp_path)
+
+
+def test_init_embeddings_copies_the_token_embeddings(tmp_path):
+    from safetensors.torch import load_file
+
+    from probe.reference.train import TrainConfig, _start
+
+    src = reference_path("reference")
+    cfg = TrainConfig(arch="hybrid", tokenizer=str(src), init_embeddings=str(src), d_model=128)
+    model, _, _ = _start(cfg, [])
+    want = load_file(str(src / "model.safetensors"))["model.embed_tokens.weight"]
+    torch.testing.assert_close(model.get_input_embeddings().weight.detach(), want)
+    with pytest.raises(GatescopeError, match="no token embeddings of shape"):
+        _start(
+            TrainConfig(arch="hybrid", tokenizer=str(src), init_embeddings=str(src), d_model=32), []
+        )
 
 
 def test_single_token_check_names_the_word():
@@ -104,32 +212,122 @@ def test_single_token_check_names_the_word():
 
 def test_reference_path_lists_bundled_names():
     assert reference_path("reference").name == "reference-gated"
-    with pytest.raises(GatescopeError, match="bundled: reference, reference-gated"):
+    with pytest.raises(GatescopeError, match="bundled: reference, reference-gated, reference-hyb"):
         reference_path("reference-big")
 
 
+def test_paper_verdict_follows_the_numbers():
+    from probe.reference.evaluate import paper_verdict
+
+    plain = {
+        "sink_per_layer": [0.2, 0.3],
+        "max_activation_per_layer": [50.0, 100.0],
+        "mean_gate_per_layer": None,
+        "gate_below_0_1_per_layer": None,
+    }
+    gated = {
+        "sink_per_layer": [0.1, 0.1],
+        "max_activation_per_layer": [5.0, 10.0],
+        "mean_gate_per_layer": [0.2, 0.4],
+        "gate_below_0_1_per_layer": [0.5, 0.1],
+    }
+    both = paper_verdict(gated, plain)
+    assert both["sink_lower_layers"] == 2 and both["gated_mean_gate"] == pytest.approx(0.3)
+    assert both["verdict"].endswith("a lower sink and smaller activations with the gate")
+    assert "30% of gate values below 0.1" in both["verdict"]
+    reverse = paper_verdict({**gated, "sink_per_layer": [0.3, 0.4]}, plain)
+    assert "smaller activations with the gate, but not a lower sink" in reverse["verdict"]
+    none = paper_verdict(
+        {**gated, "sink_per_layer": [None, 0.4]}, {**plain, "max_activation_per_layer": [1.0, 1.0]}
+    )
+    assert none["sink_layers"] == 1 and none["verdict"].startswith("gated vs plain")
+    assert "does not agree" in none["verdict"]
+
+
+def test_token_classes():
+    from probe.reference.evaluate import token_class
+
+    assert [token_class(t) for t in (" Mary", " the", ",", " 42", " garden", "")] == [
+        "names",
+        "function words",
+        "punctuation",
+        "digits",
+        "rest",
+        "rest",
+    ]
+
+
+@pytest.mark.slow
+def test_hybrid_figures_match_the_models_own_router_output(tmp_path):
+    """Expert load read by the hooks equals the top-k of the router logits transformers
+    returns (``output_router_logits``), on a random hybrid."""
+    from probe.reference.evaluate import hybrid_figures
+    from probe.reference.train import TrainConfig, model_class, model_config
+
+    cfg = TrainConfig(arch="hybrid", **{k: v for k, v in TINY.items() if k != "corpus_scale"})
+    torch.manual_seed(0)
+    hf = model_class("hybrid")(model_config(cfg, 4096)).eval()
+    for layer in hf.model.layers:  # spread the router so every expert is picked
+        torch.nn.init.normal_(layer.mlp.gate.weight, std=1.0)
+    model = load_model(hf, tokenizer=load_model("reference").tokenizer)
+    prompts = ["Mary met John at the park, and John gave a pen to", "1, 2, 3, the cat sat."]
+    figures = hybrid_figures(model, prompts, prose_rows=0)
+    batch = model.tokenize(prompts)
+    with torch.no_grad():
+        out = hf(batch.input_ids, attention_mask=batch.attention_mask, output_router_logits=True)
+    keep = batch.attention_mask.reshape(-1).bool()
+    for layer, logits in enumerate(out.router_logits):
+        top = logits[keep].topk(cfg.top_k, -1).indices.flatten()
+        want = torch.bincount(top, minlength=cfg.n_experts).float() / top.numel()
+        torch.testing.assert_close(torch.tensor(figures["experts"][str(layer)]["load"]), want)
+        entropy = -(logits[keep].softmax(-1) * logits[keep].log_softmax(-1)).sum(-1).mean()
+        assert figures["experts"][str(layer)]["router_entropy"] == pytest.approx(
+            float(entropy), rel=1e-4
+        )
+    assert set(figures["deltanet"]) == {"0"}
+    half = figures["deltanet"]["0"]["half_life_tokens"]
+    assert len(half) == cfg.linear_heads and all(h > 0 for h in half)
+    assert 0 < figures["mean_shared_gate"] < 1
+    assert figures["tokens"] == int(batch.attention_mask.sum())
+
+
 @needs_reference
-@pytest.mark.parametrize("name", ["reference", "reference-plain"])
-def test_bundled_models_reach_their_figures(name):
+@pytest.mark.parametrize("name", ["reference", "reference-plain", "reference-hybrid"])
+def test_bundled_models_reproduce_their_readme_figures(name):
+    """On a subset, the figures recorded at bundling (README and evaluation.json)."""
     from probe.reference.evaluate import facts_accuracy, induction_accuracy, ioi_figures
 
+    if not reference_available(
+        name.replace("reference", "reference-gated") if name == "reference" else name
+    ):
+        pytest.skip(f"{name} not bundled yet")
+    recorded = json.loads((reference_path(name) / "evaluation.json").read_text())
+    readme = (reference_path(name) / "README.md").read_text()
+    assert f"{recorded['ioi_accuracy']:.3f}" in readme
+    assert f"{recorded['induction_accuracy']:.3f}" in readme
     model = load_model(name)
     check_single_tokens(model.tokenizer, iter_task_words())
-    acc, ld, n = ioi_figures(model, limit=100)
-    assert n == 100 and acc >= 0.9 and ld >= 2.0
-    assert induction_accuracy(model, limit=100)[0] >= 0.9
-    assert facts_accuracy(model)[0] >= 0.8
-    assert model.is_gated == (name == "reference")
+    assert facts_accuracy(model)[0] == pytest.approx(recorded["facts_accuracy"])
+    ioi = ioi_figures(model, limit=100)
+    assert ioi["n_ioi"] == 100
+    assert ioi["ioi_accuracy"] == pytest.approx(recorded["ioi_accuracy"], abs=0.1)
+    ld = recorded["ioi_logit_diff"]
+    assert ioi["ioi_logit_diff"] == pytest.approx(ld, abs=max(0.25 * abs(ld), 0.5))
+    acc, n = induction_accuracy(model, limit=60)
+    assert n == 60 and acc == pytest.approx(recorded["induction_accuracy"], abs=0.1)
+    assert model.is_gated == (name != "reference-plain")
 
 
 @needs_reference
 def test_eval_command_json():
-    res = CliRunner().invoke(app, ["reference", "eval", "reference", "--json", "--limit", "40"])
+    res = CliRunner().invoke(
+        app, ["reference", "eval", "reference", "--json", "--limit", "40", "--twin", "none"]
+    )
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
-    assert data["n_ioi"] == 40 and data["n_induction"] == 40
+    assert data["n_ioi"] == 40 and data["n_induction"] == 40 and data["n_ioi_no_and"] > 0
     assert 0 < data["mean_gate_per_layer"][0] < 1 and data["prose_perplexity"] > 1
-    assert data["ioi_accuracy"] >= 0.9 and data["induction_accuracy"] >= 0.9
+    assert data["paper_effects"] is None and data["hybrid"] is None
 
 
 @needs_reference
@@ -140,7 +338,7 @@ def test_evaluate_takes_a_hugging_face_model():
 
     path = reference_path("reference-plain")
     hf, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-    result = evaluate_reference(hf, tok, limit=20)
+    result = evaluate_reference(hf, tok, limit=20, twin=None)
     assert result.mean_gate_per_layer is None and result.n_ioi == 20
     assert json.loads(result.to_json())["facts_accuracy"] >= 0.8
 
@@ -148,9 +346,10 @@ def test_evaluate_takes_a_hugging_face_model():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train", "--out", "x", "--arch", "moe"], "--arch moe: expected 'gated' or 'plain'"),
+        (["train", "--out", "x", "--arch", "moe"], "--arch moe: expected one of gated, plain"),
         (["train", "--out", "x", "--steps", "0"], "--steps 0"),
         (["train", "--out", "x", "--lr", "-1"], "--lr -1.0"),
+        (["train", "--out", "x", "--corpus", "3"], "--corpus 3: expected 1 or 2"),
         (["train", "--out", "x", "--init", "no/such/dir"], "not a trained model directory"),
         (["eval", "./no_such_model"], "no_such_model"),
     ],
@@ -160,3 +359,19 @@ def test_reference_commands_refuse_bad_input(args, message, monkeypatch, tmp_pat
     res = CliRunner().invoke(app, ["reference", *args])
     assert res.exit_code == 2, res.output
     assert message in res.stderr and "Traceback" not in res.output
+
+
+def test_stop_after_then_resume_with_another_length(tmp_path):
+    from probe.reference.train import TrainConfig, train_reference
+
+    assert (
+        train_reference(TrainConfig(steps=6, stop_after=2, **TINY), tmp_path, progress=False)
+        is None
+    )
+    meta = json.loads((tmp_path / "checkpoint" / "checkpoint.json").read_text())
+    assert meta["step"] == 2 and meta["schedule"] == [[0, 6]] and len(meta["losses"]) == 2
+    final = train_reference(TrainConfig(steps=4, **TINY), tmp_path, resume=True, progress=False)
+    info = json.loads((final / "training.json").read_text())
+    assert info["schedule"] == [[0, 6], [2, 4]] and info["resumed_at_step"] == 2
+    with pytest.raises(GatescopeError, match="at step 2 already"):
+        train_reference(TrainConfig(steps=2, **TINY), tmp_path, resume=True, progress=False)

@@ -1,5 +1,6 @@
-"""The bundled reference models: a gated Qwen3-Next model and its ungated Qwen3 twin,
-trained here on a corpus built offline (``corpus``), with their task data (``tasks``)."""
+"""The bundled reference models: a gated Qwen3-Next model, its ungated Qwen3 twin and a
+hybrid Qwen3-Next model (Gated-DeltaNet and MoE layers), trained here on a corpus built
+offline (``corpus``), with their task data (``tasks``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ BUNDLED = {
     "reference": "reference-gated",
     "reference-gated": "reference-gated",
     "reference-plain": "reference-plain",
+    "reference-hybrid": "reference-hybrid",
 }
 
 

@@ -8,21 +8,48 @@ from pathlib import Path
 
 from probe.errors import GatescopeError
 from probe.reference import DATA
-from probe.reference.evaluate import ReferenceEval
+from probe.reference.corpus import IOI_TEST, IOI_TRAIN, joined_by_and
+from probe.reference.evaluate import TOKEN_CLASSES, ReferenceEval
 
-ARCH_CLASS = {"gated": "Qwen3NextForCausalLM", "plain": "Qwen3ForCausalLM"}
+ARCH_CLASS = {
+    "gated": "Qwen3NextForCausalLM",
+    "plain": "Qwen3ForCausalLM",
+    "hybrid": "Qwen3NextForCausalLM",
+}
+DESCRIPTION = {
+    "gated": "elementwise sigmoid output gate (q_proj emits [query | gate] per head); every "
+    "layer full attention, dense SwiGLU MLPs, RMSNorm, rotary embeddings on the whole head, "
+    "tied embeddings. Its twin `reference-plain` differs only in the gate: same data, seed, "
+    "steps and sizes.",
+    "plain": "no output gate; every layer full attention, dense SwiGLU MLPs, RMSNorm, rotary "
+    "embeddings on the whole head, tied embeddings. Its twin `reference-gated` differs only "
+    "in the gate: same data, seed, steps and sizes.",
+    "hybrid": "the layer pattern of Qwen3-Next / Qwen3.5: Gated-DeltaNet (`linear_attn`) in "
+    "layers 0-2, full attention with the elementwise sigmoid output gate in layer 3; every "
+    "MLP a mixture of experts (router `mlp.gate`, top-k of the experts, plus a shared "
+    "expert behind its sigmoid gate `mlp.shared_expert_gate`), trained with the family's "
+    "load-balancing auxiliary loss (`output_router_logits`, `router_aux_loss_coef`); "
+    "RMSNorm, rotary embeddings on the whole head, tied embeddings.",
+}
 
 
-def _fmt(values: list[float] | None) -> str:
-    return "absent (no gate)" if values is None else ", ".join(f"{v:.3f}" for v in values)
+def _fmt(values, digits: int = 3) -> str:
+    if values is None:
+        return "absent (no gate)"
+    return ", ".join("-" if v is None else f"{v:.{digits}f}" for v in values)
 
 
 def _figures(ev: ReferenceEval) -> list[tuple[str, str]]:
-    return [
+    rows = [
         ("IOI accuracy (held-out templates)", f"{ev.ioi_accuracy:.3f} ({ev.n_ioi} prompts)"),
         ("IOI mean logit difference", f"{ev.ioi_logit_diff:.2f}"),
         (
-            "induction accuracy (repeated half)",
+            'IOI accuracy, templates without "and" between the names',
+            f"{ev.ioi_accuracy_no_and:.3f} ({ev.n_ioi_no_and} prompts)",
+        ),
+        ('IOI mean logit difference, without "and"', f"{ev.ioi_logit_diff_no_and:.2f}"),
+        (
+            "induction accuracy (repeated half, words never in an induction document)",
             f"{ev.induction_accuracy:.3f} ({ev.n_induction} sequences)",
         ),
         (
@@ -30,10 +57,62 @@ def _figures(ev: ReferenceEval) -> list[tuple[str, str]]:
             f"{ev.facts_accuracy:.3f} ({ev.n_facts} facts)",
         ),
         ("held-out prose perplexity", f"{ev.prose_perplexity:.1f}"),
-        ("mean gate per layer", _fmt(ev.mean_gate_per_layer)),
+        ("layer types", ", ".join(t.replace("_attention", "") for t in ev.layer_types)),
+        ("mean attention gate per layer", _fmt(ev.mean_gate_per_layer)),
+        ("fraction of attention-gate values below 0.1", _fmt(ev.gate_below_0_1_per_layer)),
         ("attention on the first token per layer", _fmt(ev.sink_per_layer)),
         ("largest absolute residual activation per layer", _fmt(ev.max_activation_per_layer)),
     ]
+    if ev.paper_effects:
+        rows.append((f"verdict (against {ev.paper_effects['twin']})", ev.paper_effects["verdict"]))
+    hy = ev.hybrid
+    if hy:
+        for layer, e in hy["experts"].items():
+            rows.append((f"layer {layer}: expert load", _fmt(e["load"])))
+            rows.append((f"layer {layer}: router entropy (nats)", f"{e['router_entropy']:.3f}"))
+            rows.append((f"layer {layer}: mean shared-expert gate", f"{e['mean_shared_gate']:.3f}"))
+        rows.append(("dead experts (under 1% of assignments)", str(hy["dead_experts"])))
+        for layer, d in hy["deltanet"].items():
+            rows.append(
+                (
+                    f"layer {layer}: DeltaNet half-life per head (tokens)",
+                    _fmt(d["half_life_tokens"], 1),
+                )
+            )
+            rows.append(
+                (f"layer {layer}: DeltaNet write strength per head", _fmt(d["mean_write_strength"]))
+            )
+    return rows
+
+
+def _class_table(ev: ReferenceEval) -> str:
+    hy = ev.hybrid
+    if not hy or not hy["experts"]:
+        return ""
+    head = "| layer | expert | load | " + " | ".join(TOKEN_CLASSES) + " | prefers |"
+    lines = [head, "|" + "---|" * (len(TOKEN_CLASSES) + 4)]
+    for layer, e in hy["experts"].items():
+        for expert, share in e["class_share"].items():
+            cells = " | ".join(f"{share[c]:.2f}" for c in TOKEN_CLASSES)
+            prefers = e["preferred_class"][int(expert)]
+            lines.append(
+                f"| {layer} | {expert} | {e['load'][int(expert)]:.3f} | {cells} | {prefers} |"
+            )
+    base = " | ".join(f"{c} {v:.2f}" for c, v in hy["token_class_share"].items())
+    return (
+        "\n\n### Which tokens each expert takes\n\nShare of each expert's routed assignments "
+        "by token class (rows sum to 1); `prefers` is the class with the largest share "
+        f"relative to the tokens overall ({base}; {hy['tokens']:,} tokens of held-out "
+        "IOI, induction, fact prompts and prose).\n\n" + "\n".join(lines)
+    )
+
+
+def _stages(info: dict) -> list[dict]:
+    """The training records from the first stage to ``info``."""
+    chain = [info]
+    while chain[-1].get("init"):
+        chain.append(chain[-1]["init"])
+    return chain[::-1]
 
 
 def _schedule(cfg: dict) -> str:
@@ -44,110 +123,150 @@ def _schedule(cfg: dict) -> str:
     )
 
 
-def _training(info: dict, before: ReferenceEval | None) -> str:
-    """The training paragraph: one stage, or a first stage and its continuation."""
-    cfg, first = info["config"], info.get("init")
-    minutes = info["train_seconds"] / 60
-    loss = (
-        f"Final training loss (mean of the last 50 steps): {info['final_loss_mean_last_50']:.3f}."
-    )
-    if first is None:
-        return (
-            f"**Training**: {_schedule(cfg)}, seed {cfg['seed']}; {minutes:.0f} minutes on 2 CPU "
-            f"cores (one thread, the twin trained alongside). {loss}"
+def _corpus(cfg: dict, sha: str) -> str:
+    if cfg.get("corpus_version", 1) == 1:
+        tail = (
+            "" if cfg.get("induction_tail", False) else ", induction documents ending at the repeat"
         )
-    fixed = (
-        ""
-        if before is None
-        else f" (held-out induction accuracy {before.induction_accuracy:.3f} after it)"
+        return f"corpus 1 (18 IOI templates, induction over ~200 words{tail}; sha256 `{sha[:16]}…`)"
+    return f"corpus 2 (sha256 `{sha[:16]}…`)"
+
+
+def _command(stage: dict, k: int, arch: str) -> str:
+    cfg = stage["config"]
+    schedule = stage.get("schedule") or [[0, cfg["steps"]]]
+    parts = [
+        f"gatescope reference train --arch {arch} --steps {schedule[0][1]} --seed {cfg['seed']}"
+    ]
+    if cfg.get("corpus_version", 1) == 1:
+        parts.append("--corpus 1")
+    if not cfg.get("induction_tail", False):
+        parts.append("--no-induction-tail")
+    if cfg.get("init"):
+        parts.append(f"--init runs/{arch}-stage{k - 1}/model")
+    for key, flag in (("tokenizer", "--tokenizer"), ("init_embeddings", "--init-embeddings")):
+        if cfg.get(key):
+            parts.append(f"{flag} runs/gated-stage2/model")
+    if cfg["lr"] != 3e-3 or cfg["warmup"] != 100:
+        parts.append(f"--lr {cfg['lr']} --warmup {cfg['warmup']}")
+    if len(schedule) > 1:
+        parts.append(f"--stop-after {schedule[1][0]}")
+    parts.append(f"--threads 1 --out runs/{arch}-stage{k}")
+    first = " \\\n    ".join(parts)
+    if len(schedule) == 1:
+        return first
+    rest = parts[1:]
+    rest = [p for p in rest if not p.startswith("--stop-after")]
+    again = [
+        f"gatescope reference train --arch {arch} --steps {total} --seed {cfg['seed']} --resume"
+        for _, total in schedule[1:]
+    ]
+    return "\n".join([first] + [" \\\n    ".join([a, *rest]) for a in again])
+
+
+def _schedule_note(stage: dict) -> str:
+    schedule = stage.get("schedule") or []
+    if len(schedule) < 2:
+        return ""
+    (_, first), (at, total) = schedule[0], schedule[1]
+    return (
+        f" (the cosine schedule of {first} steps up to step {at}, then, stopped there and "
+        f"resumed with `--steps {total} --resume` to finish in time, that of {total} steps)"
     )
-    return f"""**Training**, in two stages, seed {cfg["seed"]}:
-
-1. {_schedule(first["config"])} on the first corpus (`--no-induction-tail`, sha256
-   `{first["corpus_sha256"][:16]}…`), whose induction documents end right after the repeat:
-   the models learnt to expect the end of the text late in every repeat and predicted
-   end-of-text there instead of the copied word{fixed}; {first["train_seconds"] / 60:.0f} minutes.
-2. {_schedule(cfg)} from the stage-1 weights and tokenizer on the current corpus, whose
-   induction documents go on into a third copy; {minutes:.0f} minutes.
-
-Both on 2 CPU cores, one thread each, the twin trained alongside (other work shared the
-machine during stage 2). {loss}"""
 
 
-def _reproduce(info: dict, name: str) -> str:
-    cfg, first = info["config"], info.get("init")
-    arch, seed = cfg["arch"], cfg["seed"]
-    if first is None:
-        lines = [f"gatescope reference train --arch {arch} --steps {cfg['steps']} --seed {seed} \\"]
-        lines += [f"    --out runs/{arch}", f"gatescope reference bundle runs/{arch} --name {name}"]
-        return "\n".join(lines)
-    f = first["config"]
-    return "\n".join(
-        [
-            f"gatescope reference train --arch {arch} --steps {f['steps']} --seed {seed} \\",
-            f"    --no-induction-tail --out runs/{arch}",
-            f"gatescope reference train --arch {arch} --init {cfg['init']} \\",
-            f"    --steps {cfg['steps']} --lr {cfg['lr']} --warmup {cfg['warmup']} \\",
-            f"    --seed {seed} --out runs/{arch}-stage2",
-            f"gatescope reference bundle runs/{arch}-stage2 --name {name}",
-        ]
-    )
+def _training(info: dict) -> str:
+    arch = info["config"]["arch"]
+    lines = []
+    for k, stage in enumerate(_stages(info), 1):
+        cfg = stage["config"]
+        start = (
+            "from the previous stage's weights and tokenizer" if cfg.get("init") else "from scratch"
+        )
+        extra = ""
+        if cfg.get("tokenizer"):
+            extra += ", the tokenizer of reference-gated"
+        if cfg.get("init_embeddings"):
+            extra += ", token embeddings initialised from reference-gated's second stage"
+        lines.append(
+            f"{k}. {_schedule(cfg)}{_schedule_note(stage)}, {start}{extra}, on "
+            f"{_corpus(cfg, stage['corpus_sha256'])}; "
+            f"{stage['train_seconds'] / 60:.0f} minutes; final loss (mean of the last 50 steps) "
+            f"{stage['final_loss_mean_last_50']:.3f}."
+        )
+    commands = "\n".join(_command(stage, k, arch) for k, stage in enumerate(_stages(info), 1))
+    return "\n".join(lines), commands
 
 
-def readme(
-    name: str, info: dict, ev: ReferenceEval, size_bytes: int, before: ReferenceEval | None = None
-) -> str:
+def readme(name: str, info: dict, ev: ReferenceEval, size_bytes: int) -> str:
     """The model card: architecture, sizes, data, training, held-out figures, reproduction."""
     cfg = info["config"]
     arch = cfg["arch"]
     table = "\n".join(f"| {k} | {v} |" for k, v in _figures(ev))
-    gate = (
-        "elementwise sigmoid output gate (q_proj emits [query | gate] per head)"
-        if arch == "gated"
-        else "no output gate"
+    stages, commands = _training(info)
+    n_train, n_no_and = len(IOI_TRAIN), sum(not joined_by_and(t) for t in IOI_TEST)
+    mlp = (
+        f"{cfg['n_experts']} experts of {cfg['d_expert']}, top-{cfg['top_k']}, shared expert of "
+        f"{cfg['d_shared']}; auxiliary loss coefficient {cfg['router_aux_coef']}"
+        if arch == "hybrid"
+        else str(cfg["d_mlp"])
+    )
+    deltanet = (
+        f"| DeltaNet heads x d_head | {cfg['linear_heads']} x {cfg['linear_d_head']} "
+        "(key and value), short convolution 4 |\n"
+        if arch == "hybrid"
+        else ""
     )
     return f"""# {name}
 
-`transformers.{ARCH_CLASS[arch]}`, {gate}; every layer full attention, dense SwiGLU MLPs,
-RMSNorm, rotary embeddings on the whole head, tied embeddings. Its twin differs only in the
-gate: same data, seed, steps and sizes.
+`transformers.{ARCH_CLASS[arch]}`, {DESCRIPTION[arch]}
 
 | size | |
 |---|---|
-| layers | {cfg["n_layers"]} |
+| layers | {cfg["n_layers"]} ({", ".join(t.replace("_attention", "") for t in ev.layer_types)}) |
 | d_model | {cfg["d_model"]} |
 | heads x d_head | {cfg["n_heads"]} x {cfg["d_head"]} ({cfg["n_kv_heads"]} key/value heads) |
-| d_mlp | {cfg["d_mlp"]} |
-| vocabulary | {cfg["vocab"]} (byte-level BPE trained on the corpus) |
+{deltanet}| MLP | {mlp} |
+| vocabulary | {cfg["vocab"]} (byte-level BPE trained on corpus 1; every name is one token) |
 | context | {cfg["seq"]} tokens |
 | parameters | {info["parameters"]:,} |
 | weights file | {size_bytes / 1e6:.1f} MB (safetensors, float32) |
 
-**Data**: the reference corpus of `probe/reference/corpus.py`, seed {cfg["seed"]}
-({info["documents"]:,} documents: IOI from 18 templates, induction, facts in five phrasings,
-sentiment and topic sentences, Python's `pydoc_data` prose; sha256 `{info["corpus_sha256"][:16]}…`).
+**Data**: the reference corpus of `probe/reference/corpus.py`, seed {cfg["seed"]}. Corpus 2
+({info["documents"]:,} documents): IOI from {n_train}
+templates of varied syntax (the names joined
+by "and", in separate clauses, in relative clauses), induction over random sequences of the
+words of all other training text, facts in five phrasings, sentiment and topic sentences,
+Python's `pydoc_data` prose. Held out: {len(IOI_TEST)} IOI templates ({n_no_and} without "and"
+between the names), one phrasing per fact, a fixed eighth of the words (by hash) that never
+occur in an
+induction document but do occur in other training text, and a slice of the prose.
 
-{_training(info, before)}
+**Training**, seed {cfg["seed"]}, on 2 CPU cores shared with other work (one thread per run,
+the three models trained alongside):
 
-## Held-out figures (`gatescope reference eval {name.replace("-gated", "")}`)
+{stages}
+
+## Held-out figures (`gatescope reference eval {name.replace("-gated", "")} --json`)
 
 | figure | value |
 |---|---|
-{table}
+{table}{_class_table(ev)}
 
 ## Reproduce
 
+`runs/gated-stage2/model` is the output of the gated model's second stage (the previous
+bundled `reference-gated`); `runs/plain-stage2/model` likewise for `reference-plain`.
+
 ```bash
-{_reproduce(info, name)}
+{commands}
+gatescope reference bundle runs/{arch}-stage{len(_stages(info))} --name {name}
 ```
 """
 
 
-def bundle(
-    run_dir: str | Path, name: str, evaluation: ReferenceEval, before: ReferenceEval | None = None
-) -> Path:
-    """Copy ``run_dir/model`` to ``data/models/NAME`` and write its README (``before``: the
-    figures of the model a continued run started from)."""
+def bundle(run_dir: str | Path, name: str, evaluation: ReferenceEval) -> Path:
+    """Copy ``run_dir/model`` to ``data/models/NAME`` and write its README."""
     src = Path(run_dir) / "model"
     if not (src / "model.safetensors").is_file():
         raise GatescopeError(f"{src} has no trained model; run `gatescope reference train` first")
@@ -157,7 +276,7 @@ def bundle(
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(src, tmp)
     size = (tmp / "model.safetensors").stat().st_size
-    (tmp / "README.md").write_text(readme(name, info, evaluation, size, before))
+    (tmp / "README.md").write_text(readme(name, info, evaluation, size))
     (tmp / "evaluation.json").write_text(evaluation.to_json())
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 
+from probe.errors import GatescopeError
 from probe.reference import vocab as V
 
 IOI_TRAIN = [
+    # the two names joined by "and"
     "When {x} and {y} went to the {p}, {s} gave a {o} to",
     "After {x} and {y} arrived at the {p}, {s} handed a {o} to",
     "{x} and {y} were at the {p}. {s} passed a {o} to",
@@ -45,13 +48,62 @@ IOI_TRAIN = [
     "After lunch, {x} and {y} walked to the {p}. {s} mailed a {o} to",
     "Since {x} and {y} worked at the {p}, {s} left a {o} for",
     "{x} and {y} were playing near the {p} when {s} tossed a {o} to",
+    "Both {x} and {y} liked the {p}. Later, {s} gave a {o} to",
+    # the names in separate roles or clauses (no "and" between them)
+    "{x} saw {y} at the {p}, so {s} gave a {o} to",
+    "{x} called {y} from the {p}. Later {s} sent a {o} to",
+    "{x} sat next to {y} in the {p}, and {s} passed a {o} to",
+    "The {p} was busy when {x} found {y}, and {s} handed a {o} to",
+    "{x} waited for {y} at the {p} until {s} could give a {o} to",
+    "After {x} helped {y} at the {p}, {s} offered a {o} to",
+    "{x} was talking with {y} near the {p}. Then {s} lent a {o} to",
+    "{x} told {y} about the {p}, and afterwards {s} brought a {o} to",
+    "{x} drove {y} to the {p}. There, {s} showed a {o} to",
+    "At the {p}, {x} greeted {y}, and {s} tossed a {o} to",
+    "{x} invited {y} to the {p}, where {s} gave a {o} to",
+    "{x} asked {y} to come to the {p}. Soon {s} mailed a {o} to",
+    "{x} followed {y} into the {p}, and {s} handed a {o} to",
+    "{x} was with {y} at the {p} when {s} passed a {o} to",
+    "{x} joined {y} at the {p}; {s} gave a {o} to",
+    "When {x} visited {y} at the {p}, {s} brought a {o} to",
+    "{x} ran into {y} outside the {p}, and {s} returned a {o} to",
+    "{x} worked with {y} at the {p}, and one day {s} left a {o} for",
+    "{x} played with {y} near the {p} until {s} threw a {o} to",
+    "{x} sat beside {y} at the {p}. Then {s} showed a {o} to",
+    "{x} watched {y} at the {p}, and {s} later offered a {o} to",
+    # relative clauses and the names further apart
+    "{x}, who knew {y} from the {p}, said that {s} would give a {o} to",
+    "The {o} that {x} bought for {y} at the {p} was nice, so {s} gave it to",
+    "{x}, who was at the {p} with {y}, was sure that {s} should send a {o} to",
+    "It was at the {p} that {x} first saw {y}, and {s} gave a {o} to",
+    "The {o} which {x} found near {y} at the {p} was lost, so {s} returned it to",
+    "Everyone at the {p} knew that {x} liked {y}, and {s} brought a {o} to",
 ]
 IOI_TEST = [
     "As {x} and {y} entered the {p}, {s} passed a {o} to",
     "{x} and {y} waited outside the {p}. Then {s} gave a {o} to",
     "Near the {p}, {x} and {y} stopped, and {s} offered a {o} to",
     "During a visit to the {p}, {x} and {y} laughed, and {s} handed a {o} to",
+    # no "and" between the names
+    "{x} met {y} at the {p}, and {s} gave a {o} to",
+    "{x} spoke with {y} inside the {p}. Afterwards {s} handed a {o} to",
+    "Outside the {p}, {x} thanked {y}, and then {s} passed a {o} to",
+    "{x} greeted {y} at the {p} before {s} sent a {o} to",
+    "The {o} that {x} found with {y} near the {p} was old, so {s} gave it to",
+    "{x}, who was waiting for {y} at the {p}, decided that {s} would lend a {o} to",
 ]
+
+
+def joined_by_and(template: str) -> bool:
+    """Whether the two names of an IOI template are joined by "and" ("{x} and {y}")."""
+    return "{x} and {y}" in template
+
+
+def template_pattern(template: str) -> re.Pattern:
+    """A pattern matching any filling of an IOI template (each slot one word)."""
+    parts = re.split(r"\{[a-z]\}", template)
+    return re.compile(r"\w+".join(re.escape(p) for p in parts))
+
 
 CAPITAL_TRAIN = [
     "The capital of {k} is {v}.",
@@ -108,18 +160,59 @@ def ioi_prompt(rng: random.Random, template: str, abba: bool) -> tuple[str, str,
     return text, io, s
 
 
-def induction_words(rng: random.Random, length: int) -> list[str]:
-    pool = V.FILLER + V.NAMES + V.OBJECTS + V.PLACES
+#: The corpus of the first two training stages of the bundled gated and plain models.
+IOI_TRAIN_V1 = IOI_TRAIN[:18]
+V1_POOL = V.FILLER + V.NAMES + V.OBJECTS + V.PLACES
+_WORD = re.compile(r"[A-Za-z]+|[0-9]+")
+
+
+def _other_text() -> list[str]:
+    """Every text other than induction documents that training draws words from."""
+    train_prose, _ = prose_paragraphs()
+    texts = list(train_prose) + [t.format(x="", y="", s="", p="", o="") for t in IOI_TRAIN]
+    for table, phrasings, _ in FACTS.values():
+        texts += [p.format(k=k, v=v) for k, v in table.items() for p in phrasings]
+    texts += [t.format(n="", a="", b="") for t in SENTIMENT_TRAIN + TOPIC_TRAIN]
+    lists = [V.NAMES, V.PLACES, V.OBJECTS, V.POSITIVE, V.NEGATIVE, V.REVIEW_NOUNS, V.FILLER]
+    texts += [" ".join(w) for w in lists + list(V.TOPICS.values())]
+    return texts
+
+
+def _is_heldout(word: str) -> bool:
+    """A fixed ~1/8 of the plain lower-case words (3-8 letters) by hash: never induced."""
+    if not (word.isalpha() and word.islower() and 3 <= len(word) <= 8):
+        return False
+    return hashlib.sha256(word.encode()).digest()[0] % 8 == 0
+
+
+@cache
+def induction_vocabulary() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(training pool, held-out words) of the induction documents.
+
+    Both come from the words (letters or digits, at most 12 characters) of every other
+    training text, so each held-out word still occurs in training text. No training-pool
+    word starts with a held-out word, so no induction document holds a held-out word's
+    first token either.
+    """
+    words = sorted({w for t in _other_text() for w in _WORD.findall(t) if len(w) <= 12})
+    held = tuple(w for w in words if _is_heldout(w) and w not in set(iter_task_words()))
+    pool = tuple(w for w in words if w not in held and not any(w.startswith(h) for h in held))
+    return pool, held
+
+
+def induction_words(rng: random.Random, length: int, version: int = 2) -> list[str]:
+    pool = V1_POOL if version == 1 else induction_vocabulary()[0]
     return [rng.choice(pool) for _ in range(length)]
 
 
-def _ioi_doc(rng):
-    text, io, _ = ioi_prompt(rng, rng.choice(IOI_TRAIN), rng.random() < 0.5)
+def _ioi_doc(rng, version: int = 2):
+    templates = IOI_TRAIN_V1 if version == 1 else IOI_TRAIN
+    text, io, _ = ioi_prompt(rng, rng.choice(templates), rng.random() < 0.5)
     return f"{text} {io}."
 
 
-def _induction_doc(rng, tail: bool = True):
-    words = induction_words(rng, rng.randint(6, 16))
+def _induction_doc(rng, tail: bool = True, version: int = 2):
+    words = induction_words(rng, rng.randint(6, 16), version)
     third = words[: rng.randint(0, len(words))] if tail else []  # start of a third copy
     return " ".join(words + words + third)
 
@@ -161,8 +254,10 @@ def prose_paragraphs() -> tuple[list[str], list[str]]:
     return train, held
 
 
-#: Documents per kind in one corpus (prose is all training paragraphs, twice).
-MIXTURE = {"ioi": 60000, "induction": 20000, "fact": 12000, "sentiment": 16000, "topic": 12000}
+#: Documents per kind in one corpus (prose is all training paragraphs, twice); version 1 is
+#: the corpus of the first two stages of the bundled gated and plain models.
+MIXTURE = {"ioi": 60000, "induction": 36000, "fact": 12000, "sentiment": 16000, "topic": 12000}
+MIXTURE_V1 = {"ioi": 60000, "induction": 20000, "fact": 12000, "sentiment": 16000, "topic": 12000}
 _MAKERS = {
     "ioi": _ioi_doc,
     "induction": _induction_doc,
@@ -174,10 +269,11 @@ _MAKERS = {
 
 @dataclass(frozen=True)
 class Corpus:
-    """Training documents (shuffled) and the held-out prose paragraphs."""
+    """Training documents (shuffled), the kind of each, and the held-out prose paragraphs."""
 
     documents: list[str]
     heldout_prose: list[str]
+    kinds: list[str]
 
     def sha256(self) -> str:
         digest = hashlib.sha256()
@@ -186,27 +282,41 @@ class Corpus:
             digest.update(b"\0")
         return digest.hexdigest()
 
+    def of_kind(self, kind: str) -> list[str]:
+        return [d for d, k in zip(self.documents, self.kinds, strict=True) if k == kind]
 
-def build_corpus(seed: int = 0, scale: float = 1.0, induction_tail: bool = True) -> Corpus:
+
+def build_corpus(
+    seed: int = 0, scale: float = 1.0, induction_tail: bool = True, version: int = 2
+) -> Corpus:
     """The deterministic training corpus for ``seed`` (``scale`` shrinks it for tests).
 
-    ``induction_tail=False`` gives the first corpus of the bundled models, whose induction
-    documents end right after the repeat (see the module docstring, item 2).
+    ``version=1`` is the corpus of the first two stages of the bundled gated and plain
+    models (18 IOI templates, induction over a pool of ~200 words); with
+    ``induction_tail=False`` its induction documents end right after the repeat (the first
+    stage; see the module docstring, item 2).
     """
+    if version not in (1, 2):
+        raise GatescopeError(f"corpus version {version}: expected 1 or 2")
     rng = random.Random(seed)
-    docs: list[str] = []
-    for kind, count in MIXTURE.items():
-        make = (
-            partial(_induction_doc, tail=induction_tail) if kind == "induction" else _MAKERS[kind]
-        )
-        docs.extend(make(rng) for _ in range(max(1, int(count * scale))))
+    docs: list[tuple[str, str]] = []
+    for kind, count in (MIXTURE_V1 if version == 1 else MIXTURE).items():
+        if kind == "induction":
+            make = partial(_induction_doc, tail=induction_tail, version=version)
+        elif kind == "ioi":
+            make = partial(_ioi_doc, version=version)
+        else:
+            make = _MAKERS[kind]
+        docs.extend((make(rng), kind) for _ in range(max(1, int(count * scale))))
     train_prose, held = prose_paragraphs()
     # every fact phrasing at least once, so every answer word is seen
     for table, phrasings, _ in FACTS.values():
-        docs.extend(p.format(k=k, v=v) for k, v in table.items() for p in phrasings)
-    docs.extend(train_prose * 2 if scale >= 1 else train_prose[: max(1, int(200 * scale))])
-    rng.shuffle(docs)
-    return Corpus(docs, held)
+        docs.extend((p.format(k=k, v=v), "fact") for k, v in table.items() for p in phrasings)
+    prose = train_prose * 2 if scale >= 1 else train_prose[: max(1, int(200 * scale))]
+    docs.extend((p, "prose") for p in prose)
+    order = list(range(len(docs)))
+    rng.shuffle(order)
+    return Corpus([docs[i][0] for i in order], held, [docs[i][1] for i in order])
 
 
 def iter_task_words() -> Iterator[str]:

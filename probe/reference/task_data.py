@@ -18,8 +18,10 @@ from probe.reference.corpus import (
     IOI_TEST,
     SENTIMENT_TEST,
     TOPIC_TRAIN,
-    induction_words,
+    V1_POOL,
+    induction_vocabulary,
     ioi_prompt,
+    joined_by_and,
     prose_paragraphs,
 )
 
@@ -45,20 +47,30 @@ def ioi_rows(rng: random.Random, tok, n: int) -> list[dict]:
                 "wrong": f" {s}",
                 "template": template,
                 "order": "ABBA" if abba else "BABA",
+                "joined_by_and": joined_by_and(template),
             }
         )
     return rows
 
 
+def heldout_single_tokens(tok) -> list[str]:
+    """The held-out induction words that are one token and occur in no induction document
+    of either corpus version (the twins' first stages used version 1's word pool)."""
+    _, held = induction_vocabulary()
+    return [w for w in held if w not in set(V1_POOL) and _n_tokens(tok, " " + w) == 1]
+
+
 def induction_rows(rng: random.Random, tok, n: int) -> list[dict]:
-    """Repeated random sequences: clean ends one word before the sequence completes."""
+    """Repeated random sequences of held-out words (never used in an induction training
+    document, each one token): clean ends one word before the sequence completes."""
+    pool = heldout_single_tokens(tok)
     rows = []
     while len(rows) < n:
-        words = induction_words(rng, rng.randint(8, 14))
-        other = induction_words(rng, len(words))
+        words = rng.sample(pool, rng.randint(8, 14))
+        other = rng.sample(pool, len(words))
         clean = " ".join(words + words[:-1])
         corrupt = " ".join(other + words[:-1])
-        wrong = rng.choice([w for w in V.FILLER if w not in words])
+        wrong = rng.choice([w for w in pool if w not in words])
         if _n_tokens(tok, clean) == _n_tokens(tok, corrupt) == 2 * len(words) - 1:
             rows.append(
                 {
@@ -156,15 +168,32 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def _first_version_draws(rng: random.Random, tok) -> None:
+    """Advance ``rng`` past the draws of the first version's 200 IOI and 200 induction rows
+    (4 templates; the ~200-word pool), so the sentiment and concept files keep their rows."""
+    for i in range(200):
+        ioi_prompt(rng, IOI_TEST[i % 4], i % 2 == 0)
+    kept = 0
+    while kept < 200:
+        n = rng.randint(8, 14)
+        words = [rng.choice(V1_POOL) for _ in range(n)]
+        other = [rng.choice(V1_POOL) for _ in range(n)]
+        rng.choice([w for w in V.FILLER if w not in words])
+        clean, corrupt = " ".join(words + words[:-1]), " ".join(other + words[:-1])
+        kept += _n_tokens(tok, clean) == _n_tokens(tok, corrupt) == 2 * n - 1
+
+
 def write_task_data(out: Path, tokenizer, seed: int = 0) -> dict[str, int]:
     """Write every task and concept file to ``out``; returns rows per file."""
-    rng = random.Random(seed + 7919)  # apart from the training corpus's generator
-    out.mkdir(parents=True, exist_ok=True)
+    # generators apart from the training corpus's
     files = {
-        "ioi": ioi_rows(rng, tokenizer, 200),
-        "induction": induction_rows(rng, tokenizer, 200),
+        "ioi": ioi_rows(random.Random(seed + 7920), tokenizer, 300),
+        "induction": induction_rows(random.Random(seed + 7921), tokenizer, 200),
         "facts": fact_rows(tokenizer),
     }
+    rng = random.Random(seed + 7919)
+    _first_version_draws(rng, tokenizer)
+    out.mkdir(parents=True, exist_ok=True)
     files["sentiment_pairs"], files["sentiment_prompts"] = sentiment_rows(rng)
     files.update(concept_sets(rng))
     for name, rows in files.items():

@@ -1,8 +1,12 @@
 """Train a reference model: the gated one (Qwen3-Next, every layer full attention, dense
-SwiGLU MLPs, elementwise output gate) or its ungated twin (Qwen3), same data, seed, steps.
+SwiGLU MLPs, elementwise output gate), its ungated twin (Qwen3), same data, seed, steps, or
+the hybrid (Qwen3-Next: three Gated-DeltaNet layers then one gated full-attention layer,
+MoE MLPs of 8 experts, top-2, plus a shared expert behind its sigmoid gate, trained with the
+family's load-balancing auxiliary loss).
 
-1. Build the corpus (``probe.reference.corpus``) and train the BPE tokenizer on it; or,
-   with ``init``, continue from a trained model with its tokenizer (a second stage).
+1. Build the corpus (``probe.reference.corpus``) and train the BPE tokenizer on it (or
+   take the tokenizer of ``tokenizer``); or, with ``init``, continue from a trained model
+   with its tokenizer (a later stage).
 2. Tokenize every document, join them with end-of-text tokens, cut 128-token windows.
 3. AdamW with linear warm-up and cosine decay; each step draws its windows from a generator
    seeded by (seed, step), so a resumed run sees exactly the batches it would have seen.
@@ -34,7 +38,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Sizes and optimisation of a reference model (the twins differ only in ``arch``)."""
 
-    arch: str = "gated"  # "gated" (Qwen3NextForCausalLM) or "plain" (Qwen3ForCausalLM)
+    arch: str = "gated"  # "gated", "hybrid" (Qwen3NextForCausalLM) or "plain" (Qwen3)
     seed: int = 0
     steps: int = 2000
     batch: int = 32  # windows per step
@@ -53,6 +57,21 @@ class TrainConfig:
     induction_tail: bool = True  # False: the first corpus (``build_corpus``'s docstring)
     init: str | None = None  # continue from this trained model directory (same arch)
     corpus_scale: float = 1.0  # shrink the corpus (tests only)
+    corpus_version: int = 2  # 1: the corpus of the first two stages of gated and plain
+    tokenizer: str | None = None  # a model directory whose tokenizer a fresh run uses
+    init_embeddings: str | None = None  # a fresh run starts from this model's embeddings
+    stop_after: int | None = None  # checkpoint after this many steps and stop (resume later)
+    # hybrid only: Gated-DeltaNet heads and MoE sizes
+    linear_heads: int = 4
+    linear_d_head: int = 32
+    n_experts: int = 8
+    top_k: int = 2
+    d_expert: int = 128
+    d_shared: int = 128
+    router_aux_coef: float = 0.01
+
+
+ARCHES = ("gated", "plain", "hybrid")
 
 
 def model_config(cfg: TrainConfig, vocab_size: int):
@@ -82,7 +101,35 @@ def model_config(cfg: TrainConfig, vocab_size: int):
         )
     if cfg.arch == "plain":
         return tf.Qwen3Config(**common)
-    raise GatescopeError(f"--arch {cfg.arch}: expected 'gated' or 'plain'")
+    if cfg.arch == "hybrid":
+        return tf.Qwen3NextConfig(
+            **common,
+            layer_types=["linear_attention"] * (cfg.n_layers - 1) + ["full_attention"],
+            linear_num_key_heads=cfg.linear_heads,
+            linear_num_value_heads=cfg.linear_heads,
+            linear_key_head_dim=cfg.linear_d_head,
+            linear_value_head_dim=cfg.linear_d_head,
+            linear_conv_kernel_dim=4,
+            num_experts=cfg.n_experts,
+            num_experts_per_tok=cfg.top_k,
+            moe_intermediate_size=cfg.d_expert,
+            shared_expert_intermediate_size=cfg.d_shared,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            norm_topk_prob=True,
+            output_router_logits=True,
+            router_aux_loss_coef=cfg.router_aux_coef,
+            partial_rotary_factor=1.0,
+        )
+    raise GatescopeError(f"--arch {cfg.arch}: expected one of {', '.join(ARCHES)}")
+
+
+def model_class(arch: str):
+    import transformers as tf
+
+    if arch not in ARCHES:
+        raise GatescopeError(f"--arch {arch}: expected one of {', '.join(ARCHES)}")
+    return tf.Qwen3ForCausalLM if arch == "plain" else tf.Qwen3NextForCausalLM
 
 
 def token_windows(documents: list[str], tokenizer, seq: int) -> torch.Tensor:
@@ -101,7 +148,9 @@ def _lr(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _save_checkpoint(model, opt, step: int, losses: list[float], folder: Path) -> None:
+def _save_checkpoint(
+    model, opt, step: int, losses: list[float], folder: Path, seconds: float = 0.0, schedule=None
+) -> None:
     from safetensors.torch import save_file
 
     tensors, seen = {}, set()
@@ -121,7 +170,9 @@ def _save_checkpoint(model, opt, step: int, losses: list[float], folder: Path) -
     save_file(tensors, str(tmp))
     os.replace(tmp, folder / "checkpoint.safetensors")
     meta = folder / "checkpoint.json.tmp"
-    meta.write_text(json.dumps({"step": step, "losses": losses}))
+    meta.write_text(
+        json.dumps({"step": step, "losses": losses, "seconds": seconds, "schedule": schedule})
+    )
     os.replace(meta, folder / "checkpoint.json")
 
 
@@ -142,16 +193,40 @@ def _load_checkpoint(model, opt, folder: Path) -> tuple[int, list[float]]:
                 "exp_avg": tensors[f"opt.{name}.exp_avg"],
                 "exp_avg_sq": tensors[f"opt.{name}.exp_avg_sq"],
             }
-    return meta["step"], meta["losses"]
+    return meta["step"], meta["losses"], meta.get("seconds", 0.0), meta.get("schedule")
+
+
+def _check_dir(path: str, option: str) -> Path:
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise GatescopeError(
+            f"{option} {folder}: not a trained model directory (no config.json); pass the "
+            "'model' folder of an earlier `gatescope reference train --out DIR` run"
+        )
+    return folder
+
+
+def _copy_embeddings(model, source: Path) -> None:
+    """Copy the (tied) token embeddings of the model in ``source`` into ``model``."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(source / "model.safetensors"))
+    weight = tensors.get("model.embed_tokens.weight")
+    target = model.get_input_embeddings().weight
+    if weight is None or weight.shape != target.shape:
+        raise GatescopeError(
+            f"--init-embeddings {source}: no token embeddings of shape {tuple(target.shape)} "
+            "there; give a model with the same tokenizer and width"
+        )
+    with torch.no_grad():
+        target.copy_(weight)
 
 
 def _check_init(cfg: TrainConfig) -> Path:
-    init = Path(cfg.init)
-    if not (init / "config.json").is_file():
-        raise GatescopeError(
-            f"--init {init}: not a trained model directory (no config.json); pass the 'model' "
-            "folder of an earlier `gatescope reference train --out DIR` run"
-        )
+    init = _check_dir(cfg.init, "--init")
+    found = json.loads((init / "config.json").read_text()).get("layer_types") or []
+    if cfg.arch in ("gated", "hybrid") and ("linear_attention" in found) != (cfg.arch == "hybrid"):
+        raise GatescopeError(f"--init {init} has the layers {found}; --arch {cfg.arch} does not")
     return init
 
 
@@ -160,10 +235,16 @@ def _start(cfg: TrainConfig, documents: list[str]):
     model and tokenizer of ``cfg.init``."""
     import transformers as tf
 
-    cls = tf.Qwen3NextForCausalLM if cfg.arch == "gated" else tf.Qwen3ForCausalLM
+    cls = model_class(cfg.arch)
     if cfg.init is None:
-        tokenizer = train_tokenizer(documents, cfg.vocab)
-        return cls(model_config(cfg, len(tokenizer))), tokenizer, None
+        if cfg.tokenizer is None:
+            tokenizer = train_tokenizer(documents, cfg.vocab)  # the non-induction text
+        else:
+            tokenizer = tf.AutoTokenizer.from_pretrained(_check_dir(cfg.tokenizer, "--tokenizer"))
+        model = cls(model_config(cfg, len(tokenizer)))
+        if cfg.init_embeddings is not None:
+            _copy_embeddings(model, _check_dir(cfg.init_embeddings, "--init-embeddings"))
+        return model, tokenizer, None
     init = _check_init(cfg)
     expected = cls.__name__
     found = json.loads((init / "config.json").read_text()).get("architectures", ["?"])[0]
@@ -189,9 +270,12 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
     )
 
 
-def _train_steps(model, opt, windows, cfg: TrainConfig, step: int, losses: list, ckpt, progress):
+def _train_steps(
+    model, opt, windows, cfg: TrainConfig, step: int, losses: list, ckpt, progress, clock, schedule
+) -> bool:
     """Steps ``step .. cfg.steps``, each batch drawn from its own seed (so a resumed run sees
-    the same batches), checkpointing every ``cfg.checkpoint_every``; appends to ``losses``."""
+    the same batches), checkpointing every ``cfg.checkpoint_every``; appends to ``losses``.
+    Returns False when it stopped at ``cfg.stop_after`` (a checkpoint, no final model)."""
     from tqdm.auto import tqdm
 
     model.train()
@@ -208,28 +292,53 @@ def _train_steps(model, opt, windows, cfg: TrainConfig, step: int, losses: list,
         opt.step()
         losses.append(round(loss.item(), 4))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        if cfg.stop_after is not None and step + 1 == cfg.stop_after < cfg.steps:
+            _save_checkpoint(model, opt, step + 1, losses, ckpt, clock(), schedule)
+            return False
         if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            _save_checkpoint(model, opt, step + 1, losses, ckpt)
+            _save_checkpoint(model, opt, step + 1, losses, ckpt, clock(), schedule)
+    return True
 
 
 def train_reference(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True):
-    """Train one reference model into ``out``; returns the final model directory."""
+    """Train one reference model into ``out``; returns the final model directory (``None``
+    when ``cfg.stop_after`` stopped it at a checkpoint).
+
+    A run resumed with another ``steps`` continues on the cosine schedule of the new length
+    from its checkpoint's step; ``schedule`` in ``training.json`` records each part."""
     out = Path(out)
     if cfg.init is not None:
         _check_init(cfg)  # before the corpus is built
     start_time = time.time()
     torch.manual_seed(cfg.seed)
-    corpus = build_corpus(cfg.seed, cfg.corpus_scale, cfg.induction_tail)
-    model, tokenizer, init_info = _start(cfg, corpus.documents)
+    corpus = build_corpus(cfg.seed, cfg.corpus_scale, cfg.induction_tail, cfg.corpus_version)
+    # induction documents (random words) would only dilute the tokenizer's merges
+    model, tokenizer, init_info = _start(
+        cfg, [d for d, k in zip(corpus.documents, corpus.kinds, strict=True) if k != "induction"]
+    )
     check_single_tokens(tokenizer, iter_task_words())
     windows = token_windows(corpus.documents, tokenizer, cfg.seq)
     opt = _optimizer(model, cfg)
     ckpt = out / "checkpoint"
-    step, losses = 0, []
+    step, losses, resumed_at, before = 0, [], None, 0.0
+    schedule = [[0, cfg.steps]]  # [first step, total steps of the cosine schedule] per part
     if resume and (ckpt / "checkpoint.json").is_file():
-        step, losses = _load_checkpoint(model, opt, ckpt)
+        step, losses, before, schedule = _load_checkpoint(model, opt, ckpt)
+        schedule = schedule or [[0, cfg.steps]]
+        if schedule[-1][1] != cfg.steps:  # resumed with another length: a new schedule
+            if step >= cfg.steps:
+                raise GatescopeError(
+                    f"--steps {cfg.steps}: the checkpoint in {ckpt} is at step {step} already"
+                )
+            schedule.append([step, cfg.steps])
+        resumed_at = step
         log.info("resumed from step %d", step)
-    _train_steps(model, opt, windows, cfg, step, losses, ckpt, progress)
+
+    def clock() -> float:  # seconds of this run plus those before its checkpoint
+        return round(before + time.time() - start_time, 1)
+
+    if not _train_steps(model, opt, windows, cfg, step, losses, ckpt, progress, clock, schedule):
+        return None
     model.eval()
     final = out / "model"
     model.save_pretrained(final, safe_serialization=True)
@@ -240,8 +349,10 @@ def train_reference(cfg: TrainConfig, out: Path, resume: bool = False, progress:
         "documents": len(corpus.documents),
         "windows": len(windows),
         "final_loss_mean_last_50": sum(losses[-50:]) / max(1, len(losses[-50:])),
+        "resumed_at_step": resumed_at,
+        "schedule": schedule,
         "losses_every_50": losses[::50],
-        "train_seconds": round(time.time() - start_time, 1),
+        "train_seconds": clock(),
         "parameters": sum(p.numel() for p in model.parameters()),
         "init": init_info,  # the training record of the model this run continued
     }
