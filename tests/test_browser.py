@@ -154,8 +154,12 @@ def test_every_page_in_chromium(server, width):
             box = page.locator("textarea").first
             box.fill(prompt)
             box.press("Control+Enter")
+            page.wait_for_function(
+                "t => document.querySelector('.js-plotly-plot').innerHTML.includes(t)",
+                arg=token,
+                timeout=60000,
+            )
             _idle(page)
-            assert token in page.locator(".js-plotly-plot").first.inner_html()
             model = page.locator("[data-testid=stSidebar] [data-baseweb=select]").first.inner_text()
             page.locator("[data-testid=stSidebarNav] a", has_text="Steering").click()
             _idle(page)
