@@ -154,16 +154,20 @@ def test_every_page_in_chromium(server, width):
             box = page.locator("textarea").first
             box.fill(prompt)
             box.press("Control+Enter")
+            page.wait_for_function(
+                "t => document.querySelector('.js-plotly-plot').innerHTML.includes(t)",
+                arg=token,
+                timeout=60000,
+            )
             _idle(page)
-            assert token in page.locator(".js-plotly-plot").first.inner_html()
-            model = page.locator("[data-testid=stSidebar] [data-baseweb=select]").first.inner_text()
+            from urllib.parse import parse_qs, urlparse
+
+            model = parse_qs(urlparse(page.url).query)["model"]
             page.locator("[data-testid=stSidebarNav] a", has_text="Steering").click()
             _idle(page)
+            page.get_by_label("prompt").wait_for(timeout=60000)
             assert page.get_by_label("prompt").input_value() == prompt
-            assert (
-                page.locator("[data-testid=stSidebar] [data-baseweb=select]").first.inner_text()
-                == model
-            )
+            assert parse_qs(urlparse(page.url).query)["model"] == model
             assert "prompt=" in page.url and "model=" in page.url
         finally:
             browser.close()
