@@ -226,7 +226,7 @@ class ClampGate(Edit):
         _check_finite(self.value, "gate value")
         if not lo <= self.value <= hi:
             raise GatescopeError(
-                f"gate value {self.value} is outside [{lo}, {hi}] for {self.site.kind}"
+                f"gate value {self.value} is outside [{lo:g}, {hi:g}] for {self.site.kind}"
                 + ("; 0 means 'never forget'" if self.site.kind == "delta_decay" else "")
             )
 

@@ -165,8 +165,8 @@ def test_every_page_in_chromium(server, width):
             model = parse_qs(urlparse(page.url).query)["model"]
             page.locator("[data-testid=stSidebarNav] a", has_text="Steering").click()
             _idle(page)
-            page.get_by_label("prompt").wait_for(timeout=60000)
-            assert page.get_by_label("prompt").input_value() == prompt
+            page.get_by_role("textbox", name="prompt").wait_for(timeout=60000)
+            assert page.get_by_role("textbox", name="prompt").input_value() == prompt
             assert parse_qs(urlparse(page.url).query)["model"] == model
             assert "prompt=" in page.url and "model=" in page.url
         finally:

@@ -97,7 +97,7 @@ def test_edits_are_removed_on_error(model):
         with intervene(model, Ablate("mlp_out.0")):
             raise RuntimeError("x")
     assert torch.equal(model.run(batch), base)
-    with pytest.raises(GatescopeError, match="attn_gate site"):
+    with pytest.raises(GatescopeError, match="need a gate site"):
         ClampGate(Site("head_out", 0), value=0)
 
 

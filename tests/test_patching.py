@@ -91,8 +91,9 @@ def test_bad_input(model):
         activation_patching(model, _task(), "resid_pre.0", mode="sideways")
     with pytest.raises(GatescopeError, match="read-only"):
         activation_patching(model, _task(), "attn_pattern.0")
-    with pytest.raises(GatescopeError, match="clean and corrupt prompts are the same text"):
-        Task("same", ["w1 w2"], ["w1 w2"], ["w3"], ["w4"])
+    same = Task("same", ["w1 w2"], ["w1 w2"], ["w3"], ["w4"])
+    with pytest.raises(GatescopeError, match="same logit difference"):
+        activation_patching(model, same, "resid_pre.0")
 
 
 def test_noising_batched_equals_one_by_one_and_effects_are_normalised(model):
