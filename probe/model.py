@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -96,8 +96,6 @@ class Model:
         name: what it was loaded from.
         backend: who runs it (``probe.backend``: local PyTorch hooks unless loaded with
             ``backend="nnsight"``); set by ``load_model``.
-        verified: outcomes of checks of this model's code paths against its full forward,
-            by name, so they run once per model (e.g. resumed patching passes).
     """
 
     hf: nn.Module
@@ -106,7 +104,6 @@ class Model:
     dims: Dims
     name: str = ""
     backend: Any = None  # a probe.backend.Backend; load_model sets local hooks by default
-    verified: dict[str, bool] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def device(self) -> torch.device:
