@@ -213,10 +213,6 @@ def _target_by_difference(model, inputs, module, view, direction, eps):
     return ((out[0] - out[1]) / (2 * eps)).double().numpy()
 
 
-@pytest.mark.xfail(
-    reason="after merging the layout-based gate writes, the zero added at the gate's logit "
-    "twin again yields a zero gradient; the TCAV fix at attn_gate needs redoing on them"
-)
 def test_gradient_reaches_the_attention_gate():
     # attn_gate is read as sigmoid(logit) and written in logit space only where it changed;
     # a zero added to it used to be dropped, so every gradient (and TCAV) there was exactly 0
@@ -271,3 +267,15 @@ def test_shared_gradient_direction_is_flagged():
     assert res.all_or_none and set(res.concept_scores) <= {0.0, 1.0}
     varied, _ = _tcav_from_arrays("s", "t", xc, xr, rng.normal(size=(12, 8)), "last")
     assert not varied.all_or_none and varied.to_dict()["all_or_none"] is False
+
+
+@pytest.mark.parametrize("family", ["afmoe", "lfm3"])
+def test_gradient_reaches_the_attention_gate_of_other_layouts(family):
+    # the gate's logit twin is found by where the tap reads, whatever layout object it uses
+    from tiny_gated import tiny_gated_hf, tiny_lfm3
+
+    hf = tiny_lfm3() if family == "lfm3" else tiny_gated_hf(family)
+    model = load_model(hf, tokenizer=tiny_tokenizer())
+    layer = model.layers_with("attn_gate")[0]
+    (grads,) = site_gradients(model, _sentences(3, 4), f"attn_gate.{layer}", "w7").values()
+    assert np.abs(grads).max() > 1e-4

@@ -82,11 +82,14 @@ def _logit_twin(model: Model, site: Site) -> Site | None:
     ``d sigmoid / dx``."""
     taps = model.family.taps
     tap = taps[site.kind]
-    if tap.transform != "sigmoid":
+    if getattr(tap.transform, "name", None) != "sigmoid":
         return None
-    plain = replace(tap, transform=None)
+
+    def where(t):  # the tensor a tap reads, whatever layout instance describes it
+        return (t.modules, t.side, t.index, type(t.layout), vars(t.layout))
+
     for kind, other in taps.items():
-        if other == plain:
+        if other.transform is None and where(other) == where(tap):
             return Site(kind, site.layer, site.head)
     raise GatescopeError(
         f"site '{site}': no gradient can be read at a sigmoid site without its logit site "
