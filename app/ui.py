@@ -92,7 +92,7 @@ def pick_model():
     wanted = shared("model")
     if wanted is None:
         wanted = default_model()
-    default = wanted if wanted in CHOICES[:2] else CHOICES[-1]
+    default = wanted if wanted in CHOICES[:-1] else CHOICES[-1]
     choice = st.sidebar.selectbox(
         "model", CHOICES, index=CHOICES.index(default), key="model_choice"
     )
@@ -122,7 +122,7 @@ def show_error(exc: Exception) -> None:
 def model_name(model) -> str:
     """The name the current model was loaded under (the cache key for results)."""
     choice = st.session_state.get("model_choice", default_model())
-    if choice in CHOICES[:2]:
+    if choice in CHOICES[:-1]:
         return choice
     return st.session_state.get("model_path") or model.name
 
@@ -145,3 +145,39 @@ def bundled_texts(n: int = 200) -> list[str]:
         "The weather today is cold and wet.",
         "I loved the film and its music.",
     ]
+
+
+CUSTOM = "your own pair"
+
+
+def make_task(spec: tuple):
+    """``("bundled", name, n)`` or ``("custom", clean, corrupt, answer, wrong)``."""
+    from probe.tasks import Task, load_task
+
+    if spec[0] == "bundled":
+        return load_task(spec[1]).subset(spec[2])
+    _, clean, corrupt, answer, wrong = spec
+    return Task("custom pair", [clean], [corrupt], [answer], [wrong])
+
+
+def pair_inputs(model) -> tuple | None:
+    """Clean / corrupt prompts and answer / wrong tokens typed on the page: the task spec, or
+    None after showing why the pair cannot be used (lengths differ, a word of several tokens)."""
+    left, right = st.columns(2)
+    clean = left.text_input(
+        "clean prompt", "When Mary and John went to the store, John gave a drink to", key="clean"
+    )
+    corrupt = right.text_input(
+        "corrupt prompt",
+        "When Mary and John went to the store, Mary gave a drink to",
+        key="corrupt",
+    )
+    answer = left.text_input("answer (one token)", " Mary", key="answer")
+    wrong = right.text_input("wrong answer (one token)", " John", key="wrong")
+    spec = ("custom", clean, corrupt, answer, wrong)
+    try:
+        make_task(spec).tokenize(model.tokenizer)
+    except GatescopeError as exc:
+        st.error(str(exc))
+        return None
+    return spec

@@ -54,7 +54,7 @@ class HeadScores:
         return json.dumps(self.to_dict())
 
 
-def _frozen_norm(norm: torch.nn.Module, x: torch.Tensor):
+def frozen_norm(norm: torch.nn.Module, x: torch.Tensor):
     """The final norm at ``x`` with its scale frozen, as a linear map of a contribution c.
 
     Probed from the module itself (no architecture switch): ``norm(0)`` is its bias; a norm
@@ -82,7 +82,7 @@ def direct_logit_attribution(model: Model, task: Task) -> HeadScores:
     with Tracer(model, ["head_out.*", f"resid_post.{last_layer}"], positions=[-1]) as tr:
         model.forward(batch.clean_ids, batch.attention_mask)
     x = tr[Site("resid_post", last_layer)][:, 0]  # (N, d_model)
-    frozen = _frozen_norm(resolve_path(model.hf, model.family.final_norm), x)
+    frozen = frozen_norm(resolve_path(model.hf, model.family.final_norm), x)
     unembed = resolve_path(model.hf, model.family.unembed).weight  # (V, d_model)
     direction = unembed[batch.answer_ids] - unembed[batch.wrong_ids]  # (N, d_model)
     scores = []

@@ -141,9 +141,30 @@ def test_circuits_node_count_resets_when_the_task_changes(monkeypatch):
     default = slider.value
     slider.set_value(max(0, default - 1) if default else 1).run()
     at.selectbox(key="task").set_value("induction").run()
+    assert not at.exception and not at.get("plotly_chart")  # a new task waits for Run again
+    at.button(key="circuits_run").click().run()
     assert not at.exception
     fresh = [s for s in at.slider if s.key.startswith("size_")][0]
     assert "induction" in fresh.key and not at.error
+
+
+def test_circuits_on_your_own_pair_with_the_node_inspector(tiny_app):
+    at = _run(PAGES["3_Circuits"], {"task": "your own pair"})
+    for key, value in (("clean", "w1 w2 w3 w4"), ("corrupt", "w1 w9 w3 w4"), ("answer", "w5")):
+        at.text_input(key=key).set_value(value).run()
+    at.text_input(key="wrong").set_value("w6").run()
+    assert not at.exception and not at.error and not at.get("plotly_chart")  # waits for Run
+    at.button(key="circuits_run").click().run()
+    assert not at.exception and not at.error, at.error
+    assert len(at.get("plotly_chart")) == 3  # agreement scatter, circuit graph, faithfulness
+    inspector = [s for s in at.selectbox if s.key.startswith("inspect_")][0]
+    assert inspector.options and inspector.value == inspector.options[0]
+    inspector.set_value(inspector.options[-1]).run()
+    assert not at.exception and not at.error
+    labels = [m.label for m in at.metric]
+    assert "direct logit attribution" in labels and any("logit lens" in x for x in labels)
+    at.text_input(key="wrong").set_value("w6 w7").run()  # two tokens: a message, no run
+    assert not at.exception and "token" in at.error[0].value
 
 
 def test_steering_page_bad_pairs(tiny_app):

@@ -66,7 +66,7 @@ def server(tmp_path_factory):
 
 
 PAGES = ["Gates", "Patching", "Circuits", "Steering", "Concepts"]
-RUN_FIRST = {"Concepts"}
+RUN_FIRST = {"Concepts", "Circuits"}
 needs_chromium = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="Debian chromium is not installed"
 )

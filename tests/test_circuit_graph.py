@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from test_patching import _task
 from tiny import tiny_hf, tiny_tokenizer
 
@@ -130,3 +131,25 @@ def test_prune_keeps_meta_and_circuit_out_writes_it(setup, tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "MIB: CPR" in res.stdout and "100:1.00" in res.stdout
+
+
+def test_inspector_direct_attributions_add_up_to_the_logit_difference(setup):
+    # with the final norm frozen the logits are linear in the residual stream, which is the
+    # embedding plus every head's and MLP's output (plus o_proj biases: none here), so the
+    # DLAs of all nodes sum to the mean clean logit difference computed by the model itself
+    from circuits.inspect import inspect_node
+    from probe.tasks import logit_diff
+
+    model, task, graph = setup
+    names = [n.name for n in graph.nodes if n.name != "logits"]
+    reports = [inspect_node(model, task, graph, name) for name in names]
+    batch = task.tokenize(model.tokenizer)
+    with torch.no_grad():
+        logits = model.forward(batch.clean_ids, batch.attention_mask)
+    whole = float(logit_diff(logits, batch).mean())
+    assert sum(r.dla for r in reports) == pytest.approx(whole, rel=1e-4, abs=1e-5)
+    embed = reports[names.index("embed")]
+    assert embed.lens_site == "resid_pre.0" and len(embed.lens_top) == 5
+    assert 0 <= embed.answer_rank < model.hf.config.vocab_size
+    with pytest.raises(GatescopeError, match="not in the circuit"):
+        inspect_node(model, task, graph.prune(1), "mlp.0" if names[0] != "mlp.0" else "mlp.1")

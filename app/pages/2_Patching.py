@@ -6,29 +6,28 @@ from dataclasses import replace
 
 import streamlit as st
 
-from app.ui import cached_model, model_name, pick_model, shared_choice
+from app.ui import (
+    CUSTOM,
+    cached_model,
+    make_task,
+    model_name,
+    pair_inputs,
+    pick_model,
+    shared_choice,
+)
 from interventions.patching import PatchingResult, activation_patching
 from probe.errors import GatescopeError
-from probe.tasks import BUNDLED_TASKS, Task, load_task
+from probe.tasks import BUNDLED_TASKS
 
 st.set_page_config(page_title="gatescope: patching", layout="wide")
 st.title("Activation patching")
 KINDS = ["head_out", "attn_gate", "resid_pre", "attn_out", "mlp_out", "mlp_gate"]
-CUSTOM = "your own pair"
 MEANING = {
     "denoise": "corrupt run with one clean activation patched in; 1 = clean behaviour "
     "restored, 0 = no effect",
     "noise": "clean run with one corrupt activation patched in; -1 = clean behaviour "
     "destroyed (corrupt logit difference reached), 0 = no effect",
 }
-
-
-def make_task(spec: tuple) -> Task:
-    """``("bundled", name, n)`` or ``("custom", clean, corrupt, answer, wrong)``."""
-    if spec[0] == "bundled":
-        return load_task(spec[1]).subset(spec[2])
-    _, clean, corrupt, answer, wrong = spec
-    return Task("custom pair", [clean], [corrupt], [answer], [wrong])
 
 
 @st.cache_data(show_spinner=False)
@@ -70,23 +69,8 @@ headed = kind in ("head_out", "attn_gate")
 # the kind changes instead of the last kind's setting
 each = row2[1].checkbox("each position", value=not headed, key=f"each_{kind}")
 if task == CUSTOM:
-    left, right = st.columns(2)
-    clean = left.text_input(
-        "clean prompt", "When Mary and John went to the store, John gave a drink to", key="clean"
-    )
-    corrupt = right.text_input(
-        "corrupt prompt",
-        "When Mary and John went to the store, Mary gave a drink to",
-        key="corrupt",
-    )
-    answer = left.text_input("answer (one token)", " Mary", key="answer")
-    wrong = right.text_input("wrong answer (one token)", " John", key="wrong")
-    spec = ("custom", clean, corrupt, answer, wrong)
-    n = 1
-    try:
-        make_task(spec).tokenize(model.tokenizer)
-    except GatescopeError as exc:
-        st.error(str(exc))
+    spec, n = pair_inputs(model), 1
+    if spec is None:
         st.stop()
 else:
     n = row2[0].slider("prompts", 4, 64, 16, key="n")
