@@ -25,12 +25,6 @@ GLU_HELP = "RelP rule for the GLU product: half (LRP) or gradient"
 GATE_HELP = "RelP rule for the attention output gate: half or constant"
 HOLD_HELP = "RelP: hold attention probabilities constant (the AH rule; default on)"
 STEPS_HELP = "IG / EAP-IG interpolation steps (default 5)"
-#: The default of ``gatescope circuit``: IG with 2 steps (3 forward, 2 backward passes). In
-#: the agreement study (bench/relp_rules.py, IOI, 200 prompts) it had the highest Pearson r
-#: of the fast methods on resid_pre and mlp_out of both reference models and r >= 0.976 on
-#: head_out; it missed r >= 0.95 on reference-plain's resid_pre (0.949) and attn_out (0.943,
-#: where AtP reached 0.992).
-CIRCUIT_DEFAULT, CIRCUIT_DEFAULT_STEPS = "ig", 2
 
 
 def _options(gate_rule, glu_rule, steps, hold_attention) -> dict:
@@ -105,13 +99,13 @@ def circuit_cmd(
     out: Path = typer.Option(None, "--out"),
 ) -> None:
     """Build the circuit graph, keep the top-n nodes, print its faithfulness."""
-    from circuits.graph import build_graph, faithfulness, faithfulness_curve
+    from circuits.graph import DEFAULT_METHOD, build_graph, faithfulness, faithfulness_curve
 
     check_out_path(out)
     m, t = load(model), _task(task, limit)
-    if method is None:
-        method, steps = CIRCUIT_DEFAULT, steps or CIRCUIT_DEFAULT_STEPS
+    # no --method: build_graph's default (circuits.graph.DEFAULT_METHOD, its steps)
     full = build_graph(m, t, method, **_options(gate_rule, glu_rule, steps, hold_attention))
+    method = method or DEFAULT_METHOD
     graph = full.prune(top_n)
     graph.faithfulness = faithfulness(m, t, graph.node_names())
     data = graph.to_dict()

@@ -149,10 +149,10 @@ def tasks(
     """Regenerate the task, steering and concept data (held-out prompts) from the seed."""
     from transformers import AutoTokenizer
 
-    from probe.reference import BUNDLED, reference_path
+    from probe.paths import BUNDLED_MODELS, bundled_model_dir
     from probe.reference.task_data import write_task_data
 
-    source = reference_path(tokenizer) if tokenizer in BUNDLED else tokenizer
+    source = bundled_model_dir(tokenizer) if tokenizer in BUNDLED_MODELS else tokenizer
     for name, rows in write_task_data(out, AutoTokenizer.from_pretrained(source), seed).items():
         typer.echo(f"{name}.jsonl\t{rows} rows")
 

@@ -222,7 +222,9 @@ def eval_cmd(
 @json_out
 def features_cmd(
     path: Path = typer.Argument(..., help="SAE directory"),
-    top: int = typer.Option(5, "--top", help="contexts per latent"),
+    top: int = typer.Option(
+        None, "--top", help="contexts per latent (default: 5; 10 on a --latent page)"
+    ),
     window: int = typer.Option(8, "--window", help="tokens either side of the peak"),
     latents: str = typer.Option(None, "--latents", help="e.g. '0,5,17' (default: all)"),
     latent: int = typer.Option(
@@ -243,8 +245,10 @@ def features_cmd(
 
     check_out_path(out)
     trained, m = _open(path, model, device)
+    given = {} if top is None else {"top": top}  # no --top: each function's default
     if latent is not None:
-        page = latent_dashboard(m, trained, _texts(text, m, "eval", text_mode), latent, top, window)
+        texts = _texts(text, m, "eval", text_mode)
+        page = latent_dashboard(m, trained, texts, latent, window=window, **given)
         if out is not None:
             write_json(page.to_dict(), out)
         echo_json(page.to_dict())
@@ -253,7 +257,8 @@ def features_cmd(
         chosen = [int(x) for x in latents.split(",")] if latents else None
     except ValueError:
         raise GatescopeError(f"--latents {latents}: expected integers like 0,5,17") from None
-    report = top_contexts(m, trained, _texts(text, m, "eval", text_mode), top, window, chosen)
+    texts = _texts(text, m, "eval", text_mode)
+    report = top_contexts(m, trained, texts, window=window, latents=chosen, **given)
     if out is not None:
         write_json(report.to_dict(), out)
     if json_:

@@ -21,16 +21,15 @@ from probe.backend import HookBackend
 from probe.errors import GatescopeError
 from probe.families import family_for_config
 from probe.model import Model, dims_from_config
+from probe.paths import BUNDLED_MODELS, bundled_model_dir
 
 log = logging.getLogger(__name__)
 
 
 def _bundled(name: str) -> Path | None:
-    if name not in ("reference", "reference-gated", "reference-plain", "reference-hybrid"):
+    if name not in BUNDLED_MODELS:
         return None
-    from probe.reference import reference_path
-
-    return reference_path(name)
+    return bundled_model_dir(name)
 
 
 def _load_tokenizer(source: str | os.PathLike, trust_remote_code: bool) -> Any:

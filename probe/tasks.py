@@ -3,7 +3,8 @@ logit-difference metric ``logit(answer) - logit(wrong)`` at each prompt's last t
 
 A task file is JSONL with one object per line: ``clean``, ``corrupt``, ``answer``, ``wrong``
 (answers are words, usually with a leading space: ``" Mary"``). Bundled tasks (``ioi``,
-``facts``, ``induction``) live in ``data/tasks/`` (see its README).
+``facts``, ``induction``) live in ``data/tasks/`` (see its README), installed with the
+package (``probe.paths``).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 import torch
 
 from probe.errors import GatescopeError
+from probe.paths import TASKS_DIR
 
-TASKS_DIR = Path(__file__).resolve().parents[1] / "data" / "tasks"
 BUNDLED_TASKS = ("ioi", "facts", "induction")
 
 

@@ -3,7 +3,8 @@
 1. ``reference_texts(split)``: the reference corpus (template documents and prose) for
    ``train``; held-out prose plus documents from another seed for ``eval``.
 2. ``read_texts(path, model)``: the lines of any text file, each cut into pieces that fit
-   the model's context (bisecting on words, checked with the tokenizer).
+   the model's context (bisecting on words, checked with the tokenizer), short ones packed
+   into context-sized windows unless ``pack=False``.
 3. ``store_provider`` / ``model_provider``: endless iterators of ``(batch, d_in)`` tensors
    for SAELens's ``SAETrainer`` (its ``DataProvider``), from an :class:`ActivationStore` or
    straight from the model through ``probe.Tracer`` with a shuffling buffer.
@@ -48,9 +49,10 @@ def _fit(model: Model, text: str) -> list[str]:
     return _fit(model, " ".join(words[:half])) + _fit(model, " ".join(words[half:]))
 
 
-def read_texts(path: str | Path, model: Model, pack: bool = False) -> list[str]:
-    """Non-empty lines of a text file, each fitted to the model's context: one document per
-    line, or with ``pack`` consecutive short lines joined into context-sized windows."""
+def read_texts(path: str | Path, model: Model, pack: bool = True) -> list[str]:
+    """Non-empty lines of a text file, each fitted to the model's context; with ``pack`` (the
+    default, as in :func:`fit_texts` and ``--text-mode packed``) consecutive short lines
+    joined into context-sized windows, else one document per line."""
     path = Path(path)
     if not path.is_file():
         raise GatescopeError(f"--text {path}: no such file")

@@ -92,9 +92,10 @@ class SAETrainSpec:
 
     Attributes:
         arch: SAELens training architecture: ``topk``, ``vsae``, ``batchtopk``, ``jumprelu``...
-        width: number of latents (``d_sae``); None: chosen from the data (:func:`default_spec`).
-        k: active latents per token (TopK-style architectures); None: from the data.
-        tokens: training tokens in total; None: from the tokens available.
+        width: number of latents (``d_sae``); None (the default): chosen from the data
+            (:func:`default_spec`), as ``gatescope sae train`` and the app do.
+        k: active latents per token (TopK-style architectures); None (default): from the data.
+        tokens: training tokens in total; None (default): from the tokens available.
         batch_size: tokens per optimizer step.
         lr: Adam learning rate.
         beta: vSAE KL weight after warm-up.
@@ -110,9 +111,9 @@ class SAETrainSpec:
     """
 
     arch: str = "topk"
-    width: int | None = 1024
-    k: int | None = 32
-    tokens: int | None = 1_000_000
+    width: int | None = None
+    k: int | None = None
+    tokens: int | None = None
     batch_size: int = 1024
     lr: float = 4e-4
     beta: float = 1.0
