@@ -13,9 +13,15 @@ import importlib.resources
 from pathlib import Path
 
 from probe.errors import GatescopeError
-from probe.reference import BUNDLED as BUNDLED_MODELS
 
 PACKAGE = "gatescope_data"
+#: Bundled model names (``reference`` is the gated one) -> directory under ``models/``.
+BUNDLED_MODELS = {
+    "reference": "reference-gated",
+    "reference-gated": "reference-gated",
+    "reference-plain": "reference-plain",
+    "reference-hybrid": "reference-hybrid",
+}
 
 
 def _checkout_data() -> Path | None:

@@ -40,7 +40,7 @@ class TrainConfig:
 
     arch: str = "gated"  # "gated", "hybrid" (Qwen3NextForCausalLM) or "plain" (Qwen3)
     seed: int = 0
-    steps: int = 2000
+    steps: int = 3000
     batch: int = 32  # windows per step
     seq: int = 128  # tokens per window (also the context length)
     d_model: int = 128
