@@ -328,6 +328,9 @@ def test_eval_command_json():
     assert data["n_ioi"] == 40 and data["n_induction"] == 40 and data["n_ioi_no_and"] > 0
     assert 0 < data["mean_gate_per_layer"][0] < 1 and data["prose_perplexity"] > 1
     assert data["paper_effects"] is None and data["hybrid"] is None
+    # the diagnostic: copying on words induction documents use, and its transfer
+    assert 0 <= data["induction_accuracy_seen_words"] <= 1
+    assert set(data["induction_logit_gain"]) == {"seen", "held_out"}
 
 
 @needs_reference

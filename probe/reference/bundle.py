@@ -52,6 +52,21 @@ def _figures(ev: ReferenceEval) -> list[tuple[str, str]]:
             "induction accuracy (repeated half, words never in an induction document)",
             f"{ev.induction_accuracy:.3f} ({ev.n_induction} sequences)",
         ),
+        *(
+            [
+                (
+                    "diagnostic: induction accuracy on words induction documents use",
+                    f"{ev.induction_accuracy_seen_words:.3f}",
+                ),
+                (
+                    "diagnostic: logit gain of a copied token, used / held-out words",
+                    f"{ev.induction_logit_gain['seen']:.2f} / "
+                    f"{ev.induction_logit_gain['held_out']:.2f}",
+                ),
+            ]
+            if ev.induction_logit_gain
+            else []
+        ),
         (
             "facts accuracy (held-out phrasing, top-1)",
             f"{ev.facts_accuracy:.3f} ({ev.n_facts} facts)",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from dataclasses import asdict, dataclass
 
 import torch
@@ -31,7 +32,7 @@ from probe.load import load_model
 from probe.model import Model
 from probe.reference import DATA
 from probe.reference import vocab as V
-from probe.reference.corpus import prose_paragraphs
+from probe.reference.corpus import induction_vocabulary, prose_paragraphs
 from probe.tasks import last_token_logits, load_task, logit_diff
 
 #: an expert with a smaller share of the routed (token, slot) assignments is dead
@@ -70,6 +71,10 @@ class ReferenceEval:
     n_facts: int
     paper_effects: dict | None = None
     hybrid: dict | None = None
+    # a diagnostic, not a held-out figure: the same measure on words that induction training
+    # documents do use, and the mean logit gain of the copied token on its second occurrence
+    induction_accuracy_seen_words: float | None = None
+    induction_logit_gain: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,6 +128,43 @@ def induction_accuracy(model: Model, limit: int | None = None) -> tuple[float, i
         hits += int((pred == target).sum())
         total += target.numel()
     return hits / total, len(task)
+
+
+def _seen_word_rows(model: Model, n: int) -> list[list[str]]:
+    """``n`` sequences (8-14 words) of one-token words that induction documents use."""
+    pool, _ = induction_vocabulary()
+    tok = model.tokenizer
+    single = [w for w in pool if len(tok(" " + w, add_special_tokens=False)["input_ids"]) == 1]
+    rng = random.Random(7922)
+    return [rng.sample(single, rng.randint(8, 14)) for _ in range(n)]
+
+
+@torch.no_grad()
+def induction_diagnostic(model: Model, n: int = 100) -> tuple[float, dict]:
+    """(accuracy on repeated sequences of words induction documents use, the mean logit gain
+    of each copied token at its second occurrence over its first, for those words and for the
+    held-out ones): whether copying exists at all and whether it transfers to new tokens."""
+    task = load_task("induction").subset(n)
+    held = [c.split()[: len(c.split()) // 2 + 1] for c in task.clean]
+    gains, acc = {}, 0.0
+    for name, rows in (("seen", _seen_word_rows(model, n)), ("held_out", held)):
+        batch = model.tokenize([" ".join(w + w) for w in rows])
+        logits = _batched_logits(model, batch.input_ids, batch.attention_mask)
+        hits = total = 0
+        gain = []
+        for row, words in enumerate(rows):
+            n_tok = int(batch.lengths[row])
+            half = n_tok - len(words)  # the second copy starts here (one token per word)
+            ids = batch.input_ids[row]
+            for p in range(half, n_tok - 1):
+                target = ids[p + 1]
+                gain.append(float(logits[row, p, target] - logits[row, p - len(words), target]))
+                hits += int(logits[row, p].argmax() == target)
+                total += 1
+        gains[name] = sum(gain) / len(gain)
+        if name == "seen":
+            acc = hits / total
+    return acc, gains
 
 
 @torch.no_grad()
@@ -445,7 +487,10 @@ def evaluate_reference(
         gated, plain = (effects, other) if model.is_gated else (other, effects)
         paper = {"twin": twin.name, **paper_verdict(gated, plain)}
     mixed = prompts + load_texts_or_induction(limit)
+    seen_acc, gains = induction_diagnostic(model, min(limit or 100, 100))
     return ReferenceEval(
+        induction_accuracy_seen_words=seen_acc,
+        induction_logit_gain=gains,
         model=model.name,
         induction_accuracy=ind_acc,
         facts_accuracy=facts_acc,
