@@ -159,9 +159,10 @@ def _command(stage: dict, k: int, arch: str) -> str:
         parts.append("--no-induction-tail")
     if cfg.get("init"):
         parts.append(f"--init runs/{arch}-stage{k - 1}/model")
-    for key, flag in (("tokenizer", "--tokenizer"), ("init_embeddings", "--init-embeddings")):
-        if cfg.get(key):
-            parts.append(f"{flag} runs/gated-stage2/model")
+    if cfg.get("tokenizer"):  # the bundled tokenizer: every retraining keeps it unchanged
+        parts.append("--tokenizer data/models/reference-gated")
+    if cfg.get("init_embeddings"):
+        parts.append("--init-embeddings runs/gated-stage2/model")
     if cfg["lr"] != 3e-3 or cfg["warmup"] != 100:
         parts.append(f"--lr {cfg['lr']} --warmup {cfg['warmup']}")
     if len(schedule) > 1:
@@ -211,6 +212,18 @@ def _training(info: dict) -> str:
         )
     commands = "\n".join(_command(stage, k, arch) for k, stage in enumerate(_stages(info), 1))
     return "\n".join(lines), commands
+
+
+def _reproduce_note(info: dict) -> str:
+    """What the paths in the commands are (only where a stage starts from another run)."""
+    stages = _stages(info)
+    if not any(s["config"].get("init") or s["config"].get("init_embeddings") for s in stages):
+        return "The tokenizer is the bundled one (trained on corpus 1 with the first models).\n\n"
+    return (
+        "`runs/gated-stage2/model` is the output of the gated model's second stage (an earlier "
+        "bundled `reference-gated`); `runs/plain-stage2/model` likewise for `reference-plain`."
+        "\n\n"
+    )
 
 
 def readme(name: str, info: dict, ev: ReferenceEval, size_bytes: int) -> str:
@@ -270,10 +283,7 @@ the three models trained alongside):
 
 ## Reproduce
 
-`runs/gated-stage2/model` is the output of the gated model's second stage (the previous
-bundled `reference-gated`); `runs/plain-stage2/model` likewise for `reference-plain`.
-
-```bash
+{_reproduce_note(info)}```bash
 {commands}
 gatescope reference bundle runs/{arch}-stage{len(_stages(info))} --name {name}
 ```
