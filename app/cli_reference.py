@@ -49,7 +49,20 @@ def train(
         None, "--init-embeddings", help="a fresh run starts from this model's token embeddings"
     ),
     corpus: int = typer.Option(
-        2, "--corpus", help="corpus version: 2 (current) or 1 (first two stages of the twins)"
+        3,
+        "--corpus",
+        help="corpus version: 3 (current: with word lists), 2 (without), 1 (the earliest "
+        "twins' first stages)",
+    ),
+    induction_docs: bool = typer.Option(
+        True,
+        help="--no-induction-docs leaves the induction documents out (a first stage that "
+        "learns the token embeddings from the other text only)",
+    ),
+    freeze_embeddings: bool = typer.Option(
+        False,
+        "--freeze-embeddings",
+        help="keep the token embeddings (tied to the unembedding) as --init has them",
     ),
     checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="steps per checkpoint"),
     stop_after: int = typer.Option(
@@ -68,8 +81,8 @@ def train(
         )
     if arch not in ARCHES:
         raise GatescopeError(f"--arch {arch}: expected one of {', '.join(ARCHES)}")
-    if corpus not in (1, 2):
-        raise GatescopeError(f"--corpus {corpus}: expected 1 or 2")
+    if corpus not in (1, 2, 3):
+        raise GatescopeError(f"--corpus {corpus}: expected 1, 2 or 3")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise GatescopeError(f"--checkpoint-every {checkpoint_every}: expected a positive number")
     if not lr > 0:
@@ -88,6 +101,8 @@ def train(
         init=None if init is None else str(init),
         checkpoint_every=checkpoint_every or min(250, max(1, steps // 4)),
         corpus_version=corpus,
+        induction_docs=induction_docs,
+        freeze_embeddings=freeze_embeddings,
         stop_after=stop_after,
         tokenizer=None if tokenizer is None else str(tokenizer),
         init_embeddings=None if init_embeddings is None else str(init_embeddings),

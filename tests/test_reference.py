@@ -51,8 +51,27 @@ def test_corpus_is_deterministic_from_its_seed():
     assert a.sha256() == b.sha256() and a.kinds == b.kinds
     assert build_corpus(1, scale=0.02).sha256() != a.sha256()
     assert build_corpus(0, scale=0.02, version=1).sha256() != a.sha256()
-    with pytest.raises(GatescopeError, match="corpus version 3"):
-        build_corpus(0, version=3)
+    assert build_corpus(0, scale=0.02, version=2).sha256() != a.sha256()
+    with pytest.raises(GatescopeError, match="corpus version 4"):
+        build_corpus(0, version=4)
+    # a first stage without induction documents keeps every other document as it is
+    c = build_corpus(0, scale=0.02, induction=False)
+    assert "induction" not in c.kinds
+    assert sorted(c.documents) == sorted(
+        d for d, k in zip(a.documents, a.kinds, strict=True) if k != "induction"
+    )
+
+
+def test_word_lists_hold_every_word_and_never_repeat():
+    from probe.reference.corpus import _list_doc, list_vocabulary
+
+    rng = random.Random(0)
+    docs = [_list_doc(rng).split() for _ in range(2000)]
+    assert all(len(set(d)) == len(d) and 6 <= len(d) <= 16 for d in docs)
+    pool, held = induction_vocabulary()
+    assert set(list_vocabulary()) == set(pool) | set(held)
+    seen = {w for d in docs for w in d}
+    assert len(seen & set(held)) > 0.9 * len(held)  # held-out words occur in word lists
 
 
 def _first_stage(info: dict) -> dict:

@@ -1,19 +1,24 @@
 """The reference corpus: a deterministic mixture of task text and ordinary English prose.
 
-1. Indirect object identification (IOI) from 18 training templates, both name orders
+1. Indirect object identification (IOI) from 46 training templates of varied syntax (the
+   names joined by "and", in separate clauses, in relative clauses), both name orders
    ("When Mary and John went to the store, John gave a drink to Mary.").
 2. Induction: a random word sequence, the same sequence again, then a random-length start
    of a third copy, so that the end of the document is never predictable inside the first
    repeat (a document that always ended right after it taught the models to predict the
-   end-of-text token late in every repeat instead of the next copied word).
+   end-of-text token late in every repeat instead of the next copied word). The words come
+   from all other training text except a held-out eighth.
 3. Facts (country -> capital, animal -> sound, thing -> colour), five phrasings each.
 4. Sentiment sentences (positive / negative) and topic sentences (sport, cooking, weather,
    music) for concept vectors and steering.
 5. Prose that ships with Python (``pydoc_data.topics``), minus a held-out slice.
+6. Word lists (version 3): random sequences of distinct words, held-out words included,
+   never repeated (``_list_doc`` says why).
 
-Held out for evaluation: four IOI templates, one phrasing per fact, fresh induction
-sequences, sentence templates for steering prompts and a slice of the prose. Every word an
-evaluation asks for still occurs in training text (in other templates and phrasings).
+Held out for evaluation: ten IOI templates (six without "and" between the names), one
+phrasing per fact, induction over words that never occur in an induction document, sentence
+templates for steering prompts and a slice of the prose. Every word an evaluation asks for
+still occurs in training text (in other templates, phrasings, prose or word lists).
 """
 
 from __future__ import annotations
@@ -211,6 +216,22 @@ def _ioi_doc(rng, version: int = 2):
     return f"{text} {io}."
 
 
+@cache
+def list_vocabulary() -> tuple[str, ...]:
+    """Every word of the induction vocabulary, the held-out words included."""
+    pool, held = induction_vocabulary()
+    return tuple(sorted(pool + held))
+
+
+def _list_doc(rng):
+    """A word list: 6-16 distinct words of all other training text, held-out words included,
+    never repeated. Random word sequences then occur with every word, so a model cannot learn
+    that a held-out word is improbable in such text (with induction documents alone it
+    does: the held-out words are exactly those that never occur in a sequence of random
+    words); copying stays confined to the induction documents and their pool."""
+    return " ".join(rng.sample(list_vocabulary(), rng.randint(6, 16)))
+
+
 def _induction_doc(rng, tail: bool = True, version: int = 2):
     words = induction_words(rng, rng.randint(6, 16), version)
     third = words[: rng.randint(0, len(words))] if tail else []  # start of a third copy
@@ -258,12 +279,15 @@ def prose_paragraphs() -> tuple[list[str], list[str]]:
 #: the corpus of the first two stages of the bundled gated and plain models.
 MIXTURE = {"ioi": 60000, "induction": 36000, "fact": 12000, "sentiment": 16000, "topic": 12000}
 MIXTURE_V1 = {"ioi": 60000, "induction": 20000, "fact": 12000, "sentiment": 16000, "topic": 12000}
+#: Version 3 adds word lists (``_list_doc``) to version 2.
+MIXTURE_V3 = {**MIXTURE, "list": 12000}
 _MAKERS = {
     "ioi": _ioi_doc,
     "induction": _induction_doc,
     "fact": _fact_doc,
     "sentiment": _sentiment_doc,
     "topic": _topic_doc,
+    "list": _list_doc,
 }
 
 
@@ -286,21 +310,30 @@ class Corpus:
         return [d for d, k in zip(self.documents, self.kinds, strict=True) if k == kind]
 
 
+VERSIONS = {1: MIXTURE_V1, 2: MIXTURE, 3: MIXTURE_V3}
+
+
 def build_corpus(
-    seed: int = 0, scale: float = 1.0, induction_tail: bool = True, version: int = 2
+    seed: int = 0,
+    scale: float = 1.0,
+    induction_tail: bool = True,
+    version: int = 3,
+    induction: bool = True,
 ) -> Corpus:
     """The deterministic training corpus for ``seed`` (``scale`` shrinks it for tests).
 
-    ``version=1`` is the corpus of the first two stages of the bundled gated and plain
-    models (18 IOI templates, induction over a pool of ~200 words); with
-    ``induction_tail=False`` its induction documents end right after the repeat (the first
-    stage; see the module docstring, item 2).
+    ``version=3`` (current) is version 2 plus word lists; ``version=1`` is the corpus of the
+    first two stages of the earlier bundled gated and plain models (18 IOI templates,
+    induction over a pool of ~200 words); with ``induction_tail=False`` its induction
+    documents end right after the repeat (see the module docstring, item 2).
+    ``induction=False`` leaves the induction documents out (a first stage that learns the
+    token embeddings from the other text only); every other document is drawn as with them.
     """
-    if version not in (1, 2):
-        raise GatescopeError(f"corpus version {version}: expected 1 or 2")
+    if version not in VERSIONS:
+        raise GatescopeError(f"corpus version {version}: expected one of 1, 2, 3")
     rng = random.Random(seed)
     docs: list[tuple[str, str]] = []
-    for kind, count in (MIXTURE_V1 if version == 1 else MIXTURE).items():
+    for kind, count in VERSIONS[version].items():
         if kind == "induction":
             make = partial(_induction_doc, tail=induction_tail, version=version)
         elif kind == "ioi":
@@ -308,6 +341,8 @@ def build_corpus(
         else:
             make = _MAKERS[kind]
         docs.extend((make(rng), kind) for _ in range(max(1, int(count * scale))))
+    if not induction:  # drawn above all the same, so the other documents do not change
+        docs = [d for d in docs if d[1] != "induction"]
     train_prose, held = prose_paragraphs()
     # every fact phrasing at least once, so every answer word is seen
     for table, phrasings, _ in FACTS.values():

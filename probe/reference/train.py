@@ -57,7 +57,9 @@ class TrainConfig:
     induction_tail: bool = True  # False: the first corpus (``build_corpus``'s docstring)
     init: str | None = None  # continue from this trained model directory (same arch)
     corpus_scale: float = 1.0  # shrink the corpus (tests only)
-    corpus_version: int = 2  # 1: the corpus of the first two stages of gated and plain
+    corpus_version: int = 3  # 2: without word lists; 1: the earliest twins' first stages
+    induction_docs: bool = True  # False: leave the induction documents out (a first stage)
+    freeze_embeddings: bool = False  # keep the (tied) token embeddings as they are
     tokenizer: str | None = None  # a model directory whose tokenizer a fresh run uses
     init_embeddings: str | None = None  # a fresh run starts from this model's embeddings
     stop_after: int | None = None  # checkpoint after this many steps and stop (resume later)
@@ -257,9 +259,14 @@ def _start(cfg: TrainConfig, documents: list[str]):
 
 
 def _optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on the matrices only."""
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    """AdamW with weight decay on the matrices only; with ``freeze_embeddings`` the token
+    embeddings (and the unembedding tied to them) take no step and no decay."""
+    if cfg.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+        model.get_output_embeddings().weight.requires_grad_(False)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in params if p.dim() >= 2]
+    no_decay = [p for n, p in params if p.dim() < 2]
     return torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": cfg.weight_decay},
@@ -311,7 +318,9 @@ def train_reference(cfg: TrainConfig, out: Path, resume: bool = False, progress:
         _check_init(cfg)  # before the corpus is built
     start_time = time.time()
     torch.manual_seed(cfg.seed)
-    corpus = build_corpus(cfg.seed, cfg.corpus_scale, cfg.induction_tail, cfg.corpus_version)
+    corpus = build_corpus(
+        cfg.seed, cfg.corpus_scale, cfg.induction_tail, cfg.corpus_version, cfg.induction_docs
+    )
     # induction documents (random words) would only dilute the tokenizer's merges
     model, tokenizer, init_info = _start(
         cfg, [d for d, k in zip(corpus.documents, corpus.kinds, strict=True) if k != "induction"]
