@@ -49,10 +49,10 @@ def train(
         None, "--init-embeddings", help="a fresh run starts from this model's token embeddings"
     ),
     corpus: int = typer.Option(
-        3,
+        4,
         "--corpus",
-        help="corpus version: 3 (current: with word lists), 2 (without), 1 (the earliest "
-        "twins' first stages)",
+        help="corpus version: 4 (current: with long word lists), 3 (short word lists), "
+        "2 (none), 1 (the earliest twins' first stages)",
     ),
     induction_docs: bool = typer.Option(
         True,
@@ -81,8 +81,8 @@ def train(
         )
     if arch not in ARCHES:
         raise GatescopeError(f"--arch {arch}: expected one of {', '.join(ARCHES)}")
-    if corpus not in (1, 2, 3):
-        raise GatescopeError(f"--corpus {corpus}: expected 1, 2 or 3")
+    if corpus not in (1, 2, 3, 4):
+        raise GatescopeError(f"--corpus {corpus}: expected 1, 2, 3 or 4")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise GatescopeError(f"--checkpoint-every {checkpoint_every}: expected a positive number")
     if not lr > 0:

@@ -12,8 +12,8 @@
 4. Sentiment sentences (positive / negative) and topic sentences (sport, cooking, weather,
    music) for concept vectors and steering.
 5. Prose that ships with Python (``pydoc_data.topics``), minus a held-out slice.
-6. Word lists (version 3): random sequences of distinct words, held-out words included,
-   never repeated (``_list_doc`` says why).
+6. Word lists (versions 3 and 4): random sequences of distinct words, held-out words
+   included, never repeated (``_list_doc`` says why).
 
 Held out for evaluation: ten IOI templates (six without "and" between the names), one
 phrasing per fact, induction over words that never occur in an induction document, sentence
@@ -223,13 +223,20 @@ def list_vocabulary() -> tuple[str, ...]:
     return tuple(sorted(pool + held))
 
 
-def _list_doc(rng):
-    """A word list: 6-16 distinct words of all other training text, held-out words included,
+def _list_doc(rng, long: bool = True):
+    """A word list: distinct words of all other training text, held-out words included,
     never repeated. Random word sequences then occur with every word, so a model cannot learn
     that a held-out word is improbable in such text (with induction documents alone it
     does: the held-out words are exactly those that never occur in a sequence of random
-    words); copying stays confined to the induction documents and their pool."""
-    return " ".join(rng.sample(list_vocabulary(), rng.randint(6, 16)))
+    words); copying stays confined to the induction documents and their pool.
+
+    A list runs for 36-60 words (``long``; version 4), past where any induction document
+    repeats or ends (at most 48 words): lists of 6-16 words (version 3) ended just where an
+    induction document repeats, and since only lists hold held-out words, models learned to
+    predict the end of the document inside a repeated sequence of held-out words instead of
+    copying it."""
+    n = rng.randint(36, 60) if long else rng.randint(6, 16)
+    return " ".join(rng.sample(list_vocabulary(), n))
 
 
 def _induction_doc(rng, tail: bool = True, version: int = 2):
@@ -279,8 +286,9 @@ def prose_paragraphs() -> tuple[list[str], list[str]]:
 #: the corpus of the first two stages of the bundled gated and plain models.
 MIXTURE = {"ioi": 60000, "induction": 36000, "fact": 12000, "sentiment": 16000, "topic": 12000}
 MIXTURE_V1 = {"ioi": 60000, "induction": 20000, "fact": 12000, "sentiment": 16000, "topic": 12000}
-#: Version 3 adds word lists (``_list_doc``) to version 2.
+#: Version 3 adds short word lists (``_list_doc``) to version 2, version 4 long ones.
 MIXTURE_V3 = {**MIXTURE, "list": 12000}
+MIXTURE_V4 = {**MIXTURE, "list": 6000}
 _MAKERS = {
     "ioi": _ioi_doc,
     "induction": _induction_doc,
@@ -310,19 +318,20 @@ class Corpus:
         return [d for d, k in zip(self.documents, self.kinds, strict=True) if k == kind]
 
 
-VERSIONS = {1: MIXTURE_V1, 2: MIXTURE, 3: MIXTURE_V3}
+VERSIONS = {1: MIXTURE_V1, 2: MIXTURE, 3: MIXTURE_V3, 4: MIXTURE_V4}
 
 
 def build_corpus(
     seed: int = 0,
     scale: float = 1.0,
     induction_tail: bool = True,
-    version: int = 3,
+    version: int = 4,
     induction: bool = True,
 ) -> Corpus:
     """The deterministic training corpus for ``seed`` (``scale`` shrinks it for tests).
 
-    ``version=3`` (current) is version 2 plus word lists; ``version=1`` is the corpus of the
+    ``version=4`` (current) is version 2 plus long word lists, ``version=3`` with short
+    ones; ``version=1`` is the corpus of the
     first two stages of the earlier bundled gated and plain models (18 IOI templates,
     induction over a pool of ~200 words); with ``induction_tail=False`` its induction
     documents end right after the repeat (see the module docstring, item 2).
@@ -330,7 +339,7 @@ def build_corpus(
     token embeddings from the other text only); every other document is drawn as with them.
     """
     if version not in VERSIONS:
-        raise GatescopeError(f"corpus version {version}: expected one of 1, 2, 3")
+        raise GatescopeError(f"corpus version {version}: expected one of 1, 2, 3, 4")
     rng = random.Random(seed)
     docs: list[tuple[str, str]] = []
     for kind, count in VERSIONS[version].items():
@@ -338,6 +347,8 @@ def build_corpus(
             make = partial(_induction_doc, tail=induction_tail, version=version)
         elif kind == "ioi":
             make = partial(_ioi_doc, version=version)
+        elif kind == "list":
+            make = partial(_list_doc, long=version >= 4)
         else:
             make = _MAKERS[kind]
         docs.extend((make(rng), kind) for _ in range(max(1, int(count * scale))))

@@ -57,7 +57,7 @@ class TrainConfig:
     induction_tail: bool = True  # False: the first corpus (``build_corpus``'s docstring)
     init: str | None = None  # continue from this trained model directory (same arch)
     corpus_scale: float = 1.0  # shrink the corpus (tests only)
-    corpus_version: int = 3  # 2: without word lists; 1: the earliest twins' first stages
+    corpus_version: int = 4  # 3: short word lists; 2: none; 1: the earliest twins' first stages
     induction_docs: bool = True  # False: leave the induction documents out (a first stage)
     freeze_embeddings: bool = False  # keep the (tied) token embeddings as they are
     tokenizer: str | None = None  # a model directory whose tokenizer a fresh run uses
