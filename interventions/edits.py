@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import torch
 
 from probe.errors import GatescopeError
-from probe.hooks import ForwardInfo, hook_sites
+from probe.hooks import ForwardInfo, headwise_hint, hook_sites
 from probe.model import Model
 from probe.sites import Site
 
@@ -120,6 +120,7 @@ def _check_vector(vec: torch.Tensor, value: torch.Tensor, site: Site) -> torch.T
         raise GatescopeError(
             f"edit at {site}: the vector has shape {tuple(vec.shape)} but the site's value per "
             f"token has shape {tuple(value.shape[2:])}; use a vector of that width"
+            + headwise_hint(site, tuple(value.shape[2:]), tuple(vec.shape))
         )
     return vec.to(device=value.device, dtype=value.dtype)
 

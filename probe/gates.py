@@ -17,8 +17,17 @@ On hybrid and MoE models the same report covers every other gate type the model 
    retentions ``exp(g)`` falls below 0.5 at the mean decay), and output-gate sparsity
    (fraction of ``|silu(z)|`` below 0.1 and 0.01);
 7. MoE routers, per layer and expert: load (fraction of tokens routed to the expert), experts
-   that never fire, mean router entropy (nats), mass of the top-k probabilities;
-8. the shared expert's sigmoid gate: its mean per layer.
+   that never fire, mean router entropy (nats), mass of the top-k probabilities. Entropy and
+   top-k mass are taken over the router's probabilities normalised to sum 1 per token:
+   softmax routers already do; a sigmoid router (AFMoE, LFM2-MoE) scores each expert on its
+   own, so its scores are divided by their sum (each expert's share of the token's total score)
+   and the entropy is at most ``log(n_experts)``, the top-k mass at most 1;
+8. the shared expert's sigmoid gate: its mean per layer;
+9. gated short convolutions (LFM2, LFM3), per layer, for the gate before the convolution
+   (``conv_gate``, ``B``) and after it (``conv_out_gate``, ``C``): mean, mean absolute value
+   and the fraction of ``|gate|`` below 0.1 and 0.01 (these gates are linear, not sigmoids:
+   near 0 is closed, the sign flips the channel). Per layer only: a convolution's channels are
+   the d_model channels, one depthwise filter each, with no grouping to report by.
 
 Per-layer figures of a gate a layer lacks are ``None`` (JSON ``null``), never 0.
 
@@ -44,6 +53,8 @@ GATE_THRESHOLDS = (0.5, 0.1, 0.01)
 OUTPUT_THRESHOLDS = (1e-2, 1e-3)
 GLU_THRESHOLDS = (0.1, 0.01, 0.001)
 DELTA_GATE_THRESHOLDS = (0.1, 0.01)
+CONV_THRESHOLDS = (0.1, 0.01)
+CONV_KINDS = ("conv_gate", "conv_out_gate")
 
 
 def _masked(value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -84,6 +95,15 @@ class GateStatsReducer:
         self.load, self.route_n = zeros(n_layers, ne), zeros(n_layers)
         self.entropy_sum, self.topk_mass_sum = zeros(n_layers), zeros(n_layers)
         self.shared_sum, self.shared_n = zeros(n_layers), zeros(n_layers)
+        self.conv = {
+            kind: {
+                "sum": zeros(n_layers),
+                "abs": zeros(n_layers),
+                "below": zeros(len(CONV_THRESHOLDS), n_layers),
+                "n": zeros(n_layers),
+            }
+            for kind in CONV_KINDS
+        }
 
     def update(self, site: Site, value: torch.Tensor, mask: torch.Tensor | None) -> None:
         layer = site.layer
@@ -130,17 +150,24 @@ class GateStatsReducer:
             self.dgate_n[layer] += flat.shape[0] * flat.shape[2]
             for i, count in enumerate(_count_below(flat.abs(), DELTA_GATE_THRESHOLDS, (0, 2))):
                 self.dgate_below[i, layer] += count.double().cpu()
-        elif site.kind == "router_prob":  # (N, E)
-            p = flat.clamp(min=1e-30)
-            self.entropy_sum[layer] += float(-(p * p.log()).sum())
+        elif site.kind == "router_prob":  # (N, E); sigmoid routers: scores, not a distribution
+            q = flat / flat.sum(-1, keepdim=True).clamp(min=1e-30)
+            self.entropy_sum[layer] += float(-(q * q.clamp(min=1e-30).log()).sum())
             k = max(self.model.dims.top_k, 1)
-            self.topk_mass_sum[layer] += float(flat.topk(k, dim=-1).values.sum())
+            self.topk_mass_sum[layer] += float(q.topk(k, dim=-1).values.sum())
         elif site.kind == "router_weight":  # (N, E), 0 for experts not chosen
             self.load[layer] += (flat != 0).sum(0).double().cpu()
             self.route_n[layer] += flat.shape[0]
         elif site.kind == "shared_gate":  # (N, 1)
             self.shared_sum[layer] += float(flat.sum())
             self.shared_n[layer] += flat.numel()
+        elif site.kind in CONV_KINDS:  # (N, d_model), linear gates
+            acc, size = self.conv[site.kind], flat.abs()
+            acc["sum"][layer] += float(flat.sum(dtype=torch.float64))
+            acc["abs"][layer] += float(size.sum(dtype=torch.float64))
+            acc["n"][layer] += flat.numel()
+            for i, count in enumerate(_count_below(size, CONV_THRESHOLDS)):
+                acc["below"][i, layer] += float(count)
 
     def report(self, n_prompts: int) -> GateReport:
         gated = self.model.is_gated
@@ -179,7 +206,26 @@ class GateStatsReducer:
             shared_gate=_per_layer(self.shared_sum / self.shared_n.clamp(min=1), self.shared_n)
             if "shared_gate" in self.model.kinds
             else None,
+            conv=self._conv_report(),
         )
+
+    def _conv_report(self) -> dict | None:
+        kinds = [k for k in CONV_KINDS if k in self.model.kinds]
+        if not kinds:
+            return None
+        out = {}
+        for kind in kinds:
+            acc = self.conv[kind]
+            n = acc["n"].clamp(min=1)
+            out[kind] = {
+                "mean": _per_layer(acc["sum"] / n, acc["n"]),
+                "mean_abs": _per_layer(acc["abs"] / n, acc["n"]),
+                "below": {
+                    str(t): _per_layer(acc["below"][i] / n, acc["n"])
+                    for i, t in enumerate(CONV_THRESHOLDS)
+                },
+            }
+        return out
 
     def _delta_report(self, per_head, layer_n) -> dict | None:
         if "delta_beta" not in self.model.kinds:
@@ -245,8 +291,13 @@ class GateReport:
         deltanet: Gated-DeltaNet figures per layer and value head (``mean_beta``,
             ``mean_decay``, ``retention_horizon`` in tokens, ``gate_below``), or ``None``.
         router: MoE figures per layer (``load`` per expert, ``dead_experts``, ``entropy``,
-            ``top_k_mass``), or ``None``.
+            ``top_k_mass``; entropy and top-k mass over the probabilities normalised per token,
+            i.e. each expert's share of a sigmoid router's total score), or ``None``.
         shared_gate: mean shared-expert gate per layer, or ``None``.
+        conv: gated short convolutions, per gate kind (``conv_gate``: before the convolution,
+            ``conv_out_gate``: after it): ``mean``, ``mean_abs`` and ``below`` (threshold ->
+            fraction of ``|gate|`` below it), each a list per layer; ``None`` on a model
+            without them.
 
     A layer without a gate has ``None`` in that gate's lists.
     """
@@ -265,6 +316,7 @@ class GateReport:
     deltanet: dict | None = None
     router: dict | None = None
     shared_gate: list[float | None] | None = None
+    conv: dict | None = None
 
     def layer_mean(self, field: str, threshold: str | None = None) -> list[float] | None:
         """Per-layer mean over heads of a [layer][head] figure (``None`` if absent)."""
@@ -308,6 +360,7 @@ def gate_sites(model: Model) -> list[Site]:
         "router_prob",
         "router_weight",
         "shared_gate",
+        *CONV_KINDS,
     ]
     wanted = [k for k in kinds if k in model.kinds and (k != "head_out" or model.is_gated)]
     sites = []

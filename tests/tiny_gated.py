@@ -224,3 +224,21 @@ def olmo_hybrid_config(**extra):
 
 def tiny_olmo_hybrid(seed: int = 0, config=None):
     return _build(tf.OlmoHybridForCausalLM, config or olmo_hybrid_config(), seed)
+
+
+def tiny_model(name: str, seed: int = 0):
+    """A gatescope Model of any tiny family by name: the ones of ``tiny.CONFIGS`` (Qwen3-Next /
+    Qwen3.5 hybrids, ...), of :func:`tiny_gated_hf`, ``lfm3`` or ``olmo_hybrid``."""
+    from tiny import CONFIGS, tiny_hf
+
+    from probe import load_model
+
+    if name in CONFIGS:
+        hf = tiny_hf(name, seed)
+    elif name == "lfm3":
+        hf = tiny_lfm3(seed)
+    elif name == "olmo_hybrid":
+        hf = tiny_olmo_hybrid(seed)
+    else:
+        hf = tiny_gated_hf(name, seed)
+    return load_model(hf, tokenizer=tiny_tokenizer())
