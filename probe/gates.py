@@ -131,6 +131,7 @@ class GateStatsReducer:
             for kind in CONV_KINDS
         }
         self._device: torch.device | None = None
+        self.kinds = frozenset(model.kinds)  # found once: it walks every layer's modules
 
     def _accumulators(self) -> dict[str, torch.Tensor]:
         found = {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
@@ -225,8 +226,8 @@ class GateStatsReducer:
 
     def report(self, n_prompts: int) -> GateReport:
         self._move(torch.device("cpu"))
-        gated = self.model.is_gated
-        has_glu = "mlp_gate" in self.model.kinds
+        gated = "attn_gate" in self.kinds
+        has_glu = "mlp_gate" in self.kinds
         per_head = lambda a, n: _per_layer(a / n.clamp(min=1), n)  # noqa: E731
         layer_n = lambda n: n.reshape(-1, 1).expand(-1, 1)  # noqa: E731
         return GateReport(
@@ -259,13 +260,13 @@ class GateStatsReducer:
             deltanet=self._delta_report(per_head, layer_n),
             router=self._router_report(),
             shared_gate=_per_layer(self.shared_sum / self.shared_n.clamp(min=1), self.shared_n)
-            if "shared_gate" in self.model.kinds
+            if "shared_gate" in self.kinds
             else None,
             conv=self._conv_report(),
         )
 
     def _conv_report(self) -> dict | None:
-        kinds = [k for k in CONV_KINDS if k in self.model.kinds]
+        kinds = [k for k in CONV_KINDS if k in self.kinds]
         if not kinds:
             return None
         out = {}
@@ -283,7 +284,7 @@ class GateStatsReducer:
         return out
 
     def _delta_report(self, per_head, layer_n) -> dict | None:
-        if "delta_beta" not in self.model.kinds:
+        if "delta_beta" not in self.kinds:
             return None
         n = layer_n(self.delta_n)
         mean_decay = self.decay_sum / self.delta_n.clamp(min=1).unsqueeze(1)
@@ -303,7 +304,7 @@ class GateStatsReducer:
         }
 
     def _router_report(self) -> dict | None:
-        if "router_weight" not in self.model.kinds:
+        if "router_weight" not in self.kinds:
             return None
         n = self.route_n.clamp(min=1)
         load = _per_layer(self.load / n.unsqueeze(1), self.route_n)
