@@ -129,14 +129,17 @@ def gates(
     json_: bool = typer.Option(False, "--json", help="print the full report as JSON"),
     out: Path = typer.Option(None, "--out", help="write the report as JSON"),
 ) -> None:
-    """Gate statistics per layer and head: mean gate, sparsity, sink, max activation."""
-    from probe.gates import gate_stats
+    """Gate statistics per layer and head of every gate type the model has: attention gates
+    (mean, sparsity, sink, max activation), GLU, Gated-DeltaNet, MoE routers, shared expert,
+    gated short convolutions."""
+    from probe.gates import gate_sites, gate_stats
 
     positive(batch_size, "--batch-size")
     texts = read_prompts(prompt, prompts)
     m = load(model)
     report = gate_stats(m, texts, batch_size=batch_size, progress=show_progress())
-    note(n_prompts=len(texts), sites="attn_gate.*,mlp_gate.*,resid_post.*", positions="all")
+    kinds = dict.fromkeys(s.kind for s in gate_sites(m))  # KIND.*: the layers that have it
+    note(n_prompts=len(texts), sites=",".join(f"{k}.*" for k in kinds), positions="all")
     if emit(report.to_dict(), json_, out):
         return
     _print_gate_table(report)
@@ -216,6 +219,35 @@ def _print_gate_table(report) -> None:
                 _fmt_cell(shared),
             )
         console.print(table)
+    if report.conv is not None:
+        _print_conv_table(report, mixers)
+
+
+def _print_conv_table(report, mixers) -> None:
+    """Gated short convolutions: B before the convolution, C after it (linear gates)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Gated short convolutions (B: before the conv, C: after it)")
+    names = {"conv_gate": "B", "conv_out_gate": "C"}
+    cols = ["layer", "mixer"]
+    for kind in report.conv:
+        cols += [f"mean {names[kind]}", f"mean |{names[kind]}|", f"|{names[kind]}|<0.1"]
+    for c in cols:
+        table.add_column(c, justify="right")
+    first = next(iter(report.conv.values()))
+    for i, mean in enumerate(first["mean"]):
+        if mean is None:
+            continue
+        row = [str(i), mixers.get(i, "")]
+        for stats in report.conv.values():
+            row += [
+                _fmt_cell(stats["mean"][i]),
+                _fmt_cell(stats["mean_abs"][i]),
+                _fmt_cell(stats["below"]["0.1"][i]),
+            ]
+        table.add_row(*row)
+    Console().print(table)
 
 
 def _print_attention_table(report) -> None:

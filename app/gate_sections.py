@@ -1,5 +1,6 @@
 """Gates-page sections for the gates of hybrid and MoE models: the layer map, DeltaNet
-retention per value head, router load per expert and the shared-expert gate.
+retention per value head, router load per expert, the shared-expert gate and the gates of
+short convolutions.
 
 Each section draws from a ``GateReport`` dict (``probe.gates``); layers without a gate are
 gaps (``None``), never zeros.
@@ -99,8 +100,34 @@ def router_section(report: dict) -> None:
     st.download_button("router figures (JSON)", json.dumps(router), "router.json", key="dl_rt")
 
 
+def conv_section(report: dict) -> None:
+    """Gated short convolutions: how often each linear gate is near 0, per conv layer."""
+    conv = report.get("conv")
+    if conv is None:
+        return
+    st.subheader("Gated short convolutions")
+    names = {"conv_gate": "B (before the conv)", "conv_out_gate": "C (after the conv)"}
+    fig = go.Figure()
+    for kind, stats in conv.items():
+        layers = [i for i, v in enumerate(stats["mean"]) if v is not None]
+        below = stats["below"]["0.1"]
+        fig.add_trace(
+            go.Bar(name=names[kind], x=[f"layer {i}" for i in layers], y=[below[i] for i in layers])
+        )
+    fig.update_layout(
+        barmode="group", yaxis_title="fraction of |gate| < 0.1", yaxis_range=[0, 1], height=280
+    )
+    st.plotly_chart(fig, key="conv_gates")
+    st.caption(
+        "The conv layer computes out_proj(C * conv(B * x)) with linear gates B and C: a value "
+        "near 0 closes the channel at that token, the sign flips it."
+    )
+    st.download_button("conv figures (JSON)", json.dumps(conv), "conv.json", key="dl_conv")
+
+
 def hybrid_sections(report: dict) -> None:
     """Every section this model's gates call for (nothing on a dense full-attention model)."""
     layer_map_section(report)
     deltanet_section(report)
     router_section(report)
+    conv_section(report)

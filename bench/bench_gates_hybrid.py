@@ -14,7 +14,9 @@ plain HF forward pass:
    model).
 
 Each runner is timed in blocks of ``--block`` passes (the first discarded), blocks of all
-runners alternating ``--repeats`` times; the median per pass is used.
+runners alternating ``--repeats`` times; the median per pass is used, in wall-clock time
+(``ratios_to_plain``) and in this process's CPU time (``cpu_ratios_to_plain``, the steadier
+figure on a machine other jobs load).
 
     .venv/bin/python bench/bench_gates_hybrid.py [--d-model 1024] [--layers 8] [--repeats 3]
 """
@@ -145,19 +147,23 @@ def main() -> None:
         except Exception as exc:  # report why the anchor could not run, keep the rest
             notes["bridge_skipped"] = f"{type(exc).__name__}: {str(exc)[:200]}"
     times: dict[str, list[float]] = {k: [] for k in runners}
+    cpu: dict[str, list[float]] = {k: [] for k in runners}
     with torch.no_grad():
         for fn in runners.values():
             fn()
         for _ in range(args.repeats):
             for name, fn in runners.items():
                 for i in range(args.block):
-                    start = time.perf_counter()
+                    start, start_cpu = time.perf_counter(), time.process_time()
                     result = fn()
                     seconds = time.perf_counter() - start
+                    cpu_seconds = time.process_time() - start_cpu
                     del result
                     if i >= 1:
                         times[name].append(seconds)
+                        cpu[name].append(cpu_seconds)
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     print(
         json.dumps(
             {
@@ -168,6 +174,10 @@ def main() -> None:
                 "gate_stat_sites": len(stat_sites),
                 "plain_s": round(med["plain"], 4),
                 "ratios_to_plain": {k: round(v / med["plain"], 3) for k, v in med.items()},
+                # CPU time of this process (all its threads): less sensitive to other load
+                "cpu_ratios_to_plain": {
+                    k: round(v / med_cpu["plain"], 3) for k, v in med_cpu.items()
+                },
                 **notes,
             },
             indent=2,

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import torch
 
 from probe.errors import GatescopeError
-from probe.hooks import ForwardInfo, hook_sites
+from probe.hooks import ForwardInfo, headwise_hint, hook_sites
 from probe.model import Model
 from probe.sites import Site
 
@@ -79,6 +79,10 @@ class Edit:
     def transform(self, value: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def bind(self, model: Model) -> None:
+        """Check the edit against ``model`` before any pass runs (called by :func:`intervene`):
+        e.g. a gate value against the range the site takes on this model."""
+
     def mask(self, value: torch.Tensor, info: ForwardInfo) -> torch.Tensor | None:
         """(T,) bool of the positions this pass should edit, or None for all."""
         length = value.shape[1]
@@ -116,6 +120,7 @@ def _check_vector(vec: torch.Tensor, value: torch.Tensor, site: Site) -> torch.T
         raise GatescopeError(
             f"edit at {site}: the vector has shape {tuple(vec.shape)} but the site's value per "
             f"token has shape {tuple(value.shape[2:])}; use a vector of that width"
+            + headwise_hint(site, tuple(value.shape[2:]), tuple(vec.shape))
         )
     return vec.to(device=value.device, dtype=value.dtype)
 
@@ -187,10 +192,14 @@ class Ablate(Edit):
         return _check_vector(self.mean, value, self.site).expand_as(value)
 
 
-#: Gate kinds an edit may clamp or scale, with the values each takes (inclusive bounds).
+#: Gate kinds an edit may clamp or scale, each with the widest range it takes in any family
+#: (inclusive bounds), checked when the edit is made. The model's own range comes from the
+#: site's transform (``Tap.value_range``: ``delta_beta`` is [0, 1] on Qwen3-Next and [0, 2] on
+#: OLMo Hybrid with negative eigenvalues) and is checked when the edit meets the model
+#: (:func:`intervene`) and again when it writes.
 GATE_RANGES: dict[str, tuple[float, float]] = {
     "attn_gate": (0.0, 1.0),
-    "delta_beta": (0.0, 1.0),  # 0: "never write" (the state is not updated)
+    "delta_beta": (0.0, 2.0),  # 0: "never write" (the state is not updated)
     "shared_gate": (0.0, 1.0),
     "conv_gate": (-math.inf, math.inf),
     "conv_out_gate": (-math.inf, math.inf),
@@ -207,15 +216,29 @@ def _gate_site(site: Site) -> tuple[float, float]:
     return GATE_RANGES[site.kind]
 
 
+def site_range(model: Model, site: Site) -> tuple[float, float]:
+    """The values ``site`` takes on ``model`` (from its tap's transform)."""
+    return model.family.taps[site.kind].value_range(model.text_config)
+
+
+def _check_gate_value(value: float, lo: float, hi: float, site: Site, where: str) -> None:
+    if not lo <= value <= hi:
+        raise GatescopeError(
+            f"gate value {value} is outside [{lo:g}, {hi:g}] for {site.kind}{where}"
+            + ("; 0 means 'never forget'" if site.kind == "delta_decay" else "")
+        )
+
+
 @dataclass
 class ClampGate(Edit):
     """Set a gate (a head's, if the site names one) to ``value``.
 
-    Attention output gates, the Gated-DeltaNet write strength ``delta_beta`` and the shared
-    expert's gate take values in [0, 1] (0 removes the head / stops writes / drops the shared
-    expert; 1 removes the gating); ``delta_decay`` takes values <= 0 (0: "never forget");
-    ``delta_gate`` values >= silu's minimum. Written through the model's own pre-activations
-    (gate logits, ``a``, ``z``), so 0 and 1 are exact.
+    Attention output gates and the shared expert's gate take values in [0, 1] (0 removes the
+    head / drops the shared expert; 1 removes the gating), the Gated-DeltaNet write strength
+    ``delta_beta`` in [0, 1] ([0, 2] on OLMo Hybrid with negative eigenvalues; 0: "never
+    write"); ``delta_decay`` takes values <= 0 (0: "never forget"); ``delta_gate`` values >=
+    silu's minimum. The model's own range is checked by :func:`intervene`. Written through the
+    model's own pre-activations (gate logits, ``a``, ``z``), so 0 and 1 are exact.
     """
 
     value: float = 0.0
@@ -224,11 +247,11 @@ class ClampGate(Edit):
         super().__post_init__()
         lo, hi = _gate_site(self.site)
         _check_finite(self.value, "gate value")
-        if not lo <= self.value <= hi:
-            raise GatescopeError(
-                f"gate value {self.value} is outside [{lo:g}, {hi:g}] for {self.site.kind}"
-                + ("; 0 means 'never forget'" if self.site.kind == "delta_decay" else "")
-            )
+        _check_gate_value(self.value, lo, hi, self.site, "")
+
+    def bind(self, model: Model) -> None:
+        lo, hi = site_range(model, self.site)
+        _check_gate_value(self.value, lo, hi, self.site, f" on this model ({model.family.name})")
 
     def transform(self, value):
         return torch.full_like(value, self.value)
@@ -236,10 +259,12 @@ class ClampGate(Edit):
 
 @dataclass
 class ScaleGate(Edit):
-    """Multiply a gate by ``factor`` (kept inside the gate's range, e.g. [0, 1] for sigmoid
-    gates; scaling ``delta_decay`` by ``f`` raises every retention to the power ``f``)."""
+    """Multiply a gate by ``factor``, kept inside the gate's range on the model (e.g. [0, 1]
+    for sigmoid gates, [0, 2] for OLMo Hybrid's write strength; scaling ``delta_decay`` by
+    ``f`` raises every retention to the power ``f``). ``factor`` 1 changes nothing."""
 
     factor: float = 1.0
+    _range: tuple[float, float] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -248,8 +273,11 @@ class ScaleGate(Edit):
         if self.factor < 0:
             raise GatescopeError(f"gate scale factor {self.factor} is negative; use >= 0")
 
+    def bind(self, model: Model) -> None:
+        self._range = site_range(model, self.site)
+
     def transform(self, value):
-        lo, hi = GATE_RANGES[self.site.kind]
+        lo, hi = self._range or GATE_RANGES[self.site.kind]
         return (value * self.factor).clamp(lo, hi)
 
 
@@ -288,24 +316,27 @@ class BanExperts(Edit):
 
 @dataclass
 class ForceExperts(Edit):
-    """Force MoE experts to be chosen at a layer (and positions): their logits are raised
-    ``margin`` above every other expert's, so the layer's routing rule picks them first (for
-    softmax routers the other chosen experts' weights become ~exp(-margin))."""
+    """Force MoE experts to be chosen at a layer (and positions), at most ``top_k`` of them.
+
+    The forced experts' router logits are written as ``+inf``, which the router site turns into
+    the layer's own rule with those experts chosen first (``RoutingRule.force``: their
+    selection score is ``+inf``, so a sigmoid router's expert bias cannot outbid them); the
+    remaining slots are filled by the rule as usual, and every chosen expert's weight follows
+    the family's own normalisation from the unedited logits (softmax of all experts, renormalised
+    over the chosen ones where the family does; softmax over the chosen logits on GPT-OSS;
+    chosen sigmoid scores over their sum, times the route scale, on AFMoE)."""
 
     experts: Sequence[int] = ()
-    margin: float = 20.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _router_site(self.site, "ForceExperts")
         self.experts = _expert_list(self.experts, self.site)
-        _check_finite(self.margin, "margin")
 
     def transform(self, value):
         _check_experts(self.experts, value, self.site)
-        top = value.max(dim=-1, keepdim=True).values
         new = value.clone()
-        new[..., list(self.experts)] = top + self.margin
+        new[..., list(self.experts)] = math.inf
         return new
 
 
@@ -385,5 +416,8 @@ class Apply(Edit):
 def intervene(model: Model, edits: Edit | Sequence[Edit]) -> Iterator[ForwardInfo]:
     """Apply ``edits`` (in order; several may share a site) to every forward pass inside."""
     edits = [edits] if isinstance(edits, Edit) else list(edits)
+    for edit in edits:
+        model.check_site(edit.site)
+        edit.bind(model)
     with hook_sites(model, [(e.site, e) for e in edits], write=True) as info:
         yield info

@@ -17,8 +17,17 @@ On hybrid and MoE models the same report covers every other gate type the model 
    retentions ``exp(g)`` falls below 0.5 at the mean decay), and output-gate sparsity
    (fraction of ``|silu(z)|`` below 0.1 and 0.01);
 7. MoE routers, per layer and expert: load (fraction of tokens routed to the expert), experts
-   that never fire, mean router entropy (nats), mass of the top-k probabilities;
-8. the shared expert's sigmoid gate: its mean per layer.
+   that never fire, mean router entropy (nats), mass of the top-k probabilities. Entropy and
+   top-k mass are taken over the router's probabilities normalised to sum 1 per token:
+   softmax routers already do; a sigmoid router (AFMoE, LFM2-MoE) scores each expert on its
+   own, so its scores are divided by their sum (each expert's share of the token's total score)
+   and the entropy is at most ``log(n_experts)``, the top-k mass at most 1;
+8. the shared expert's sigmoid gate: its mean per layer;
+9. gated short convolutions (LFM2, LFM3), per layer, for the gate before the convolution
+   (``conv_gate``, ``B``) and after it (``conv_out_gate``, ``C``): mean, mean absolute value
+   and the fraction of ``|gate|`` below 0.1 and 0.01 (these gates are linear, not sigmoids:
+   near 0 is closed, the sign flips the channel). Per layer only: a convolution's channels are
+   the d_model channels, one depthwise filter each, with no grouping to report by.
 
 Per-layer figures of a gate a layer lacks are ``None`` (JSON ``null``), never 0.
 
@@ -44,19 +53,47 @@ GATE_THRESHOLDS = (0.5, 0.1, 0.01)
 OUTPUT_THRESHOLDS = (1e-2, 1e-3)
 GLU_THRESHOLDS = (0.1, 0.01, 0.001)
 DELTA_GATE_THRESHOLDS = (0.1, 0.01)
+CONV_THRESHOLDS = (0.1, 0.01)
+CONV_KINDS = ("conv_gate", "conv_out_gate")
 
 
-def _masked(value: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Real tokens only: (B, T, ...) -> (N, ...), in float32."""
-    value = value.float()
-    if mask is not None and not bool(mask.all()):
-        return value[mask]
-    return value.reshape(-1, *value.shape[2:])
+def _flat(value: torch.Tensor, mask: torch.Tensor | None):
+    """``(B, T, ...)`` -> ``(N, ...)`` in float32, and the ``(N, 1, ...)`` bool of real tokens
+    (``None``: every token is real). Padding is masked out by ``where``, not by indexing, so no
+    figure waits for the device (no host sync per site)."""
+    flat = value.float().reshape(-1, *value.shape[2:])
+    if mask is None:
+        return flat, None
+    return flat, mask.reshape(-1, *([1] * (flat.dim() - 1)))
 
 
-def _count_below(values: torch.Tensor, thresholds, dim=None) -> list[torch.Tensor]:
-    """Per threshold, how many ``values`` lie below it (counted over ``dim``; all if None)."""
-    return [torch.count_nonzero(values < t, dim=dim) for t in thresholds]
+def _real(x: torch.Tensor, keep: torch.Tensor | None, fill: float = 0.0) -> torch.Tensor:
+    """``x`` with padded tokens' entries set to ``fill``."""
+    return x if keep is None else torch.where(keep, x, fill)
+
+
+def _count(x: torch.Tensor, keep: torch.Tensor | None, dim=None):
+    """How many real entries ``x`` has (over ``dim``; all if None): a tensor, or an int."""
+    if keep is None:
+        return x.numel() if dim is None else math.prod(x.shape[d] for d in dim)
+    ones = keep.expand_as(x)
+    return ones.sum() if dim is None else ones.sum(dim)
+
+
+def _tokens(flat: torch.Tensor, keep: torch.Tensor | None):
+    """How many real tokens the ``(N, ...)`` value holds: a tensor, or an int."""
+    return flat.shape[0] if keep is None else keep.sum()
+
+
+def _count_below(values: torch.Tensor, thresholds, keep=None, dim=None) -> list[torch.Tensor]:
+    """Per threshold, how many real ``values`` lie below it (over ``dim``; all if None)."""
+    out = []
+    for t in thresholds:
+        below = values < t
+        if keep is not None:
+            below = below & keep
+        out.append(below.sum(dim) if dim is not None else below.sum())
+    return out
 
 
 class GateStatsReducer:
@@ -75,7 +112,7 @@ class GateStatsReducer:
         self.sink_sum, self.sink_n = zeros(n_layers, n_heads), zeros(n_layers, n_heads)
         self.max_act = zeros(n_layers)
         self.glu_below, self.glu_n = zeros(len(GLU_THRESHOLDS), n_layers), zeros(n_layers)
-        self.tokens = 0
+        self.n_tokens = zeros(1)
         hv, ne = max(model.dims.n_v_heads, 1), max(model.dims.n_experts, 1)
         self.beta_sum, self.decay_sum = zeros(n_layers, hv), zeros(n_layers, hv)
         self.delta_n = zeros(n_layers)
@@ -84,74 +121,120 @@ class GateStatsReducer:
         self.load, self.route_n = zeros(n_layers, ne), zeros(n_layers)
         self.entropy_sum, self.topk_mass_sum = zeros(n_layers), zeros(n_layers)
         self.shared_sum, self.shared_n = zeros(n_layers), zeros(n_layers)
+        self.conv = {
+            kind: {
+                "sum": zeros(n_layers),
+                "abs": zeros(n_layers),
+                "below": zeros(len(CONV_THRESHOLDS), n_layers),
+                "n": zeros(n_layers),
+            }
+            for kind in CONV_KINDS
+        }
+        self._device: torch.device | None = None
+        self.kinds = frozenset(model.kinds)  # found once: it walks every layer's modules
+
+    def _accumulators(self) -> dict[str, torch.Tensor]:
+        found = {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+        for kind, acc in self.conv.items():
+            found.update({f"conv.{kind}.{k}": v for k, v in acc.items()})
+        return found
+
+    def _move(self, device: torch.device) -> None:
+        """Keep the sums where the values are: updates then never copy to the host."""
+        for name, t in self._accumulators().items():
+            moved = t.to(device)
+            if name.startswith("conv."):
+                _, kind, key = name.split(".")
+                self.conv[kind][key] = moved
+            else:
+                setattr(self, name, moved)
+        self._device = device
 
     def update(self, site: Site, value: torch.Tensor, mask: torch.Tensor | None) -> None:
+        if self._device is None:
+            self._move(value.device)
+        if value.device != self._device:  # a model split over devices: bring it home
+            value = value.to(self._device)
+            mask = None if mask is None else mask.to(self._device)
         layer = site.layer
         if site.kind == "attn_gate":
-            flat = _masked(value, mask)  # (N, H, g)
-            self.gate_sum[layer] += flat.sum((0, 2)).double().cpu()
-            self.gate_n[layer] += flat.shape[0] * flat.shape[2]
-            for i, count in enumerate(_count_below(flat, GATE_THRESHOLDS, dim=(0, 2))):
-                self.gate_below[i, layer] += count.double().cpu()
+            flat, keep = _flat(value, mask)  # (N, H, g)
+            self.gate_sum[layer] += _real(flat, keep).sum((0, 2))
+            self.gate_n[layer] += _count(flat, keep, (0, 2))
+            for i, count in enumerate(_count_below(flat, GATE_THRESHOLDS, keep, (0, 2))):
+                self.gate_below[i, layer] += count
         elif site.kind == "head_out":
-            flat = _masked(value, mask).abs()  # (N, H, d)
-            self.out_n[layer] += flat.shape[0] * flat.shape[2]
-            for i, count in enumerate(_count_below(flat, OUTPUT_THRESHOLDS, dim=(0, 2))):
-                self.out_below[i, layer] += count.double().cpu()
-        elif site.kind == "attn_pattern":
-            first = value[:, 1:, :, 0].float()  # (B, Tq-1, H): attention on token 0
-            keep = mask[:, 1:] if mask is not None else None
-            flat = first[keep] if keep is not None else first.reshape(-1, first.shape[-1])
-            self.sink_sum[layer] += flat.sum(0).double().cpu()
-            self.sink_n[layer] += flat.shape[0]
+            flat, keep = _flat(value, mask)  # (N, H, d)
+            size = flat.abs()
+            self.out_n[layer] += _count(flat, keep, (0, 2))
+            for i, count in enumerate(_count_below(size, OUTPUT_THRESHOLDS, keep, (0, 2))):
+                self.out_below[i, layer] += count
+        elif site.kind == "attn_pattern":  # attention of queries >= 1 on token 0
+            first, keep = _flat(value[:, 1:, :, 0], None if mask is None else mask[:, 1:])
+            self.sink_sum[layer] += _real(first, keep).sum(0)
+            self.sink_n[layer] += _count(first, keep, (0,))
         elif site.kind == "resid_post":
-            flat = _masked(value, mask)
+            flat, keep = _flat(value, mask)
             if flat.numel():
-                self.max_act[layer] = max(float(self.max_act[layer]), float(flat.abs().max()))
+                top = _real(flat.abs(), keep).amax()
+                self.max_act[layer] = torch.maximum(self.max_act[layer], top.double())
             if layer == 0:
-                self.tokens += flat.shape[0]
+                self.n_tokens += _tokens(flat, keep)
         elif site.kind == "mlp_gate":
-            flat = _masked(value, mask).abs()  # (N, d_mlp)
-            self.glu_n[layer] += flat.numel()
-            for i, count in enumerate(_count_below(flat, GLU_THRESHOLDS)):
-                self.glu_below[i, layer] += float(count)
+            flat, keep = _flat(value, mask)  # (N, d_mlp)
+            size = flat.abs()
+            self.glu_n[layer] += _count(flat, keep)
+            for i, count in enumerate(_count_below(size, GLU_THRESHOLDS, keep)):
+                self.glu_below[i, layer] += count
         else:
             self._update_other(site, value, mask)
 
     def _update_other(self, site: Site, value: torch.Tensor, mask) -> None:
-        """The gates of hybrid and MoE layers (DeltaNet, routers, shared expert)."""
-        layer, flat = site.layer, _masked(value, mask)
+        """The gates of hybrid and MoE layers (DeltaNet, routers, shared expert, conv)."""
+        layer = site.layer
+        flat, keep = _flat(value, mask)
         if site.kind == "delta_beta":  # (N, Hv)
-            self.beta_sum[layer] += flat.sum(0).double().cpu()
-            self.delta_n[layer] += flat.shape[0]
+            self.beta_sum[layer] += _real(flat, keep).sum(0)
+            self.delta_n[layer] += _tokens(flat, keep)
         elif site.kind == "delta_decay":
-            self.decay_sum[layer] += flat.sum(0).double().cpu()
+            self.decay_sum[layer] += _real(flat, keep).sum(0)
         elif site.kind == "delta_gate":  # (N, Hv, dv)
-            self.dgate_n[layer] += flat.shape[0] * flat.shape[2]
-            for i, count in enumerate(_count_below(flat.abs(), DELTA_GATE_THRESHOLDS, (0, 2))):
-                self.dgate_below[i, layer] += count.double().cpu()
-        elif site.kind == "router_prob":  # (N, E)
-            p = flat.clamp(min=1e-30)
-            self.entropy_sum[layer] += float(-(p * p.log()).sum())
+            size = flat.abs()
+            self.dgate_n[layer] += _tokens(flat, keep) * flat.shape[2]
+            for i, count in enumerate(_count_below(size, DELTA_GATE_THRESHOLDS, keep, (0, 2))):
+                self.dgate_below[i, layer] += count
+        elif site.kind == "router_prob":  # (N, E); sigmoid routers: scores, not a distribution
+            q = flat / flat.sum(-1, keepdim=True).clamp(min=1e-30)
+            entropy = -(q * q.clamp(min=1e-30).log()).sum(-1, keepdim=True)  # (N, 1)
             k = max(self.model.dims.top_k, 1)
-            self.topk_mass_sum[layer] += float(flat.topk(k, dim=-1).values.sum())
+            mass = q.topk(k, dim=-1).values.sum(-1, keepdim=True)
+            self.entropy_sum[layer] += _real(entropy, keep).sum()
+            self.topk_mass_sum[layer] += _real(mass, keep).sum()
         elif site.kind == "router_weight":  # (N, E), 0 for experts not chosen
-            self.load[layer] += (flat != 0).sum(0).double().cpu()
-            self.route_n[layer] += flat.shape[0]
+            self.load[layer] += _real(flat != 0, keep, False).sum(0)
+            self.route_n[layer] += _tokens(flat, keep)
         elif site.kind == "shared_gate":  # (N, 1)
-            self.shared_sum[layer] += float(flat.sum())
-            self.shared_n[layer] += flat.numel()
+            self.shared_sum[layer] += _real(flat, keep).sum()
+            self.shared_n[layer] += _count(flat, keep)
+        elif site.kind in CONV_KINDS:  # (N, d_model), linear gates
+            acc, size = self.conv[site.kind], flat.abs()
+            acc["sum"][layer] += _real(flat, keep).sum(dtype=torch.float64)
+            acc["abs"][layer] += _real(size, keep).sum(dtype=torch.float64)
+            acc["n"][layer] += _count(flat, keep)
+            for i, count in enumerate(_count_below(size, CONV_THRESHOLDS, keep)):
+                acc["below"][i, layer] += count
 
     def report(self, n_prompts: int) -> GateReport:
-        gated = self.model.is_gated
-        has_glu = "mlp_gate" in self.model.kinds
+        self._move(torch.device("cpu"))
+        gated = "attn_gate" in self.kinds
+        has_glu = "mlp_gate" in self.kinds
         per_head = lambda a, n: _per_layer(a / n.clamp(min=1), n)  # noqa: E731
         layer_n = lambda n: n.reshape(-1, 1).expand(-1, 1)  # noqa: E731
         return GateReport(
             model=self.model.name,
             family=self.model.family.name,
             n_prompts=n_prompts,
-            n_tokens=self.tokens,
+            n_tokens=int(self.n_tokens.item()),
             layer_map=[asdict(info) for info in self.model.layer_map()],
             mean_gate=per_head(self.gate_sum, self.gate_n) if gated else None,
             gate_below={
@@ -177,12 +260,31 @@ class GateStatsReducer:
             deltanet=self._delta_report(per_head, layer_n),
             router=self._router_report(),
             shared_gate=_per_layer(self.shared_sum / self.shared_n.clamp(min=1), self.shared_n)
-            if "shared_gate" in self.model.kinds
+            if "shared_gate" in self.kinds
             else None,
+            conv=self._conv_report(),
         )
 
+    def _conv_report(self) -> dict | None:
+        kinds = [k for k in CONV_KINDS if k in self.kinds]
+        if not kinds:
+            return None
+        out = {}
+        for kind in kinds:
+            acc = self.conv[kind]
+            n = acc["n"].clamp(min=1)
+            out[kind] = {
+                "mean": _per_layer(acc["sum"] / n, acc["n"]),
+                "mean_abs": _per_layer(acc["abs"] / n, acc["n"]),
+                "below": {
+                    str(t): _per_layer(acc["below"][i] / n, acc["n"])
+                    for i, t in enumerate(CONV_THRESHOLDS)
+                },
+            }
+        return out
+
     def _delta_report(self, per_head, layer_n) -> dict | None:
-        if "delta_beta" not in self.model.kinds:
+        if "delta_beta" not in self.kinds:
             return None
         n = layer_n(self.delta_n)
         mean_decay = self.decay_sum / self.delta_n.clamp(min=1).unsqueeze(1)
@@ -202,7 +304,7 @@ class GateStatsReducer:
         }
 
     def _router_report(self) -> dict | None:
-        if "router_weight" not in self.model.kinds:
+        if "router_weight" not in self.kinds:
             return None
         n = self.route_n.clamp(min=1)
         load = _per_layer(self.load / n.unsqueeze(1), self.route_n)
@@ -245,8 +347,13 @@ class GateReport:
         deltanet: Gated-DeltaNet figures per layer and value head (``mean_beta``,
             ``mean_decay``, ``retention_horizon`` in tokens, ``gate_below``), or ``None``.
         router: MoE figures per layer (``load`` per expert, ``dead_experts``, ``entropy``,
-            ``top_k_mass``), or ``None``.
+            ``top_k_mass``; entropy and top-k mass over the probabilities normalised per token,
+            i.e. each expert's share of a sigmoid router's total score), or ``None``.
         shared_gate: mean shared-expert gate per layer, or ``None``.
+        conv: gated short convolutions, per gate kind (``conv_gate``: before the convolution,
+            ``conv_out_gate``: after it): ``mean``, ``mean_abs`` and ``below`` (threshold ->
+            fraction of ``|gate|`` below it), each a list per layer; ``None`` on a model
+            without them.
 
     A layer without a gate has ``None`` in that gate's lists.
     """
@@ -265,6 +372,7 @@ class GateReport:
     deltanet: dict | None = None
     router: dict | None = None
     shared_gate: list[float | None] | None = None
+    conv: dict | None = None
 
     def layer_mean(self, field: str, threshold: str | None = None) -> list[float] | None:
         """Per-layer mean over heads of a [layer][head] figure (``None`` if absent)."""
@@ -308,6 +416,7 @@ def gate_sites(model: Model) -> list[Site]:
         "router_prob",
         "router_weight",
         "shared_gate",
+        *CONV_KINDS,
     ]
     wanted = [k for k in kinds if k in model.kinds and (k != "head_out" or model.is_gated)]
     sites = []

@@ -77,6 +77,7 @@ def write_site(raw, tap: Tap, ctx: Ctx, site: Site, new: torch.Tensor):
                 f"site '{site}': the edit's value has shape {tuple(new.shape)}, which does not "
                 f"fit the site's value {tuple(target.shape)} (batch, tokens, ...); give a "
                 f"vector of the site's width ({tuple(target.shape[2:])})"
+                + headwise_hint(site, tuple(target.shape[2:]), tuple(new.shape))
             ) from None
     new = new.to(device=old.device)
     if site.head is not None:
@@ -87,6 +88,16 @@ def write_site(raw, tap: Tap, ctx: Ctx, site: Site, new: torch.Tensor):
         new = new.to(old.dtype)
         new = torch.where(new != old, tap.transform.inverse(new, ctx, str(site)).to(pre.dtype), pre)
     return tap.layout.write(raw, ctx, new.to(dtype=pre.dtype))
+
+
+def headwise_hint(site: Site, want: tuple, got: tuple) -> str:
+    """A note for a headwise gate (one value per head, last axis 1) written per dimension."""
+    if site.kind.startswith("attn_gate") and want and want[-1] == 1 and got and got[-1] != 1:
+        return (
+            f". This model's attention gate is headwise: one value per head (last axis 1), "
+            f"not one per head dimension ({got[-1]} given)"
+        )
+    return ""
 
 
 def get_raw(tap: Tap, args: tuple, kwargs: dict, output=None) -> torch.Tensor | None:

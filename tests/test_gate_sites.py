@@ -1,6 +1,7 @@
 """Gates of hybrid and MoE models (Gated-DeltaNet, routers, shared experts), read and written
 through the model's own modules, checked against values recomputed from the weights."""
 
+import functools
 import json
 
 import pytest
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 from tiny import prompts, tiny_hf, tiny_tokenizer
 
 from interventions import Apply, BanExperts, ClampGate, ForceExperts, ScaleGate, intervene
-from probe import GatescopeError, Tracer, load_model
+from probe import GatescopeError, Site, Tracer, load_model
 from probe.gates import gate_stats
 
 HYBRIDS = ["qwen3_next_hybrid", "qwen3_5", "qwen3_5_moe"]
@@ -28,6 +29,14 @@ NEW_KINDS = [
 
 def _model(name):
     return load_model(tiny_hf(name), tokenizer=tiny_tokenizer())
+
+
+@functools.cache
+def _cached_model(name):
+    """One tiny model per family for the tests that only read it and edit it in scopes."""
+    from tiny_gated import tiny_model
+
+    return tiny_model(name)
 
 
 def _module_io(model, path, layer, side="input"):
@@ -164,6 +173,84 @@ def test_banned_expert_receives_no_token_and_forced_expert_every_token():
     assert bool((tr[f"router_prob.{layer}"][..., busiest] == 0).all())
 
 
+def test_writing_router_weight_routes_to_the_written_experts_with_those_weights():
+    model = _model("qwen3_next_hybrid")
+    batch = model.tokenize(prompts(3))
+    layer, site = 2, "router_weight.2"
+    base = model.run(batch)
+
+    def route_to_1_and_3(w):
+        new = torch.zeros_like(w)
+        new[..., 1], new[..., 3] = 0.75, 0.25
+        return new
+
+    seen = {}
+
+    def hook(mod, args, kwargs):
+        seen["idx"] = args[1] if len(args) > 1 else kwargs["top_k_index"]
+        seen["w"] = args[2] if len(args) > 2 else kwargs["top_k_weights"]
+
+    handle = model.layer(layer).mlp.experts.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with intervene(model, Apply(site, fn=route_to_1_and_3)), Tracer(model, [site]) as tr:
+            edited = model.run(batch)
+    finally:
+        handle.remove()
+    assert bool((seen["idx"] == torch.tensor([1, 3])).all())  # (B*T, 2): experts 1 then 3
+    assert bool((seen["w"] == torch.tensor([0.75, 0.25])).all())
+    assert torch.equal(tr[site], route_to_1_and_3(tr[site]))
+    assert not torch.allclose(edited, base)
+
+
+def test_writing_delta_out_changes_exactly_that_heads_input_to_out_proj():
+    """``delta_out`` is the gated norm's input: a head written as 0 reaches ``out_proj`` as 0
+    (rms(0) * silu(z) = 0); the other heads' rows are untouched."""
+    model = _model("qwen3_next_hybrid")
+    batch = model.tokenize(prompts(2))
+    layer, head = 1, 2
+    dims = model.dims
+    got, handle = _module_io(model, "linear_attn.out_proj", layer)
+    try:
+        model.run(batch)
+        clean = got["args"][0].view(*batch.input_ids.shape, dims.n_v_heads, dims.d_v).clone()
+        with (
+            intervene(model, Apply(f"delta_out.{layer}.{head}", fn=torch.zeros_like)),
+            Tracer(model, [f"delta_out.{layer}"]) as tr,
+        ):
+            model.run(batch)
+        edited = got["args"][0].view_as(clean)
+    finally:
+        handle.remove()
+    assert torch.equal(tr[f"delta_out.{layer}"][:, :, head], torch.zeros_like(clean[:, :, head]))
+    assert torch.equal(edited[:, :, head], torch.zeros_like(clean[:, :, head]))
+    assert bool(clean[:, :, head].abs().sum() > 0)
+    keep = [h for h in range(dims.n_v_heads) if h != head]
+    assert torch.equal(edited[:, :, keep], clean[:, :, keep])
+
+
+def test_qwen3_5_dense_attention_gate_is_the_sigmoid_of_each_heads_gate_half_of_q_proj():
+    model = _model("qwen3_5")
+    assert [i.mlp for i in model.layer_map()] == ["dense"] * 4
+    layer = model.layers_with("attn_gate")[0]
+    h, d = model.dims.n_heads, model.dims.d_head
+    batch = model.tokenize(prompts(2))
+    got, handle = _module_io(model, "self_attn.q_proj", layer)
+    try:
+        before = model.run(batch)
+        with Tracer(model, [f"attn_gate.{layer}", f"attn_gate_logit.{layer}"]) as tr:
+            assert torch.equal(model.run(batch), before)
+    finally:
+        handle.remove()
+    x, w = got["args"][0], model.layer(layer).self_attn.q_proj.weight
+    gate = tr[f"attn_gate.{layer}"]
+    assert gate.shape == (*batch.input_ids.shape, h, d)
+    for head in range(h):  # rows of head h: [query (d) | gate (d)]
+        rows = w[head * 2 * d + d : (head + 1) * 2 * d]
+        expect = torch.sigmoid(x @ rows.T)
+        torch.testing.assert_close(gate[:, :, head], expect, rtol=1e-5, atol=1e-6)
+    assert torch.equal(torch.sigmoid(tr[f"attn_gate_logit.{layer}"]), gate)
+
+
 def test_never_write_zeroes_the_recurrence_and_never_forget_sets_decay_zero():
     model = _model("qwen3_next_hybrid")
     batch = model.tokenize(prompts(2))
@@ -193,10 +280,14 @@ def test_never_write_zeroes_the_recurrence_and_never_forget_sets_decay_zero():
         ("router_prob", lambda v: torch.softmax(torch.log(v) * 0.5, -1)),
     ],
 )
-def test_writes_through_inverse_transforms_read_back_as_written(kind, change):
-    model = _model("qwen3_next_hybrid")
+@pytest.mark.parametrize("name", ["qwen3_next_hybrid", "qwen3_5_moe", "olmo_hybrid", "qwen2_moe"])
+def test_writes_through_inverse_transforms_read_back_as_written(name, kind, change):
+    model = _cached_model(name)
+    if kind not in model.kinds:
+        pytest.skip(f"{name} has no {kind}")
     batch = model.tokenize(prompts(2))
     site = f"{kind}.2"
+    assert model.has_site(Site.parse(site))
     with Tracer(model, [site]) as tr:
         model.run(batch)
     wanted = change(tr[site])
@@ -265,28 +356,42 @@ def test_bad_gate_edits_are_refused_clearly():
         ScaleGate("resid_post.1", factor=0.5)
 
 
-@pytest.mark.slow
-def test_patching_sweeps_value_heads_and_experts_as_components():
-    from interventions import activation_patching
-    from probe.tasks import Task
+@pytest.fixture(scope="module")
+def hybrid():
+    return _model("qwen3_next_hybrid")
 
-    model = _model("qwen3_next_hybrid")
-    clean = ["w11 w12 w13 w14 w15", "w21 w22 w23 w24 w25"]
-    corrupt = ["w12 w11 w13 w14 w15", "w22 w21 w23 w24 w25"]
-    task = Task("toy", clean, corrupt, ["w31", "w32"], ["w41", "w42"])
-    fast = activation_patching(model, task, "delta_beta.1,router_prob.2", progress=False)
-    full = activation_patching(
-        model, task, "delta_beta.1,router_prob.2", resume=False, progress=False
-    )
-    kinds = [(c.kind, c.head) for c in fast.components]
-    heads, experts = model.dims.n_v_heads, model.dims.n_experts
-    assert kinds == [("delta_beta", h) for h in range(heads)] + [
-        ("router_prob", e) for e in range(experts)
-    ]
+
+@pytest.mark.parametrize(
+    "spec, heads",
+    [
+        ("delta_beta.1", "n_v_heads"),
+        ("delta_decay.1", "n_v_heads"),
+        ("delta_gate.2", "n_v_heads"),
+        ("router_prob.2", "n_experts"),
+        ("router_logit.3", "n_experts"),
+        ("shared_gate.2", None),
+    ],
+)
+def test_patching_sweeps_new_sites_resumed_as_full_passes(hybrid, spec, heads):
+    """Clean and corrupt prompts share a prefix, so the sweep resumes its passes after it: the
+    effects equal those of full passes (``resume=False``) for every new gate kind, with value
+    heads or experts as components."""
+    from test_patching import _late_task
+
+    from interventions import activation_patching
+
+    task = _late_task(n=2)
+    fast = activation_patching(hybrid, task, spec, progress=False)
+    full = activation_patching(hybrid, task, spec, resume=False, progress=False)
+    assert fast.resumed and fast.shared_prefix == 5 and not full.resumed
+    kind = spec.split(".")[0]
+    n = getattr(hybrid.dims, heads) if heads else 1
+    want = [(kind, h) for h in range(n)] if heads else [(kind, None)]
+    assert [(c.kind, c.head) for c in fast.components] == want
     got = torch.tensor([c.effect for c in fast.components])
-    want = torch.tensor([c.effect for c in full.components])
-    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    assert bool(got.abs().sum() > 0)
+    ref = torch.tensor([c.effect for c in full.components])
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
+    assert bool(ref.abs().sum() > 0)
 
 
 def test_cli_traces_kind_star_on_a_hybrid_and_reports_every_gate_type(tmp_path):

@@ -127,10 +127,18 @@ def test_paper_layout_refuses_gate_flags_that_contradict_q_proj(paper, tmp_path)
 # ---------------------------------------------------------------- MoE routers
 
 
+def _softmax(z):
+    return torch.softmax(z.float(), -1)
+
+
 ROUTERS = {  # family -> (router path in a layer, experts path, independent prob function)
-    "qwen3_moe": ("mlp.gate", "mlp.experts", lambda z: torch.softmax(z.float(), -1)),
-    "gpt_oss": ("mlp.router", "mlp.experts", lambda z: torch.softmax(z.float(), -1)),
+    "qwen3_moe": ("mlp.gate", "mlp.experts", _softmax),
+    "qwen2_moe": ("mlp.gate", "mlp.experts", _softmax),
+    "olmoe": ("mlp.gate", "mlp.experts", _softmax),
+    "mixtral": ("mlp.gate", "mlp.experts", _softmax),
+    "gpt_oss": ("mlp.router", "mlp.experts", _softmax),
     "afmoe": ("mlp.router", "mlp.experts", lambda z: torch.sigmoid(z.float())),
+    "lfm2_moe": ("feed_forward.gate", "feed_forward.experts", lambda z: torch.sigmoid(z.float())),
 }
 
 
@@ -253,6 +261,109 @@ def test_banning_an_expert_routes_no_token_to_it_and_changes_the_output(moe):
     assert not torch.equal(edited, clean)
 
 
+#: Every MoE family: (MLP block path, how its router turns logits into probabilities).
+MOE_BLOCKS = {
+    "qwen3_next_hybrid": ("mlp", "softmax"),
+    "qwen3_5_moe": ("mlp", "softmax"),
+    "qwen3_moe": ("mlp", "softmax"),
+    "qwen2_moe": ("mlp", "softmax"),
+    "olmoe": ("mlp", "softmax"),
+    "mixtral": ("mlp", "softmax"),
+    "gpt_oss": ("mlp", "topk_softmax"),
+    "afmoe": ("mlp", "sigmoid"),
+    "lfm2_moe": ("feed_forward", "sigmoid"),
+}
+
+
+def _forced_weights(model, name, block, logits, forced: int) -> torch.Tensor:
+    """The dense weights the family's documented rule gives when ``forced`` must be chosen,
+    recomputed in float64 from the unedited logits ``(N, E)``: the forced expert takes one of
+    the k slots, the rule fills the others as usual, and the chosen experts' weights are
+    normalised as the family normalises them."""
+    cfg, k = model.text_config, model.dims.top_k
+    z = logits.double()
+    kind = MOE_BLOCKS[name][1]
+    if kind == "sigmoid":
+        score = torch.sigmoid(z)
+        bias = getattr(block, "expert_bias", None)
+        key = score + (0 if bias is None else bias.double())
+    elif kind == "topk_softmax":
+        score = key = z
+    else:
+        score = key = torch.softmax(z, -1)
+    key = key.clone()
+    key[:, forced] = -torch.inf
+    rest = key.topk(k - 1, dim=-1).indices
+    chosen = torch.cat([torch.full_like(rest[:, :1], forced), rest], dim=-1)
+    w = score.gather(-1, chosen)
+    if kind == "sigmoid":
+        eps = 1e-20 if name == "afmoe" else 1e-6
+        scale = cfg.route_scale if name == "afmoe" else cfg.routed_scaling_factor
+        w = w / (w.sum(-1, keepdim=True) + eps) * scale
+    elif kind == "topk_softmax":
+        w = torch.softmax(w, -1)
+    elif getattr(cfg, "norm_topk_prob", True):  # Mixtral has no flag: it always renormalises
+        w = w / w.sum(-1, keepdim=True)
+    return torch.zeros_like(z).scatter(-1, chosen, w)
+
+
+@pytest.mark.parametrize("name", list(MOE_BLOCKS))
+def test_a_forced_expert_gets_every_token_with_the_familys_own_weights(name):
+    """``ForceExperts`` chooses the expert on every token even where a sigmoid router's expert
+    bias would outbid any logit, and the weights follow the family's own normalisation."""
+    from tiny_gated import tiny_model
+
+    from interventions.edits import ForceExperts
+
+    model = tiny_model(name)
+    block_path = MOE_BLOCKS[name][0]
+    layer = model.layers_with("router_logit")[-1]
+    block = model.layer(layer).get_submodule(block_path)
+    batch = model.tokenize(prompts(3))
+    site = f"router_logit.{layer}"
+    with Tracer(model, [site, f"router_weight.{layer}"]) as clean:
+        base = model.run(batch)
+    forced = int((clean[f"router_weight.{layer}"] != 0).sum((0, 1)).argmin())  # the rarest
+    bias = getattr(block, "expert_bias", None)
+    saved = None if bias is None else bias.detach().clone()
+    sent = []
+    handle = block.experts.register_forward_pre_hook(
+        lambda m, a, kw: _keep(sent, 0, a[1] if len(a) > 1 else kw["top_k_index"]),
+        with_kwargs=True,
+    )
+    try:
+        if bias is not None:  # a sigmoid saturates: no logit could outbid this bias
+            with torch.no_grad():
+                bias[forced] = -10.0
+        with (
+            intervene(model, ForceExperts(site, experts=[forced])),
+            Tracer(model, [f"router_weight.{layer}"]) as ed,
+        ):
+            edited = model.run(batch)
+        logits = clean[site].reshape(-1, model.dims.n_experts)
+        expect = _forced_weights(model, name, block, logits, forced)
+    finally:
+        handle.remove()
+        if saved is not None:
+            with torch.no_grad():
+                bias.copy_(saved)
+    assert bool((sent[0] == forced).any(-1).all())  # the experts module got it for every token
+    weight = ed[f"router_weight.{layer}"].reshape(expect.shape)
+    assert bool((weight[:, forced] > 0).all())
+    torch.testing.assert_close(weight.double(), expect, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(edited, base)
+
+
+def test_forcing_more_experts_than_top_k_is_refused(moe):
+    from interventions.edits import ForceExperts
+
+    _, model = moe
+    layer, k = model.layers_with("router_logit")[-1], model.dims.top_k
+    with pytest.raises(GatescopeError, match=f"{k + 1} experts are forced.*at most {k}"):
+        with intervene(model, ForceExperts(f"router_logit.{layer}", experts=list(range(k + 1)))):
+            model.run(model.tokenize(prompts(1)))
+
+
 def test_every_site_of_an_moe_family_traces_exactly_and_adds_up(moe):
     _, model = moe
     batch = model.tokenize(prompts(2))
@@ -265,10 +376,18 @@ def test_every_site_of_an_moe_family_traces_exactly_and_adds_up(moe):
     dense = [i.index for i in model.layer_map() if i.mlp == "dense"]
     if "mlp_gate" in kinds:  # GLU sites exist on the dense layers only
         assert model.layers_with("mlp_gate") == dense and dense
-        mlp = model.layer(dense[0]).mlp
+        layer = model.layer(dense[0])
+        act = layer.mlp.act_fn if hasattr(layer, "mlp") else torch.nn.functional.silu
         torch.testing.assert_close(
-            tr[Site("mlp_gate", dense[0])], mlp.act_fn(tr[Site("mlp_gate_pre", dense[0])])
+            tr[Site("mlp_gate", dense[0])], act(tr[Site("mlp_gate_pre", dense[0])])
         )
+    if "shared_gate" in kinds:  # sigmoid(shared_expert_gate(x)) of the MoE block's input
+        moe = [i.index for i in model.layer_map() if i.mlp == "moe"]
+        assert model.layers_with("shared_gate") == moe
+        block = model.layer(moe[0]).mlp
+        x = model.layer(moe[0]).post_attention_layernorm(tr[Site("resid_mid", moe[0])])
+        expect = torch.sigmoid(x @ block.shared_expert_gate.weight.detach().T)
+        torch.testing.assert_close(tr[Site("shared_gate", moe[0])], expect, rtol=1e-5, atol=1e-6)
 
 
 def test_afmoe_attention_gate_is_the_sigmoid_of_its_gate_proj():
@@ -341,10 +460,40 @@ def test_lfm3_headwise_gate_is_the_sigmoid_of_g_proj_one_per_head(lfm3):
     assert torch.equal(out[:, :, 0], tr["head_out.2"][:, :, 0])
 
 
-def test_lfm3_conv_gates_are_the_b_and_c_chunks_of_in_proj(lfm3):
+@pytest.fixture(scope="module", params=["lfm2", "lfm2_moe"])
+def lfm2(request):
+    from tiny_gated import tiny_model
+
+    return tiny_model(request.param)
+
+
+def test_lfm2_every_site_traces_exactly_on_the_layers_that_have_it(lfm2):
+    model = lfm2
+    mixers = [i.mixer for i in model.layer_map()]
+    conv = [i for i, m in enumerate(mixers) if m == "conv"]
+    attn = [i for i, m in enumerate(mixers) if m == "full_attention"]
+    assert conv and attn and not model.is_gated
+    assert model.layers_with("conv_gate") == model.layers_with("conv_out_gate") == conv
+    assert model.layers_with("head_out") == attn
+    batch = model.tokenize(prompts(2))
+    tr = _trace_is_exact(model, [f"{k}.*" for k in model.kinds], batch)
+    for i in range(model.dims.n_layers):
+        get = lambda k, i=i: tr[Site(k, i)]  # noqa: E731
+        assert torch.equal(get("resid_pre") + get("attn_out"), get("resid_mid"))
+        assert torch.equal(get("resid_mid") + get("mlp_out"), get("resid_post"))
+    for i in model.layers_with("mlp_gate"):
+        torch.testing.assert_close(
+            tr[Site("mlp_gate", i)], torch.nn.functional.silu(tr[Site("mlp_gate_pre", i)])
+        )
+
+
+@pytest.mark.parametrize("name", ["lfm3", "lfm2", "lfm2_moe"])
+def test_conv_gates_are_the_b_and_c_chunks_of_in_proj(name, lfm3):
+    from tiny_gated import tiny_model
+
     from interventions.edits import Apply
 
-    model = lfm3
+    model = lfm3 if name == "lfm3" else tiny_model(name)
     in_proj = model.layer(0).conv.in_proj
     xs, handle = _capture_inputs(in_proj)
     batch = model.tokenize(prompts(2))
@@ -471,3 +620,80 @@ def test_gate_statistics_of_gate_modules_equal_traced_means(name, lfm3):
 
     model = lfm3 if name == "lfm3" else load_model(tiny_gated_hf(name), tokenizer=tiny_tokenizer())
     _gate_means_match_traced(model)
+
+
+# ---------------------------------------------------------------- ranges, registry, bad writes
+
+
+def test_olmo_hybrid_write_strength_takes_its_own_range_0_to_2(olmo_hybrid):
+    """The range of ``delta_beta`` comes from the site's transform: [0, 2] on OLMo Hybrid with
+    negative eigenvalues, [0, 1] on Qwen3-Next."""
+    from tiny_gated import tiny_model
+
+    from interventions.edits import ScaleGate
+
+    model = olmo_hybrid
+    batch = model.tokenize(prompts(2))
+    with Tracer(model, "delta_beta.0") as tr:
+        clean = model.run(batch)
+    assert bool((tr["delta_beta.0"] > 1).any())  # values a [0, 1] clamp would change
+    with intervene(model, ScaleGate("delta_beta.0", factor=1.0)):
+        assert torch.equal(model.run(batch), clean)
+    with (
+        intervene(model, ClampGate("delta_beta.0", value=1.5)),
+        Tracer(model, "delta_beta.0") as ed,
+    ):
+        model.run(batch)
+    torch.testing.assert_close(ed["delta_beta.0"], torch.full_like(ed["delta_beta.0"], 1.5))
+    with (
+        intervene(model, ScaleGate("delta_beta.0", factor=4.0)),
+        Tracer(model, "delta_beta.0") as ed,
+    ):
+        model.run(batch)
+    assert float(ed["delta_beta.0"].max()) == pytest.approx(2.0)  # clamped to this model's top
+    qwen = tiny_model("qwen3_next_hybrid")
+    with pytest.raises(GatescopeError, match=r"outside \[0, 1\] for delta_beta on this model"):
+        with intervene(qwen, ClampGate("delta_beta.1", value=1.5)):
+            qwen.run(qwen.tokenize(prompts(1)))
+    with pytest.raises(GatescopeError, match=r"outside \[0, 2\]"):
+        ClampGate("delta_beta.0", value=2.5)
+
+
+def test_two_families_claiming_one_config_are_refused(monkeypatch):
+    from types import SimpleNamespace
+
+    import probe.families as families
+    from probe.families import Family, _check_registry, family_for_config
+
+    _check_registry(families.FAMILIES)  # the real registry is unambiguous
+    a = Family(name="a", model_types=("x",), layers=("model.layers",), taps={})
+    b = Family(name="b", model_types=("x", "y"), layers=("model.layers",), taps={})
+    with pytest.raises(GatescopeError, match="families a and b both register model_type 'x'"):
+        _check_registry((a, b))
+    both = (
+        Family(name="a", model_types=("x",), layers=(), taps={}, match=lambda c: True),
+        Family(name="b", model_types=("x",), layers=(), taps={}, match=lambda c: c.flag),
+    )
+    _check_registry(both)  # each has a predicate: allowed, as long as configs are told apart
+    monkeypatch.setattr(families, "FAMILIES", both)
+    with pytest.raises(GatescopeError, match="matches families a, b.*ambiguous"):
+        family_for_config(SimpleNamespace(model_type="x", flag=True))
+    assert family_for_config(SimpleNamespace(model_type="x", flag=False)).name == "a"
+
+
+@pytest.mark.parametrize("which", ["lfm3", "paper"])
+def test_a_headwise_gate_written_per_dimension_is_refused(which, lfm3, paper):
+    from interventions.edits import Add, Apply
+
+    if paper[0] != "headwise":  # elementwise: one gate per head dimension (lfm3: ran once)
+        pytest.skip("the paper's elementwise layout has one gate per head dimension")
+    model = lfm3 if which == "lfm3" else paper[2]
+    layer = model.layers_with("attn_gate")[-1]
+    d = model.dims.d_head
+    batch = model.tokenize(prompts(1))
+    with pytest.raises(GatescopeError, match="headwise: one value per head.*16 given"):
+        with intervene(model, Apply(f"attn_gate.{layer}", fn=lambda v: v.expand(*v.shape[:-1], d))):
+            model.run(batch)
+    with pytest.raises(GatescopeError, match=r"shape \(16,\).*headwise"):
+        with intervene(model, Add(f"attn_gate.{layer}.1", vector=torch.zeros(d))):
+            model.run(batch)

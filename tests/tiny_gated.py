@@ -62,10 +62,10 @@ def save_gated_attention(path, mode: str = "headwise", seed: int = 0, **extra) -
 
 
 def _randomise(model, *names: str):
-    """Random values for parameters the model initialises to zero (router weights, biases),
-    so that routing is not decided by ties."""
+    """Random values for parameters and buffers the model initialises to zero (router weights,
+    biases, expert biases), so that routing is not decided by ties."""
     with torch.no_grad():
-        for n, p in model.named_parameters():
+        for n, p in [*model.named_parameters(), *model.named_buffers()]:
             if any(n.endswith(name) for name in names):
                 p.copy_(torch.randn_like(p))
     return model
@@ -106,12 +106,79 @@ def afmoe_config(**extra):
     return tf.AfmoeConfig(**kw)
 
 
+def qwen2_moe_config(**extra):
+    """3 layers: layer 0 dense, layers 1-2 MoE (4 experts, top-2) with a gated shared expert."""
+    kw = _common(
+        num_hidden_layers=3,
+        mlp_only_layers=[0],
+        norm_topk_prob=False,
+        shared_expert_intermediate_size=48,
+        **MOE,
+    )
+    kw.update(extra)
+    return tf.Qwen2MoeConfig(**kw)
+
+
+def olmoe_config(**extra):
+    """2 layers, MoE on both (4 experts, top-2, renormalised)."""
+    kw = _common(
+        num_experts=4, num_experts_per_tok=2, norm_topk_prob=True, pad_token_id=0, eos_token_id=1
+    )
+    kw.update(extra)
+    return tf.OlmoeConfig(**kw)
+
+
+def mixtral_config(**extra):
+    """2 layers, MoE on both (4 experts, top-2)."""
+    kw = _common(num_local_experts=4, num_experts_per_tok=2)
+    kw.update(extra)
+    return tf.MixtralConfig(**kw)
+
+
+def lfm2_config(**extra):
+    """4 layers: conv, attention, conv, attention (no attention gate)."""
+    kw = _common(
+        num_hidden_layers=4,
+        layer_types=["conv", "full_attention", "conv", "full_attention"],
+        conv_L_cache=3,
+        block_auto_adjust_ff_dim=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=1,
+    )
+    kw.update(extra)
+    return tf.Lfm2Config(**kw)
+
+
+def lfm2_moe_config(**extra):
+    """3 layers: conv (dense MLP), attention (MoE), conv (MoE); sigmoid router with expert bias
+    and a routed scaling factor != 1."""
+    kw = _common(
+        num_hidden_layers=3,
+        layer_types=["conv", "full_attention", "conv"],
+        conv_L_cache=3,
+        num_dense_layers=1,
+        routed_scaling_factor=1.5,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=1,
+        **MOE,
+    )
+    kw.update(extra)
+    return tf.Lfm2MoeConfig(**kw)
+
+
 def tiny_gated_hf(name: str, seed: int = 0, config=None):
     """A random tiny model of family ``name`` (routers and expert biases randomised)."""
     builders = {
         "qwen3_moe": (qwen3_moe_config, tf.Qwen3MoeForCausalLM, ("gate.weight",)),
+        "qwen2_moe": (qwen2_moe_config, tf.Qwen2MoeForCausalLM, ("gate.weight",)),
+        "olmoe": (olmoe_config, tf.OlmoeForCausalLM, ("gate.weight",)),
+        "mixtral": (mixtral_config, tf.MixtralForCausalLM, ("gate.weight",)),
         "gpt_oss": (gpt_oss_config, tf.GptOssForCausalLM, ("router.weight", "router.bias")),
         "afmoe": (afmoe_config, tf.AfmoeForCausalLM, ("router.gate.weight", "expert_bias")),
+        "lfm2": (lfm2_config, tf.Lfm2ForCausalLM, ()),
+        "lfm2_moe": (lfm2_moe_config, tf.Lfm2MoeForCausalLM, ("gate.weight", "expert_bias")),
     }
     make, cls, zeroed = builders[name]
     model = _build(cls, config or make(), seed)
@@ -157,3 +224,21 @@ def olmo_hybrid_config(**extra):
 
 def tiny_olmo_hybrid(seed: int = 0, config=None):
     return _build(tf.OlmoHybridForCausalLM, config or olmo_hybrid_config(), seed)
+
+
+def tiny_model(name: str, seed: int = 0):
+    """A gatescope Model of any tiny family by name: the ones of ``tiny.CONFIGS`` (Qwen3-Next /
+    Qwen3.5 hybrids, ...), of :func:`tiny_gated_hf`, ``lfm3`` or ``olmo_hybrid``."""
+    from tiny import CONFIGS, tiny_hf
+
+    from probe import load_model
+
+    if name in CONFIGS:
+        hf = tiny_hf(name, seed)
+    elif name == "lfm3":
+        hf = tiny_lfm3(seed)
+    elif name == "olmo_hybrid":
+        hf = tiny_olmo_hybrid(seed)
+    else:
+        hf = tiny_gated_hf(name, seed)
+    return load_model(hf, tokenizer=tiny_tokenizer())

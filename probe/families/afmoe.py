@@ -12,40 +12,13 @@ per expert, experts chosen by top-k of ``sigmoid(logits) + expert_bias`` (the bl
 and multiplied by ``route_scale``. The shared experts are always on (no gate).
 """
 
-import torch
-
 from probe.families.base import GLU_TAPS, PRE_NORM_TAPS, Family, Tap
-from probe.families.layouts import Heads, Router, RoutingRule
-
-
-class SigmoidTopK(RoutingRule):
-    """Sigmoid scores, top-k of ``scores + bias`` (selection only), weights the chosen scores
-    over their sum (plus ``eps``) times ``scale``. A logit of ``-inf`` (a banned expert) is never
-    chosen, whatever its bias."""
-
-    prob_name = "sigmoid"
-
-    def __init__(self, bias: torch.Tensor, scale: float, eps: float = 1e-20) -> None:
-        self.bias, self.scale, self.eps = bias, scale, eps
-
-    def probs(self, logits):
-        return torch.sigmoid(logits.float())
-
-    def route(self, logits, top_k):
-        scores = self.probs(logits)
-        choose = scores + self.bias
-        choose = torch.where(torch.isneginf(logits), float("-inf"), choose)
-        _, idx = torch.topk(choose, k=top_k, dim=1)
-        top = scores.gather(dim=1, index=idx)
-        top = top / (top.sum(dim=-1, keepdim=True) + self.eps)
-        return top * self.scale, idx
-
-    def prob_to_logits(self, p):
-        return torch.logit(p)
+from probe.families.layouts import Heads, Router, SigmoidTopK
 
 
 class AfmoeRouter(Router):
-    """The router of an AFMoE block: its rule reads the block's ``expert_bias``."""
+    """The router of an AFMoE block: its rule (:class:`SigmoidTopK`, eps ``1e-20``) reads the
+    block's ``expert_bias``."""
 
     def rule(self, ctx):
         block = ctx.layer.mlp

@@ -8,6 +8,7 @@ layout). Families hold no code that runs a model; ``probe.hooks`` reads these ta
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -68,6 +69,14 @@ class Tap:
     @property
     def modules(self) -> tuple[str, ...]:
         return (self.module,) if isinstance(self.module, str) else self.module
+
+    def value_range(self, config) -> tuple[float, float]:
+        """The closed interval of values this site takes on a model with ``config`` (from its
+        transform: ``[0, 1]`` for a sigmoid gate, ``[0, 2]`` for OLMo Hybrid's write strength
+        with negative eigenvalues, ``(-inf, 0]`` for a log decay; unbounded without one)."""
+        if self.transform is None:
+            return (-math.inf, math.inf)
+        return self.transform.range(config)
 
 
 @dataclass(frozen=True)

@@ -203,9 +203,16 @@ LAYOUTS: dict[str, Layout] = {
 
 
 class Transform:
-    """``forward(x) -> value`` and its inverse, applied elementwise to what a layout reads."""
+    """``forward(x) -> value`` and its inverse, applied elementwise to what a layout reads.
+
+    ``range(config)`` is the closed interval of values the transform takes on a model with that
+    config (its inverse refuses anything outside; gate edits clamp and check against it).
+    """
 
     name = ""
+
+    def range(self, config) -> tuple[float, float]:
+        return (-math.inf, math.inf)
 
     def forward(self, x: torch.Tensor, ctx: Ctx) -> torch.Tensor:
         raise NotImplementedError
@@ -218,6 +225,9 @@ class Sigmoid(Transform):
     """``sigmoid(x)``; written as ``logit(v)`` (0 and 1 become -inf / +inf: exact)."""
 
     name = "sigmoid"
+
+    def range(self, config):
+        return (0.0, 1.0)
 
     def forward(self, x, ctx):
         return torch.sigmoid(x)
@@ -235,6 +245,9 @@ class Silu(Transform):
     name = "silu"
     X_MIN = -1.278464542761074  # argmin of silu
     V_MIN = X_MIN * (1 / (1 + math.exp(-X_MIN)))
+
+    def range(self, config):
+        return (self.V_MIN, math.inf)
 
     def forward(self, x, ctx):
         return F.silu(x.float()).to(x.dtype)
@@ -264,6 +277,9 @@ class DeltaDecay(Transform):
     def __init__(self, mixer: str = "linear_attn") -> None:
         self.mixer = mixer
 
+    def range(self, config):
+        return (-math.inf, 0.0)
+
     def _params(self, ctx):
         mixer = ctx.layer.get_submodule(self.mixer)
         return mixer.A_log.float(), mixer.dt_bias
@@ -292,35 +308,63 @@ TRANSFORMS: dict[str, Transform] = {"sigmoid": Sigmoid(), "silu": Silu()}
 
 class RoutingRule:
     """A family's declared routing: router logits -> (probabilities, top-k weights, indices),
-    written to reproduce the family's router output bit for bit."""
+    written to reproduce the family's router output bit for bit.
+
+    ``route(logits, top_k)`` is the router's own choice; ``force(logits, forced, top_k)`` the
+    same rule with the experts in the boolean mask ``forced`` (``(N, E)``) chosen first: their
+    selection score is ``+inf``, the other slots are filled by the rule as usual, and every
+    chosen expert's weight is computed from the (unedited) logits with the family's own
+    normalisation. A logit of ``-inf`` (a banned expert) is never chosen.
+    """
 
     prob_name = "softmax"
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def route(self, logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def route(
+        self, logits: torch.Tensor, top_k: int, forced: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def force(
+        self, logits: torch.Tensor, forced: torch.Tensor, top_k: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rule's weights and indices with the experts in ``forced`` always chosen."""
+        return self.route(logits, top_k, forced)
 
     def prob_to_logits(self, p: torch.Tensor) -> torch.Tensor:
         return torch.log(p)
 
 
-class SoftmaxTopK(RoutingRule):
-    """Qwen-style: softmax over all experts, top-k of the probabilities, optionally
-    renormalised to sum 1 (``norm_topk_prob``)."""
+def _select(key: torch.Tensor, top_k: int, forced: torch.Tensor | None) -> torch.Tensor:
+    """Indices of the top-k of ``key`` with the ``forced`` experts first (score +inf)."""
+    if forced is not None:
+        key = key.masked_fill(forced, math.inf)
+    return torch.topk(key, top_k, dim=-1).indices
 
-    def __init__(self, norm: bool) -> None:
-        self.norm = norm
+
+class SoftmaxTopK(RoutingRule):
+    """Qwen / OLMoE / Mixtral: softmax over all experts, top-k of the probabilities, optionally
+    renormalised to sum 1 (``norm_topk_prob``); ``cast``: the weights are cast back to the
+    logits' dtype (Mixtral keeps them in float32)."""
+
+    def __init__(self, norm: bool, cast: bool = True) -> None:
+        self.norm, self.cast = norm, cast
 
     def probs(self, logits):
         return torch.softmax(logits, dtype=torch.float, dim=-1)
 
-    def route(self, logits, top_k):
-        top, idx = torch.topk(self.probs(logits), top_k, dim=-1)
+    def route(self, logits, top_k, forced=None):
+        probs = self.probs(logits)
+        if forced is None:
+            top, idx = torch.topk(probs, top_k, dim=-1)
+        else:
+            idx = _select(probs, top_k, forced)
+            top = probs.gather(-1, idx)
         if self.norm:
             top /= top.sum(dim=-1, keepdim=True)
-        return top.to(logits.dtype), idx
+        return (top.to(logits.dtype) if self.cast else top), idx
 
 
 class TopKSoftmax(RoutingRule):
@@ -329,9 +373,46 @@ class TopKSoftmax(RoutingRule):
     def probs(self, logits):
         return torch.softmax(logits, dtype=torch.float, dim=-1)
 
-    def route(self, logits, top_k):
-        top, idx = torch.topk(logits, top_k, dim=-1)
+    def route(self, logits, top_k, forced=None):
+        if forced is None:
+            top, idx = torch.topk(logits, top_k, dim=-1)
+        else:
+            idx = _select(logits, top_k, forced)
+            top = logits.gather(-1, idx)
         return torch.softmax(top, dim=1, dtype=top.dtype), idx
+
+
+class SigmoidTopK(RoutingRule):
+    """AFMoE / LFM2-MoE: sigmoid scores per expert, experts chosen by top-k of ``scores + bias``
+    (the bias steers the selection only; none: top-k of the scores), weights the chosen scores,
+    over their sum plus ``eps`` when ``norm``, times ``scale``.
+
+    A sigmoid saturates, so raising a logit cannot outbid a larger bias: forcing sets the
+    selection score itself to ``+inf``. The scores do not sum to 1 over the experts.
+    """
+
+    prob_name = "sigmoid"
+
+    def __init__(
+        self, bias: torch.Tensor | None, scale: float, eps: float = 1e-20, norm: bool = True
+    ) -> None:
+        self.bias, self.scale, self.eps, self.norm = bias, scale, eps, norm
+
+    def probs(self, logits):
+        return torch.sigmoid(logits.float())
+
+    def route(self, logits, top_k, forced=None):
+        scores = torch.sigmoid(logits)
+        choose = scores if self.bias is None else scores + self.bias
+        choose = torch.where(torch.isneginf(logits), float("-inf"), choose)
+        idx = _select(choose, top_k, forced)
+        top = scores.gather(dim=-1, index=idx)
+        if self.norm:
+            top = top / (top.sum(dim=-1, keepdim=True) + self.eps)
+        return top * self.scale, idx
+
+    def prob_to_logits(self, p):
+        return torch.logit(p)
 
 
 class Router(Layout):
@@ -339,7 +420,10 @@ class Router(Layout):
     tokens. ``part`` is ``logit``, ``prob`` or ``weight`` (dense: 0 for experts not chosen).
 
     Writes recompute the selection from the edited logits with the family's routing rule, so
-    the experts module receives exactly what the router would have produced from them.
+    the experts module receives exactly what the router would have produced from them. In a
+    written ``logit`` value, ``-inf`` bans an expert and ``+inf`` forces it: the rule's
+    ``force`` chooses it whatever the other experts' scores (at most ``top_k`` per token), and
+    its weight follows from its own logit as the router left it.
     """
 
     heads = "n_experts"
@@ -380,5 +464,16 @@ class Router(Layout):
                 "every expert of a token is banned: a router needs at least one expert it may "
                 "choose; leave at least one expert open per layer and token"
             )
-        top, new_idx = self.rule(ctx).route(flat, top_k)
+        forced = torch.isposinf(flat)
+        if not bool(forced.any()):
+            top, new_idx = self.rule(ctx).route(flat, top_k)
+            return (flat, top.to(scores.dtype), new_idx, *raw[3:])
+        most = int(forced.sum(-1).max())
+        if most > top_k:
+            raise GatescopeError(
+                f"{most} experts are forced on one token, but this layer chooses {top_k} per "
+                f"token: force at most {top_k}"
+            )
+        flat = torch.where(forced, logits.reshape(flat.shape), flat)
+        top, new_idx = self.rule(ctx).force(flat, forced, top_k)
         return (flat, top.to(scores.dtype), new_idx, *raw[3:])

@@ -30,16 +30,19 @@ class Beta(Transform):
     name = "delta_beta"
 
     @staticmethod
-    def _scale(ctx) -> float:
-        return 2.0 if getattr(ctx.config, "linear_allow_neg_eigval", False) else 1.0
+    def _scale(config) -> float:
+        return 2.0 if getattr(config, "linear_allow_neg_eigval", False) else 1.0
+
+    def range(self, config):
+        return (0.0, self._scale(config))
 
     def forward(self, x, ctx):
         beta = x.sigmoid()
-        scale = self._scale(ctx)
+        scale = self._scale(ctx.config)
         return beta * scale if scale != 1.0 else beta
 
     def inverse(self, v, ctx, site):
-        scale = self._scale(ctx)
+        scale = self._scale(ctx.config)
         if bool(((v < 0) | (v > scale)).any()):
             raise GatescopeError(
                 f"site '{site}': this model's write strength takes values in [0, {scale:g}]"
