@@ -97,7 +97,7 @@ def direct_logit_attribution(model: Model, task: Task) -> HeadScores:
             out = o_proj(only.flatten(1)) - zero  # (N, d_model)
             row.append(float((frozen(out) * direction).sum(-1).mean()))
         scores.append(row)
-    return HeadScores("direct logit attribution", scores)
+    return HeadScores(name="direct logit attribution", scores=scores)
 
 
 def _within_length_perms(lengths: torch.Tensor, n_perm: int, seed: int) -> list[torch.Tensor]:
@@ -179,7 +179,11 @@ def interchange_test(
             prow.append(float((1 + (null >= observed).sum()) / (1 + len(null))))
         scores.append(row)
         pvals.append(prow)
-    return HeadScores("interchange effect (mean |change in logit difference|)", scores, pvals)
+    return HeadScores(
+        name="interchange effect (mean |change in logit difference|)",
+        scores=scores,
+        p_values=pvals,
+    )
 
 
 __all__ = ["HeadScores", "direct_logit_attribution", "interchange_test", "last_token_logits"]

@@ -56,7 +56,9 @@ from probe.resume import shared_prefix
 from probe.tasks import Task
 
 MODES = ("denoise", "noise")
-_components = components  # names circuits.attribution imported before components.py
+# Old private names (circuits.attribution imported them before components.py made them
+# public): thin aliases until nothing imports them.
+_components = components
 _prepare = prepare
 
 

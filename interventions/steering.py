@@ -208,7 +208,7 @@ def build_vector(
         "data": data,
         "pairs": len(positive),
     }
-    vec = SteeringVector(direction, site, 1.0, method, prov)
+    vec = SteeringVector(direction=direction, site=site, coef=1.0, method=method, provenance=prov)
     if not bool(torch.isfinite(direction).all()) or float(direction.norm()) == 0.0:
         raise GatescopeError(
             f"the {method} vector at {site} is zero or not finite: the positive and negative "
@@ -221,7 +221,9 @@ def from_direction(direction: torch.Tensor, site, model: Model, source: str = ""
     """Any direction (SAE feature, CAV) as a steering vector at ``site``."""
     site = Site.parse(site) if isinstance(site, str) else site
     prov = {"model": model.name, "fingerprint": model_fingerprint(model), "data": source}
-    vec = SteeringVector(direction.detach().float(), site, 1.0, "direction", prov)
+    vec = SteeringVector(
+        direction=direction.detach().float(), site=site, method="direction", provenance=prov
+    )
     vec.check(model)
     return vec
 
@@ -345,7 +347,7 @@ def evaluate_steering(
     randoms = []
     for _ in range(n_random):
         r = torch.randn(vector.direction.shape, generator=g)
-        randoms.append(SteeringVector(r / r.norm() * norm, vector.site))
+        randoms.append(SteeringVector(direction=r / r.norm() * norm, site=vector.site))
 
     def curve(vec: SteeringVector) -> list[float]:
         scores = []
@@ -357,5 +359,8 @@ def evaluate_steering(
         return scores
 
     return SteeringEval(
-        [float(c) for c in coefs], curve(vector), [curve(r) for r in randoms], str(vector.site)
+        coefs=[float(c) for c in coefs],
+        vector=curve(vector),
+        random=[curve(r) for r in randoms],
+        site=str(vector.site),
     )

@@ -126,7 +126,15 @@ def fit_cav(
     normal = normal / np.linalg.norm(normal)
     gap = float(concept.mean(0) @ normal - random.mean(0) @ normal)
     acc = float(clf.score(x_te / scale, y_te))
-    return CAV(site, normal.tolist(), acc, names[0], names[1], pooling, gap)
+    return CAV(
+        site=site,
+        direction=normal.tolist(),
+        accuracy=acc,
+        concept=names[0],
+        random=names[1],
+        pooling=pooling,
+        gap=gap,
+    )
 
 
 def train_cav(
@@ -211,4 +219,4 @@ def probe_layers(
             shuffled.append(
                 float(cross_val_score(clf, acts[site], rng.permutation(y), cv=5).mean())
             )
-    return ProbeResult(kind, [s.layer for s in sites], acc, shuffled)
+    return ProbeResult(kind=kind, layers=[s.layer for s in sites], accuracy=acc, shuffled=shuffled)

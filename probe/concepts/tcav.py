@@ -259,15 +259,17 @@ def _tcav_from_arrays(
         random_accs.append(rnd.accuracy)
     accs = [c.accuracy for c in cavs]
     result = TCAVResult(
-        site,
-        target,
-        concept_scores,
-        random_scores,
-        accs,
-        random_accs,
-        _ttest(concept_scores, random_scores),
-        max(_ttest(accs, random_accs, "greater"), _ttest(accs, [0.5] * len(accs), "greater")),
-        _agreement(grads),
+        site=site,
+        target=target,
+        concept_scores=concept_scores,
+        random_scores=random_scores,
+        cav_accuracy=accs,
+        random_accuracy=random_accs,
+        p_tcav=_ttest(concept_scores, random_scores),
+        p_accuracy=max(
+            _ttest(accs, random_accs, "greater"), _ttest(accs, [0.5] * len(accs), "greater")
+        ),
+        gradient_agreement=_agreement(grads),
     )
     return result, cavs
 
@@ -366,12 +368,12 @@ def cross_layer(
         results.append(res)
     scores = [r.score for r in results]
     return CrossLayerResult(
-        kind,
-        [s.layer for s in sites],
-        [float(np.mean(r.cav_accuracy)) for r in results],
-        scores,
-        [r.p_value for r in results],
-        float(np.var(scores)),
-        [float(a @ b) for a, b in zip(means, means[1:], strict=False)],
-        results,
+        kind=kind,
+        layers=[s.layer for s in sites],
+        accuracy=[float(np.mean(r.cav_accuracy)) for r in results],
+        tcav=scores,
+        p_values=[r.p_value for r in results],
+        tcav_variance=float(np.var(scores)),
+        adjacent_cosine=[float(a @ b) for a, b in zip(means, means[1:], strict=False)],
+        results=results,
     )
