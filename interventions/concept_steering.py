@@ -124,7 +124,7 @@ class ConceptSteeringEval:
             fig.add_trace(trace, 1, 1)
         fig.add_trace(go.Box(y=self.removed_random, name="random removed", boxpoints="all"), 1, 2)
         fig.add_trace(go.Scatter(x=["CAV removed"], y=[self.removed], name="CAV removed"), 1, 2)
-        fig.add_hline(y=self.baseline, line_dash="dot", row=1, col=2)
+        fig.add_hline(y=self.baseline, line_dash="dot", row=1, col=2)  # pyright: ignore[reportArgumentType]
         fig.update_xaxes(title_text="coefficient", row=1, col=1)
         fig.update_yaxes(title_text="behaviour metric", row=1, col=1)
         fig.update_layout(title=f"concept steering with {self.concept} at {self.site}")

@@ -25,7 +25,7 @@ import torch
 
 from interventions.edits import Patch, intervene
 from probe.errors import GatescopeError
-from probe.locate import locate, resolve_path
+from probe.locate import locate, module_at, tensor_of
 from probe.model import Model
 from probe.sites import Site
 from probe.tasks import Task, last_token_logits, logit_diff
@@ -82,8 +82,8 @@ def direct_logit_attribution(model: Model, task: Task) -> HeadScores:
     with Tracer(model, ["head_out.*", f"resid_post.{last_layer}"], positions=[-1]) as tr:
         model.forward(batch.clean_ids, batch.attention_mask)
     x = tr[Site("resid_post", last_layer)][:, 0]  # (N, d_model)
-    frozen = frozen_norm(resolve_path(model.hf, model.family.final_norm), x)
-    unembed = resolve_path(model.hf, model.family.unembed).weight  # (V, d_model)
+    frozen = frozen_norm(module_at(model.hf, model.family.final_norm), x)
+    unembed = tensor_of(module_at(model.hf, model.family.unembed))  # (V, d_model)
     direction = unembed[batch.answer_ids] - unembed[batch.wrong_ids]  # (N, d_model)
     scores = []
     for layer in range(model.dims.n_layers):

@@ -31,7 +31,7 @@ from interventions.budget import human, parse_bytes
 from interventions.components import Component, value_site
 from probe.errors import GatescopeError
 from probe.hooks import hook_sites
-from probe.locate import resolve_path
+from probe.locate import module_at, tensor_of
 from probe.model import Model
 from probe.resume import CannotResume, ResumablePass, StopPass, cache_bytes
 from probe.sites import Site
@@ -127,13 +127,14 @@ class _Scorer:
         model = self.model
         rows = torch.arange(len(batch.lengths), device=hidden.device)
         x = hidden[rows, batch.lengths.to(hidden.device) - 1 - offset]  # (B, d_model)
-        unembed = resolve_path(model.hf, model.family.unembed)
-        w_u = unembed.weight  # (V, d_model)
-        h = resolve_path(model.hf, model.family.final_norm)(x.to(w_u.device))  # (B, d_model)
+        unembed = module_at(model.hf, model.family.unembed)
+        w_u = tensor_of(unembed)  # (V, d_model)
+        h = module_at(model.hf, model.family.final_norm)(x.to(w_u.device))  # (B, d_model)
         ans, wrong = batch.answer_ids.to(w_u.device), batch.wrong_ids.to(w_u.device)
         ld = (h.float() * (w_u[ans] - w_u[wrong]).float()).sum(-1)  # (B,) in float32
         if getattr(unembed, "bias", None) is not None:
-            ld = ld + (unembed.bias[ans] - unembed.bias[wrong]).float()
+            bias = tensor_of(unembed, "bias")
+            ld = ld + (bias[ans] - bias[wrong]).float()
         return ld.cpu()
 
     def __call__(self, ids, mask, entries, batch: TaskBatch) -> torch.Tensor:
@@ -170,7 +171,8 @@ class _Runs:
         held = sum(self.cache[s].numel() * self.cache[s].element_size() for s in sites)
         if self.resumed is not None:
             held += cache_bytes(self.resumed.cache)
-            held += sum(c.hidden.numel() * c.hidden.element_size() for c in self.resumed.calls)
+            calls = self.resumed.calls or []
+            held += sum(c.hidden.numel() * c.hidden.element_size() for c in calls)
         return held
 
 

