@@ -63,12 +63,20 @@ def default_budget(device: str | torch.device) -> int:
     return free_memory(device) // 2
 
 
-def human(n: int) -> str:
-    """Bytes as people read them, rounded up a little (``"1.3GB"``)."""
+def resolve_budget(value: int | float | str | None, device: str | torch.device) -> int | None:
+    """A sweep's budget in bytes: ``"auto"`` is :func:`default_budget` of ``device``, ``None``
+    no budget, anything else :func:`parse_bytes`."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return default_budget(device)
+    return parse_bytes(value)
+
+
+def human(n: int, pad: float = 1.0) -> str:
+    """Bytes as people read them (``"1.3GB"``), times ``pad`` (a suggested size rounds up)."""
     for unit in ("GB", "MB", "KB"):
         if n >= UNITS[unit]:
-            return f"{n / UNITS[unit] * 1.05:.1f}{unit}"
+            return f"{n / UNITS[unit] * pad:.1f}{unit}"
     return f"{n}B"
 
 
-__all__ = ["UNITS", "default_budget", "free_memory", "human", "parse_bytes"]
+__all__ = ["UNITS", "default_budget", "free_memory", "human", "parse_bytes", "resolve_budget"]

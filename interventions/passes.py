@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from interventions.budget import human, parse_bytes
+from interventions.budget import human, resolve_budget
 from interventions.components import Component, value_site
 from probe.errors import GatescopeError
 from probe.hooks import hook_sites
@@ -359,7 +359,8 @@ def plan_rows(model, batch: TaskBatch, runs: _Runs, batch_rows: int, budget: int
             raise GatescopeError(
                 f"max_memory {budget} bytes cannot hold one patched component ({n} prompts): "
                 f"about {need} bytes are needed ({held} held by the sweep, {per_row} per "
-                f"row); give at least {need} bytes (e.g. '{human(need)}') or fewer prompts"
+                f"row); give at least {need} bytes (e.g. '{human(need, pad=1.05)}') or fewer "
+                "prompts"
             )
         rows = min(rows, fits // n * n)
     return Plan(rows=rows, held=held, per_row=per_row, budget=budget)
@@ -408,11 +409,11 @@ def run_sweep(
     *,
     batch_rows: int = 256,
     resume: bool = True,
-    max_memory=None,
+    max_memory: int | float | str | None = "auto",
     progress: bool = False,
 ) -> SweepOutcome:
     """Set the normalised effect of every component in ``todo`` (see the module docstring)."""
-    budget = parse_bytes(max_memory)
+    budget = resolve_budget(max_memory, model.device)
     sites = sorted({value_site(c) for c in todo} or {Site("resid_pre", 0)})
     cuda = torch.device(model.device).type == "cuda"
     if cuda:

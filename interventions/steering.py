@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,7 +60,7 @@ class SteeringVector:
 
     def save(self, path: str | Path) -> Path:
         """Write ``NAME.safetensors`` (the direction) and ``NAME.json`` (site, provenance)."""
-        from safetensors.torch import save_file
+        from probe.io import save_safetensors, write_json
 
         path = Path(path).with_suffix(".safetensors")
         if not path.parent.is_dir():
@@ -73,13 +72,8 @@ class SteeringVector:
             "provenance": self.provenance,
             "format": "gatescope.steering/1",
         }
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({"direction": self.direction.detach().float().contiguous()}, str(tmp))
-        os.replace(tmp, path)
-        meta_path = path.with_suffix(".json")
-        tmp = meta_path.with_name(f".{meta_path.name}.tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, meta_path)
+        save_safetensors({"direction": self.direction.detach().float()}, path)
+        write_json(path.with_suffix(".json"), meta)
         return path
 
     @classmethod

@@ -94,12 +94,18 @@ def user_errors(fn: Callable) -> Callable:
 
 
 def _command_name(fn: Callable) -> str:
+    """The command as typed after the program's name (``patch``, ``steer eval``), whatever the
+    program was called (``gatescope``, ``python -m app.cli``) and the function's name."""
     import click
 
     ctx = click.get_current_context(silent=True)
-    if ctx is not None and ctx.command_path:
-        return ctx.command_path
-    return fn.__name__
+    names: list[str] = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or (ctx.command.name or ""))
+        ctx = ctx.parent
+    if names:
+        return " ".join(reversed(names))
+    return fn.__name__.removesuffix("_cmd").replace("_", " ")
 
 
 def _plain(value: Any) -> Any:
