@@ -14,7 +14,8 @@ from app.cli_common import (
     json_out,
     load,
     model_options,
-    positive,
+    note,
+    read_task,
     show_progress,
     user_errors,
     write_json,
@@ -38,11 +39,7 @@ def _options(gate_rule, glu_rule, steps, hold_attention) -> dict:
 
 
 def _task(task: str, limit: int | None):
-    from probe.tasks import load_task
-
-    positive(limit, "--limit")
-    t = load_task(task)
-    return t.subset(limit) if limit else t
+    return read_task(task, limit)
 
 
 def attribute_cmd(
@@ -109,6 +106,7 @@ def circuit_cmd(
     graph = full.prune(top_n)
     graph.faithfulness = faithfulness(m, t, graph.node_names())
     data = graph.to_dict()
+    note(sites="resid_pre.*,resid_mid.*,resid_post.*,head_out.*,mlp_out.*")
     if curve:
         data["curve"] = faithfulness_curve(m, t, full).to_dict()
     if mib:

@@ -18,6 +18,7 @@ from app.cli_common import (
     positive,
     provenance,
     read_prompts,
+    read_task,
     show_progress,
     user_errors,
 )
@@ -60,14 +61,12 @@ def patch(
     """Activation patching sweep: the normalised effect of each component."""
     from interventions.budget import parse_bytes, resolve_budget
     from interventions.patching import activation_patching
-    from probe.tasks import load_task
 
     positive(limit, "--limit")
     if max_memory.strip().lower() != "auto":
         parse_bytes(max_memory, "--max-memory")  # a bad size, before the model loads
     pos = _positions(positions)
-    t = load_task(task)
-    t = t.subset(limit) if limit else t
+    t = read_task(task, limit)
     m = load(model)
     budget = resolve_budget(max_memory, m.device)
     result = activation_patching(
@@ -216,7 +215,7 @@ def steer_eval(
     m = load(model)
     vec = SteeringVector.load(vector, m)
     metric = word_logit_metric(m, positive_words.split(","), negative_words.split(","))
-    result = evaluate_steering(m, vec, texts, metric, coef_list, n_random)
+    result = evaluate_steering(m, vec, texts, metric, coef_list, n_random, progress=show_progress())
     note(n_prompts=len(texts), site=str(vec.site), positions="all", seed=0)
     if emit(result.to_dict(), json_, out):
         return

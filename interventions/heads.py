@@ -126,10 +126,16 @@ def _swap_effects(model, site, sources, base_ids, mask, batch, base_ld) -> torch
 
 @torch.no_grad()
 def interchange_test(
-    model: Model, task: Task, n_null: int = 20, seed: int = 0, batch_rows: int = 512
+    model: Model,
+    task: Task,
+    n_null: int = 20,
+    seed: int = 0,
+    batch_rows: int = 512,
+    progress: bool = False,
 ) -> HeadScores:
     """Swap each head between clean and corrupt runs (both ways) against a permutation null
-    (swaps from other prompts of the same token length)."""
+    (swaps from other prompts of the same token length); ``progress``: a bar on stderr over
+    the heads."""
     batch = task.tokenize(model.tokenizer)
     mask, n = batch.attention_mask, len(batch)
     perms = _within_length_perms(batch.lengths, n_null, seed)
@@ -145,9 +151,18 @@ def interchange_test(
     perms = [torch.arange(n), *perms]  # variant 0 is the matched swap
     per_pass = max(1, batch_rows // n)
     scores, pvals = [], []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=model.dims.n_layers * model.dims.n_heads,
+        desc="interchange test",
+        unit="head",
+        disable=not progress,
+    )
     for layer in range(model.dims.n_layers):
         row, prow = [], []
         for head in range(model.dims.n_heads):
+            bar.update(1)
             site = Site("head_out", layer, head)
             src_c = clean[Site("head_out", layer)][:, :, head]  # (n, T, d_head)
             src_x = corrupt[Site("head_out", layer)][:, :, head]
@@ -179,6 +194,7 @@ def interchange_test(
             prow.append(float((1 + (null >= observed).sum()) / (1 + len(null))))
         scores.append(row)
         pvals.append(prow)
+    bar.close()
     return HeadScores(
         name="interchange effect (mean |change in logit difference|)",
         scores=scores,

@@ -334,9 +334,11 @@ def evaluate_steering(
     coefs: Sequence[float] = (-4, -2, -1, 0, 1, 2, 4),
     n_random: int = 10,
     seed: int = 0,
+    progress: bool = False,
 ) -> SteeringEval:
     """The metric on ``prompts`` (steering at every position) per coefficient, for the vector
-    and ``n_random`` random directions of the same norm."""
+    and ``n_random`` random directions of the same norm; ``progress``: a bar on stderr over
+    the (1 + n_random) x coefficients passes."""
     batch = model.tokenize(list(prompts))
     g = torch.Generator().manual_seed(seed)
     norm = vector.direction.norm()
@@ -345,6 +347,12 @@ def evaluate_steering(
         r = torch.randn(vector.direction.shape, generator=g)
         randoms.append(SteeringVector(direction=r / r.norm() * norm, site=vector.site))
 
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=(1 + n_random) * len(coefs), desc="steer eval", unit="pass", disable=not progress
+    )
+
     def curve(vec: SteeringVector) -> list[float]:
         scores = []
         for c in coefs:
@@ -352,11 +360,15 @@ def evaluate_steering(
                 scores.append(
                     metric(model.forward(batch.input_ids, batch.attention_mask), batch.lengths)
                 )
+            bar.update(1)
         return scores
 
-    return SteeringEval(
-        coefs=[float(c) for c in coefs],
-        vector=curve(vector),
-        random=[curve(r) for r in randoms],
-        site=str(vector.site),
-    )
+    try:
+        return SteeringEval(
+            coefs=[float(c) for c in coefs],
+            vector=curve(vector),
+            random=[curve(r) for r in randoms],
+            site=str(vector.site),
+        )
+    finally:
+        bar.close()

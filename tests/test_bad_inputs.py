@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
-from tiny import save_tiny
 from typer.testing import CliRunner
 
 from app.cli import app
@@ -27,10 +27,10 @@ def _jsonl(path, rows):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, model_dir):
     """Files for every case: a good model and task, and each broken variant."""
     root = tmp_path_factory.mktemp("bad")
-    model = save_tiny(root / "tiny", "qwen3_next")
+    model = Path(shutil.copytree(model_dir, root / "tiny"))
     weights = model / "model.safetensors"
     for name, damage in {
         "truncated": lambda b: b[: len(b) // 2],

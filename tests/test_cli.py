@@ -14,13 +14,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return str(save_tiny(tmp_path_factory.mktemp("m") / "tiny", "qwen3_next"))
-
-
-@pytest.fixture(scope="module")
-def plain_dir(tmp_path_factory):
-    return str(save_tiny(tmp_path_factory.mktemp("p") / "tiny", "llama"))
+def plain_dir(tiny_dir):
+    return tiny_dir("llama")
 
 
 def test_trace_writes_safetensors(model_dir, tmp_path):
@@ -134,8 +129,7 @@ def test_unsupported_architecture_cli(tmp_path):
 
 def test_hybrid_site_refusal_cli(tmp_path):
     import transformers as tf
-    from test_families import LINEAR
-    from tiny import qwen3_next_config, tiny_tokenizer
+    from tiny import LINEAR, qwen3_next_config, tiny_tokenizer
 
     cfg = qwen3_next_config(layer_types=["linear_attention", "full_attention"], **LINEAR)
     tf.Qwen3NextForCausalLM(cfg).save_pretrained(tmp_path / "hyb")

@@ -2,7 +2,6 @@ import json
 
 import pytest
 import typer
-from tiny import save_tiny
 from typer.testing import CliRunner
 
 from app.cli_interventions import register
@@ -10,35 +9,6 @@ from app.cli_interventions import register
 app = typer.Typer()
 register(app)
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return str(save_tiny(tmp_path_factory.mktemp("m") / "tiny", "qwen3_next"))
-
-
-@pytest.fixture()
-def files(tmp_path):
-    task = tmp_path / "task.jsonl"
-    task.write_text(
-        "".join(
-            json.dumps(r) + "\n"
-            for r in [
-                {"clean": "w1 w2 w3", "corrupt": "w4 w2 w3", "answer": "w5", "wrong": "w6"},
-                {"clean": "w7 w8 w9", "corrupt": "w10 w8 w9", "answer": "w11", "wrong": "w12"},
-            ]
-        )
-    )
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text(
-        "".join(
-            json.dumps({"positive": f"w{i} w3", "negative": f"w{i} w9"}) + "\n"
-            for i in range(20, 25)
-        )
-    )
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("w1 w2\nw3 w4 w5\n")
-    return task, pairs, prompts
 
 
 def test_patch_json(model_dir, files, tmp_path):

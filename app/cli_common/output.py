@@ -127,6 +127,8 @@ def provenance(result: Any = None) -> dict:
             if key in result and not isinstance(result[key], (dict, list)):
                 block.setdefault(key, result[key])
     block.update(run.notes or {})
+    if "sites" not in block and "site" in block:  # one key for one site or a pattern
+        block["sites"] = block["site"]
     if run.model is not None:
         block.setdefault("device", run.model["device"])
         block.setdefault("dtype", run.model["dtype"])
