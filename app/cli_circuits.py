@@ -61,9 +61,10 @@ def attribute_cmd(
 
     check_out_path(out)
     pos = None if positions in (None, "all") else positions
+    t = _task(task, limit)  # a bad task file is refused before the model loads
     result = attribute(
         load(model),
-        _task(task, limit),
+        t,
         sites,
         method,
         positions=pos,
@@ -99,7 +100,8 @@ def circuit_cmd(
     from circuits.graph import DEFAULT_METHOD, build_graph, faithfulness, faithfulness_curve
 
     check_out_path(out)
-    m, t = load(model), _task(task, limit)
+    t = _task(task, limit)
+    m = load(model)
     # no --method: build_graph's default (circuits.graph.DEFAULT_METHOD, its steps)
     full = build_graph(m, t, method, **_options(gate_rule, glu_rule, steps, hold_attention))
     method = method or DEFAULT_METHOD
@@ -163,7 +165,8 @@ def agreement_cmd(
     bad = [k for k in kinds if k not in SITE_KINDS]
     if bad:
         raise GatescopeError(f"--sites: unknown site kinds {bad}; known: {', '.join(SITE_KINDS)}")
-    result = agreement(load(model), _task(task, limit), kinds, progress=show_progress())
+    t = _task(task, limit)
+    result = agreement(load(model), t, kinds, progress=show_progress())
     payload = {
         "pearson": result.pearson,
         "spearman": result.spearman,

@@ -38,6 +38,33 @@ def test_patch_json(model_dir, files, tmp_path):
     assert res.exit_code == 0 and "resid_pre.0@2" in res.stdout
 
 
+def test_patch_memory_budget_and_fallback_reason(model_dir, files):
+    from interventions.budget import human
+
+    base = ["patch", model_dir, "--task", str(files[0]), "--sites", "head_out.*", "-q"]
+    res = runner.invoke(app, [*base, "--max-memory", "64MB", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)  # stdout is the JSON alone
+    assert data["memory"]["budget"] == 64 * 2**20 and data["rows_per_pass"] >= 2
+    assert (
+        data["peak_memory"]
+        == data["memory"]["held"] + data["rows_per_pass"] * (data["memory"]["per_row"])
+    )
+    assert data["provenance"]["max_memory"] == 64 * 2**20
+    # the prompts differ at their first token: nothing to resume, and the CLI says why
+    assert not data["resumed"] and data["resume_reason"] in res.stderr
+    assert "every patched pass ran in full" in res.stderr
+    text = runner.invoke(app, [*base, "--max-memory", "64MB"])
+    assert text.exit_code == 0, text.output
+    rows, peak = data["rows_per_pass"], human(data["peak_memory"])
+    assert f"{rows} rows per pass, peak memory {peak} (estimated), budget 64.0MB" in text.stdout
+    auto = runner.invoke(app, [*base, "--json"])  # default: half the free memory
+    assert auto.exit_code == 0 and json.loads(auto.stdout)["memory"]["budget"] > 2**20
+    tiny = runner.invoke(app, [*base, "--max-memory", "2KB"])
+    assert tiny.exit_code == 2 and "cannot hold one patched component" in tiny.output
+    assert "Traceback" not in tiny.output
+
+
 def test_steer_build_generate_eval(model_dir, files, tmp_path):
     _, pairs, prompts = files
     vec = tmp_path / "v.safetensors"
