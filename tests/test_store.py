@@ -137,7 +137,7 @@ def test_a_complete_store_says_so_and_rates_count_this_run_only(model, tmp_path)
     harvest(model, "resid_post.0", TEXTS, 40, out, shard_tokens=40, batch_size=4, progress=False)
     first = ActivationStore(out).manifest["last_run"]
     assert first["tokens"] == 40 and not first["already_complete"]
-    assert first["tokens_per_second"] == pytest.approx(40 / first["seconds"], rel=0.01)
+    assert first["tokens_per_second"] == pytest.approx(40 / first["seconds"], rel=0.05)
     harvest(model, "resid_post.0", TEXTS, 40, out, shard_tokens=40, batch_size=4, progress=False)
     again = ActivationStore(out).manifest["last_run"]
     assert again["tokens"] == 0 and again["already_complete"]
@@ -145,7 +145,7 @@ def test_a_complete_store_says_so_and_rates_count_this_run_only(model, tmp_path)
     harvest(model, "resid_post.0", TEXTS, 70, out, shard_tokens=40, batch_size=4, progress=False)
     more = ActivationStore(out).manifest["last_run"]
     assert more["tokens"] == 30  # only what this run added
-    assert more["tokens_per_second"] == pytest.approx(30 / more["seconds"], rel=0.01)
+    assert more["tokens_per_second"] == pytest.approx(30 / more["seconds"], rel=0.05)
 
 
 @pytest.mark.parametrize(
