@@ -29,7 +29,8 @@ def inputs(tmp_path_factory, model_dir, make_task):
     _jsonl(root / "pairs.jsonl", pairs)
     (root / "prompts.txt").write_text("w1 w2 w3\nw4 w5 w6\n")
     _jsonl(root / "concept.jsonl", [{"text": t} for t in sentences(1, 12, range(3, 20))])
-    for i in range(2):
+    _jsonl(root / "inputs.jsonl", [{"text": t} for t in sentences(5, 6, range(3, 200))])
+    for i in range(10):  # TCAV needs 10 random sets
         rows = [{"text": t} for t in sentences(10 + i, 12, range(100, 200))]
         _jsonl(root / f"random{i}.jsonl", rows)
     _jsonl(root / "labels.jsonl", [{"text": f"w{i} w2 w3", "label": i % 2} for i in range(12)])
@@ -58,8 +59,8 @@ CASES = {
     "concept cav": ["concept", "cav", M, "--concept", "{r}/concept.jsonl", "--random",
                     "{r}/random0.jsonl", "--site", "resid_post.1"],
     "concept tcav": ["concept", "tcav", M, "--concept", "{r}/concept.jsonl", "--random",
-                     "{r}/random0.jsonl,{r}/random1.jsonl", "--site", "resid_post.1",
-                     "--target", "w7", "--inputs", "{r}/prompts.txt"],
+                     ",".join(f"{{r}}/random{i}.jsonl" for i in range(10)), "--site",
+                     "resid_post.1", "--target", "w7", "--inputs", "{r}/inputs.jsonl"],
     "concept probe": ["concept", "probe", M, "--sites", "resid_post", "--labels",
                       "{r}/labels.jsonl"],
 }  # fmt: skip

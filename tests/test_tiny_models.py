@@ -24,7 +24,7 @@ def tiny_configs(tmp_path) -> dict[str, object]:
         for name, fn in inspect.getmembers(module, inspect.isfunction):
             if fn.__module__ != module.__name__:
                 continue
-            if name.endswith("_config") and not inspect.signature(fn).parameters.get("name"):
+            if name.endswith("_config"):
                 configs.setdefault(name.removesuffix("_config"), fn())
             elif name.startswith("save_") and name != "save_tiny":  # remote-code directories
                 path = fn(tmp_path / name)
