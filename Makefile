@@ -29,6 +29,7 @@ browser:
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pyright --pythonpath $(PY)
 
 # Two steps: the fast suite (tiny models, reference models), then the slow one (notebooks,
 # the real browser, training runs).

@@ -17,7 +17,6 @@ import typer
 
 from app.cli_common import (
     MODEL_HELP,
-    atomic_path,
     check_out,
     emit,
     json_out,
@@ -75,9 +74,8 @@ def trace(
     force: bool = typer.Option(False, "--force", help="overwrite an existing --out file"),
 ) -> None:
     """Capture sites over prompts and save them (one tensor per site) as safetensors."""
-    from safetensors.torch import save_file
-
     from probe.errors import GatescopeError
+    from probe.io import save_safetensors
     from probe.tracer import Tracer
 
     positive(batch_size, "--batch-size")
@@ -108,8 +106,7 @@ def trace(
 
     meta = {"model": m.name, "family": m.family.name, "prompts": str(len(texts))}
     meta["provenance"] = json.dumps(provenance(result))
-    with atomic_path(out) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    save_safetensors(tensors, out, metadata=meta)
     if emit(result, json_, None):
         return
     for name, t in tensors.items():

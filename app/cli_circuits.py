@@ -14,7 +14,8 @@ from app.cli_common import (
     json_out,
     load,
     model_options,
-    positive,
+    note,
+    read_task,
     show_progress,
     user_errors,
     write_json,
@@ -38,11 +39,7 @@ def _options(gate_rule, glu_rule, steps, hold_attention) -> dict:
 
 
 def _task(task: str, limit: int | None):
-    from probe.tasks import load_task
-
-    positive(limit, "--limit")
-    t = load_task(task)
-    return t.subset(limit) if limit else t
+    return read_task(task, limit)
 
 
 def attribute_cmd(
@@ -64,9 +61,10 @@ def attribute_cmd(
 
     check_out_path(out)
     pos = None if positions in (None, "all") else positions
+    t = _task(task, limit)  # a bad task file is refused before the model loads
     result = attribute(
         load(model),
-        _task(task, limit),
+        t,
         sites,
         method,
         positions=pos,
@@ -102,13 +100,15 @@ def circuit_cmd(
     from circuits.graph import DEFAULT_METHOD, build_graph, faithfulness, faithfulness_curve
 
     check_out_path(out)
-    m, t = load(model), _task(task, limit)
+    t = _task(task, limit)
+    m = load(model)
     # no --method: build_graph's default (circuits.graph.DEFAULT_METHOD, its steps)
     full = build_graph(m, t, method, **_options(gate_rule, glu_rule, steps, hold_attention))
     method = method or DEFAULT_METHOD
     graph = full.prune(top_n)
     graph.faithfulness = faithfulness(m, t, graph.node_names())
     data = graph.to_dict()
+    note(sites="resid_pre.*,resid_mid.*,resid_post.*,head_out.*,mlp_out.*")
     if curve:
         data["curve"] = faithfulness_curve(m, t, full).to_dict()
     if mib:
@@ -165,7 +165,8 @@ def agreement_cmd(
     bad = [k for k in kinds if k not in SITE_KINDS]
     if bad:
         raise GatescopeError(f"--sites: unknown site kinds {bad}; known: {', '.join(SITE_KINDS)}")
-    result = agreement(load(model), _task(task, limit), kinds, progress=show_progress())
+    t = _task(task, limit)
+    result = agreement(load(model), t, kinds, progress=show_progress())
     payload = {
         "pearson": result.pearson,
         "spearman": result.spearman,

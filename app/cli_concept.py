@@ -86,6 +86,7 @@ def tcav_cmd(
     args = (load_texts(concept), _random_sets(random))
     m = load(model)
     rest = (target, load_texts(inputs), pooling)
+    note(n_prompts=len(rest[1]), positions=pooling)
     if site.endswith(".*"):
         layers = cross_layer(m, *args, site[:-2], *rest)
         results = layers.results

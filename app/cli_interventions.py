@@ -18,6 +18,7 @@ from app.cli_common import (
     positive,
     provenance,
     read_prompts,
+    read_task,
     show_progress,
     user_errors,
 )
@@ -48,29 +49,53 @@ def patch(
     positions: str = typer.Option(None, "--positions", help="all (default), each, or 0,3,-1"),
     mode: str = typer.Option("denoise", "--mode", help="denoise or noise"),
     limit: int = typer.Option(None, "--limit", help="use the first N prompts"),
+    max_memory: str = typer.Option(
+        "auto",
+        "--max-memory",
+        help="memory budget of the sweep, e.g. 2GB or 512MB; rows per pass are cut to fit "
+        "(auto: half the memory free on the device)",
+    ),
     json_: bool = typer.Option(False, "--json"),
     out: Path = typer.Option(None, "--out", help="write the result as JSON"),
 ) -> None:
     """Activation patching sweep: the normalised effect of each component."""
+    from interventions.budget import parse_bytes, resolve_budget
     from interventions.patching import activation_patching
-    from probe.tasks import load_task
 
     positive(limit, "--limit")
+    if max_memory.strip().lower() != "auto":
+        parse_bytes(max_memory, "--max-memory")  # a bad size, before the model loads
     pos = _positions(positions)
-    t = load_task(task)
-    t = t.subset(limit) if limit else t
+    t = read_task(task, limit)
+    m = load(model)
+    budget = resolve_budget(max_memory, m.device)
     result = activation_patching(
-        load(model), t, sites, positions=pos, mode=mode, progress=show_progress()
+        m, t, sites, positions=pos, mode=mode, max_memory=budget, progress=show_progress()
     )
-    note(positions=positions or "all")
+    note(positions=positions or "all", max_memory=budget)
+    if not result.resumed and result.resume_reason:  # stderr: --json stays clean
+        typer.echo(f"note: every patched pass ran in full: {result.resume_reason}", err=True)
     if emit(result.to_dict(), json_, out):
         return
     typer.echo(
         f"{mode} patching on {t.name} ({result.n_prompts} prompts): clean LD "
         f"{result.clean_logit_diff:.3f}, corrupt LD {result.corrupt_logit_diff:.3f}"
     )
+    typer.echo(_memory_line(result))
     for c in result.top(15):
         typer.echo(f"{c.label:>24}  {c.effect:+.3f}")
+
+
+def _memory_line(result) -> str:
+    from interventions.budget import human
+
+    how = "measured" if result.memory.get("measured") else "estimated"
+    budget = result.memory.get("budget")
+    limit = "no budget" if budget is None else f"budget {human(budget)}"
+    return (
+        f"{result.rows_per_pass} rows per pass, peak memory {human(result.peak_memory)} "
+        f"({how}), {limit}"
+    )
 
 
 def _pairs(path: Path) -> tuple[list[str], list[str]]:
@@ -190,7 +215,7 @@ def steer_eval(
     m = load(model)
     vec = SteeringVector.load(vector, m)
     metric = word_logit_metric(m, positive_words.split(","), negative_words.split(","))
-    result = evaluate_steering(m, vec, texts, metric, coef_list, n_random)
+    result = evaluate_steering(m, vec, texts, metric, coef_list, n_random, progress=show_progress())
     note(n_prompts=len(texts), site=str(vec.site), positions="all", seed=0)
     if emit(result.to_dict(), json_, out):
         return

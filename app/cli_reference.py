@@ -14,6 +14,7 @@ from app.cli_common import (
     load,
     model_options,
     positive,
+    show_progress,
     user_errors,
 )
 
@@ -65,6 +66,11 @@ def train(
         help="keep the token embeddings (tied to the unembedding) as --init has them",
     ),
     checkpoint_every: int = typer.Option(None, "--checkpoint-every", help="steps per checkpoint"),
+    checkpoint_seconds: float = typer.Option(
+        300.0,
+        "--checkpoint-seconds",
+        help="also checkpoint after this many seconds of wall time since the last (0: off)",
+    ),
     stop_after: int = typer.Option(
         None, "--stop-after", help="checkpoint after this many steps and stop (then --resume)"
     ),
@@ -73,7 +79,7 @@ def train(
     import torch
 
     from probe.errors import GatescopeError
-    from probe.reference.train import ARCHES, TrainConfig, train_reference
+    from probe.reference.train import ARCHES, TrainConfig, checkpoint_step, train_reference
 
     if steps < 1 or warmup < 0 or warmup >= steps:
         raise GatescopeError(
@@ -87,6 +93,10 @@ def train(
         raise GatescopeError(f"--checkpoint-every {checkpoint_every}: expected a positive number")
     if not lr > 0:
         raise GatescopeError(f"--lr {lr}: expected a positive learning rate")
+    if not checkpoint_seconds >= 0:  # also NaN
+        raise GatescopeError(
+            f"--checkpoint-seconds {checkpoint_seconds}: expected 0 (off) or a positive number"
+        )
     if threads is not None:
         if threads < 1:
             raise GatescopeError(f"--threads {threads}: expected a positive number")
@@ -100,6 +110,7 @@ def train(
         induction_tail=induction_tail,
         init=None if init is None else str(init),
         checkpoint_every=checkpoint_every or min(250, max(1, steps // 4)),
+        checkpoint_seconds=checkpoint_seconds,
         corpus_version=corpus,
         induction_docs=induction_docs,
         freeze_embeddings=freeze_embeddings,
@@ -107,7 +118,14 @@ def train(
         tokenizer=None if tokenizer is None else str(tokenizer),
         init_embeddings=None if init_embeddings is None else str(init_embeddings),
     )
-    final = train_reference(cfg, out, resume=resume)
+    at = checkpoint_step(out) if resume else None
+    if resume:
+        where = f"step {at} of {out / 'checkpoint'}" if at is not None else "no checkpoint"
+        typer.echo(
+            f"resuming from {where}" + ("" if at is not None else "; training from step 0"),
+            err=True,
+        )
+    final = train_reference(cfg, out, resume=resume, progress=show_progress())
     typer.echo(
         f"saved {final}" if final else f"stopped at step {stop_after}; continue with --resume"
     )

@@ -15,10 +15,12 @@ from app.cli_common import (
     json_out,
     load,
     model_options,
+    show_progress,
     user_errors,
     write_json,
 )
 from probe.errors import GatescopeError
+from probe.io import check_out_dir, read_text
 
 sae_app = typer.Typer(help="Sparse autoencoders: harvest activations, train, evaluate, browse.")
 TEXT_HELP = (
@@ -58,17 +60,37 @@ def harvest_cmd(
     batch_size: int = typer.Option(16, "--batch-size", help="texts per forward pass"),
     device: str = typer.Option(None, "--device", help=DEVICE_HELP),
     dtype: str = typer.Option(None, "--dtype", help=DTYPE_HELP),
+    force: bool = typer.Option(False, "--force", help="continue a store of other texts/model"),
 ) -> None:
     """Harvest a site's activations into a sharded safetensors store (resumable)."""
-    from probe.store import ActivationStore, harvest
+    from probe.store import ActivationStore, check_harvest_options, harvest
 
-    check_out_path(out)
+    check_harvest_options(tokens, shard_tokens, batch_size)
+    check_out_dir(out, resume=True, force=force)
+    if text is not None:
+        read_text(text, "--text")  # missing, a directory or not UTF-8: before the model loads
     m = load(model, device=device, dtype=dtype)
     where = _one_site(m, site)
-    path = harvest(m, where, _texts(text, m, "train"), tokens, out, shard_tokens, batch_size)
+    texts = _texts(text, m, "train")
+    path = harvest(
+        m,
+        where,
+        texts,
+        tokens,
+        out,
+        shard_tokens,
+        batch_size,
+        progress=show_progress(),
+        force=force,
+    )
     store = ActivationStore(path)
-    rate = store.manifest.get("tokens_per_second")
-    typer.echo(f"{store.tokens} tokens x {store.width} of {where} in {path} ({rate} tok/s)")
+    run = store.manifest.get("last_run") or {}
+    done = (
+        "already complete"
+        if run.get("already_complete")
+        else f"{run.get('tokens')} tokens this run, {run.get('tokens_per_second')} tok/s"
+    )
+    typer.echo(f"{store.tokens} tokens x {store.width} of {where} in {path} ({done})")
 
 
 def _one_site(model, site: str):
@@ -121,7 +143,7 @@ def train_cmd(
 
     if (store is None) == (model is None or site is None):
         raise GatescopeError("give MODEL --site SITE, or --store DIR (not both)")
-    check_out_path(out)
+    check_out_dir(out, resume=resume, force=force)
     spec = SAETrainSpec(
         arch=arch,
         width=width,

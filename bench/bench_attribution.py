@@ -133,9 +133,9 @@ def main() -> None:
     if tl is None:
         print(f"  TransformerLens AtP: skipped ({why})")
         return
-    from interventions.patching import _prepare
+    from interventions.components import prepare
 
-    batch = _prepare(model, task, "each")
+    batch = prepare(model, task, "each")
     t_tl = best(lambda: tl_atp(tl, batch), args.repeats)
     ours = attribute(model, task, "mlp_out.*", "atp", positions="each")
     theirs = tl_atp(tl, batch)

@@ -145,7 +145,7 @@ def compare(x: list[float], y: list[float]) -> dict[str, float]:
     """Pearson, Spearman, n and top-k overlaps of ``y`` against ``x``."""
     from scipy.stats import pearsonr, spearmanr
 
-    out = {"pearson": float(pearsonr(x, y)[0]), "spearman": float(spearmanr(x, y)[0])}
+    out = {"pearson": float(pearsonr(x, y)[0]), "spearman": float(spearmanr(x, y)[0])}  # pyright: ignore[reportArgumentType]
     out["n"] = len(x)
     for k in TOP_K:
         out[f"top{k}"] = overlap(x, y, k)
@@ -164,7 +164,7 @@ def agreement(
     ``methods`` maps a column name to a method object (or to ``attribute()`` keyword
     arguments, e.g. ``{"relp glu=grad": {"method": "relp", "glu_rule": "gradient"}}``);
     default :func:`methods_for`."""
-    methods = methods_for(model) if methods is None else methods
+    methods = methods_for(model) if methods is None else methods  # pyright: ignore[reportAssignmentType]
     stats, patched_all, scores_all, labels, seconds = {}, {}, {}, {}, {}
     for kind in kinds:
         sites = f"{kind}.*"
@@ -181,7 +181,7 @@ def agreement(
         patched_all[kind] = x
         labels[kind] = [truth.components[i].label for i in keep]
         stats[kind], scores_all[kind] = {}, {}
-        for name, m in methods.items():
+        for name, m in methods.items():  # pyright: ignore[reportOptionalMemberAccess]
             kwargs = dict(m) if isinstance(m, dict) else {"method": m}
             start = time.perf_counter()
             result = attribute(model, task, sites, positions=positions, **kwargs)
@@ -189,7 +189,7 @@ def agreement(
             y = [result.components[i].effect for i in keep]
             scores_all[kind][name] = y
             stats[kind][name] = compare(x, y)
-    described = {n: (m.to_dict() if isinstance(m, Method) else dict(m)) for n, m in methods.items()}
+    described = {n: (m.to_dict() if isinstance(m, Method) else dict(m)) for n, m in methods.items()}  # pyright: ignore[reportOptionalMemberAccess]
     return AgreementResult(
         model.name, task.name, stats, patched_all, scores_all, labels, seconds, described
     )

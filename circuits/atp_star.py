@@ -97,16 +97,16 @@ def probe_attention(
         AttentionMaskInterface.register(PROBE_ATTENTION, eager_mask)
     configs = [m.config for m in model.hf.modules() if hasattr(m, "config")]
     configs = list({id(c): c for c in configs}.values())
-    before = [c._attn_implementation for c in configs]
+    before = [c._attn_implementation for c in configs]  # pyright: ignore[reportAttributeAccessIssue]
     _STATE.update(record=record, frozen=frozen, qkv=qkv, substitute=substitute)
     try:
         for c in configs:
-            c._attn_implementation = PROBE_ATTENTION
+            c._attn_implementation = PROBE_ATTENTION  # pyright: ignore[reportArgumentType, reportAttributeAccessIssue]
         yield
     finally:
         _STATE.update(record=None, frozen=None, qkv=None, substitute=None)
         for c, b in zip(configs, before, strict=True):
-            c._attn_implementation = b
+            c._attn_implementation = b  # pyright: ignore[reportAttributeAccessIssue]
 
 
 def _attention_module(model: Model, layer: int):

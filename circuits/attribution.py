@@ -182,7 +182,7 @@ def gradient_pass(
         if alpha != 0.0:
             entries.insert(0, (EMBED, _mix(alpha, clean[EMBED])))
         rules = (
-            lrp_rules(model, method.gate_rule, method.glu_rule, method.hold_attention)
+            lrp_rules(model, method.gate_rule, method.glu_rule, method.hold_attention)  # pyright: ignore[reportAttributeAccessIssue]
             if method.rules
             else nullcontext()
         )

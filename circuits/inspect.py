@@ -75,17 +75,17 @@ def inspect_node(
     with Tracer(model, sites, positions=[-1]) as tr:
         model.forward(batch.clean_ids, batch.attention_mask)
     norm = resolve_path(model.hf, model.family.final_norm)
-    unembed = resolve_path(model.hf, model.family.unembed).weight  # (V, d_model)
-    direction = unembed[batch.answer_ids] - unembed[batch.wrong_ids]  # (N, d_model)
+    unembed = resolve_path(model.hf, model.family.unembed).weight  # pyright: ignore[reportOptionalMemberAccess]  # (V, d_model)
+    direction = unembed[batch.answer_ids] - unembed[batch.wrong_ids]  # pyright: ignore[reportIndexIssue]  # (N, d_model)
     if own is None:
         layer, head = node.layer, node.head
-        dla = direct_logit_attribution(model, task).scores[layer][head]
+        dla = direct_logit_attribution(model, task).scores[layer][head]  # pyright: ignore[reportArgumentType, reportCallIssue]
     else:
-        frozen = frozen_norm(norm, tr[final][:, 0])
+        frozen = frozen_norm(norm, tr[final][:, 0])  # pyright: ignore[reportArgumentType]
         out = tr[own][:, 0].to(direction.dtype)
         dla = float((frozen(out) * direction).sum(-1).mean())
-    x = tr[lens][:1, 0].to(unembed.dtype)  # first prompt, last token
-    probs = torch.softmax(norm(x) @ unembed.T, -1)[0]
+    x = tr[lens][:1, 0].to(unembed.dtype)  # pyright: ignore[reportArgumentType, reportCallIssue]  # first prompt, last token
+    probs = torch.softmax(norm(x) @ unembed.T, -1)[0]  # pyright: ignore[reportOptionalCall]
     order = probs.argsort(descending=True)
     rank = {int(t): i for i, t in enumerate(order.tolist())}
     tok = model.tokenizer

@@ -118,15 +118,15 @@ def _register_attention() -> None:
 def _attention_constant(model: Model) -> Iterator[None]:
     configs = [m.config for m in model.hf.modules() if hasattr(m, "config")]
     configs = list({id(c): c for c in configs}.values())
-    before = [c._attn_implementation for c in configs]
+    before = [c._attn_implementation for c in configs]  # pyright: ignore[reportAttributeAccessIssue]
     _register_attention()
     try:
         for c in configs:
-            c._attn_implementation = LRP_ATTENTION
+            c._attn_implementation = LRP_ATTENTION  # pyright: ignore[reportArgumentType, reportAttributeAccessIssue]
         yield
     finally:
         for c, b in zip(configs, before, strict=True):
-            c._attn_implementation = b
+            c._attn_implementation = b  # pyright: ignore[reportAttributeAccessIssue]
 
 
 @contextmanager

@@ -70,7 +70,9 @@ def cav_steering_vector(cav: CAV, model: Model, scale: float | None = None) -> S
         "cav_accuracy": cav.accuracy,
         "pooling": cav.pooling,
     }
-    vec = SteeringVector(direction * float(scale), site, 1.0, "cav", provenance)
+    vec = SteeringVector(
+        direction=direction * float(scale), site=site, method="cav", provenance=provenance
+    )
     vec.check(model)
     return vec
 
@@ -122,7 +124,7 @@ class ConceptSteeringEval:
             fig.add_trace(trace, 1, 1)
         fig.add_trace(go.Box(y=self.removed_random, name="random removed", boxpoints="all"), 1, 2)
         fig.add_trace(go.Scatter(x=["CAV removed"], y=[self.removed], name="CAV removed"), 1, 2)
-        fig.add_hline(y=self.baseline, line_dash="dot", row=1, col=2)
+        fig.add_hline(y=self.baseline, line_dash="dot", row=1, col=2)  # pyright: ignore[reportArgumentType]
         fig.update_xaxes(title_text="coefficient", row=1, col=1)
         fig.update_yaxes(title_text="behaviour metric", row=1, col=1)
         fig.update_layout(title=f"concept steering with {self.concept} at {self.site}")
@@ -167,10 +169,10 @@ def evaluate_concept_steering(
     g = torch.Generator().manual_seed(seed + 1)
     randoms = [torch.randn(vec.direction.shape, generator=g) for _ in range(n_random)]
     return ConceptSteeringEval(
-        cav.concept,
-        cav.site,
-        add,
-        run([]),
-        run(remove_concept(cav, model)),
-        [run(_project_out(r, vec.site)) for r in randoms],
+        concept=cav.concept,
+        site=cav.site,
+        add=add,
+        baseline=run([]),
+        removed=run(remove_concept(cav, model)),
+        removed_random=[run(_project_out(r, vec.site)) for r in randoms],
     )

@@ -76,6 +76,12 @@ class Edit:
                 "a list of token indices"
             )
 
+    @property
+    def at(self) -> Site:
+        """``site`` as a :class:`Site` (``__post_init__`` parses its text form)."""
+        assert isinstance(self.site, Site)
+        return self.site
+
     def transform(self, value: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -115,7 +121,9 @@ class Edit:
         return torch.where(mask.view(shape), new, value)
 
 
-def _check_vector(vec: torch.Tensor, value: torch.Tensor, site: Site) -> torch.Tensor:
+def _check_vector(vec: torch.Tensor | None, value: torch.Tensor, site: Site) -> torch.Tensor:
+    if vec is None:
+        raise GatescopeError(f"edit at {site}: expected a vector (torch.Tensor), got None")
     if tuple(vec.shape) != tuple(value.shape[2:]):
         raise GatescopeError(
             f"edit at {site}: the vector has shape {tuple(vec.shape)} but the site's value per "
@@ -171,12 +179,12 @@ class Add(Edit):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check_finite(self.coef, "coefficient")
-        _check_direction(self.vector, self.site, "add")
+        _check_direction(self.vector, self.at, "add")
 
     def transform(self, value):
         delta = self._delta
         if delta is None or delta.device != value.device or delta.dtype != value.dtype:
-            delta = self._delta = self.coef * _check_vector(self.vector, value, self.site)
+            delta = self._delta = self.coef * _check_vector(self.vector, value, self.at)
         return value + delta
 
 
@@ -189,7 +197,7 @@ class Ablate(Edit):
     def transform(self, value):
         if self.mean is None:
             return torch.zeros_like(value)
-        return _check_vector(self.mean, value, self.site).expand_as(value)
+        return _check_vector(self.mean, value, self.at).expand_as(value)
 
 
 #: Gate kinds an edit may clamp or scale, each with the widest range it takes in any family
@@ -245,13 +253,13 @@ class ClampGate(Edit):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        lo, hi = _gate_site(self.site)
+        lo, hi = _gate_site(self.at)
         _check_finite(self.value, "gate value")
-        _check_gate_value(self.value, lo, hi, self.site, "")
+        _check_gate_value(self.value, lo, hi, self.at, "")
 
     def bind(self, model: Model) -> None:
-        lo, hi = site_range(model, self.site)
-        _check_gate_value(self.value, lo, hi, self.site, f" on this model ({model.family.name})")
+        lo, hi = site_range(model, self.at)
+        _check_gate_value(self.value, lo, hi, self.at, f" on this model ({model.family.name})")
 
     def transform(self, value):
         return torch.full_like(value, self.value)
@@ -268,16 +276,16 @@ class ScaleGate(Edit):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _gate_site(self.site)
+        _gate_site(self.at)
         _check_finite(self.factor, "gate scale factor")
         if self.factor < 0:
             raise GatescopeError(f"gate scale factor {self.factor} is negative; use >= 0")
 
     def bind(self, model: Model) -> None:
-        self._range = site_range(model, self.site)
+        self._range = site_range(model, self.at)
 
     def transform(self, value):
-        lo, hi = self._range or GATE_RANGES[self.site.kind]
+        lo, hi = self._range or GATE_RANGES[self.at.kind]
         return (value * self.factor).clamp(lo, hi)
 
 
@@ -299,11 +307,11 @@ class BanExperts(Edit):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _router_site(self.site, "BanExperts")
-        self.experts = _expert_list(self.experts, self.site)
+        _router_site(self.at, "BanExperts")
+        self.experts = _expert_list(self.experts, self.at)
 
     def transform(self, value):
-        _check_experts(self.experts, value, self.site)
+        _check_experts(self.experts, value, self.at)
         if len(set(self.experts)) >= value.shape[-1]:
             raise GatescopeError(
                 f"BanExperts at {self.site}: banning all {value.shape[-1]} experts leaves the "
@@ -330,11 +338,11 @@ class ForceExperts(Edit):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _router_site(self.site, "ForceExperts")
-        self.experts = _expert_list(self.experts, self.site)
+        _router_site(self.at, "ForceExperts")
+        self.experts = _expert_list(self.experts, self.at)
 
     def transform(self, value):
-        _check_experts(self.experts, value, self.site)
+        _check_experts(self.experts, value, self.at)
         new = value.clone()
         new[..., list(self.experts)] = math.inf
         return new
@@ -366,10 +374,10 @@ class ProjectOut(Edit):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_direction(self.direction, self.site, "project-out", nonzero=True)
+        _check_direction(self.direction, self.at, "project-out", nonzero=True)
 
     def transform(self, value):
-        r = _check_vector(self.direction, value, self.site)
+        r = _check_vector(self.direction, value, self.at)
         r = r / r.norm()
         return value - (value * r).sum(-1, keepdim=True) * r
 
@@ -384,14 +392,14 @@ class Rotate(Edit):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_direction(self.u, self.site, "rotation", nonzero=True)
-        _check_direction(self.v, self.site, "rotation", nonzero=True)
+        _check_direction(self.u, self.at, "rotation", nonzero=True)
+        _check_direction(self.v, self.at, "rotation", nonzero=True)
         _check_finite(self.angle, "rotation angle")
 
     def transform(self, value):
-        e1 = _check_vector(self.u, value, self.site)
+        e1 = _check_vector(self.u, value, self.at)
         e1 = e1 / e1.norm()
-        e2 = _check_vector(self.v, value, self.site)
+        e2 = _check_vector(self.v, value, self.at)
         e2 = e2 - (e2 * e1).sum() * e1
         if float(e2.norm()) < 1e-8:
             raise GatescopeError(f"rotation at {self.site}: u and v are parallel")
@@ -409,6 +417,8 @@ class Apply(Edit):
     fn: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def transform(self, value):
+        if self.fn is None:
+            raise GatescopeError(f"Apply at {self.site}: give fn, a function of the value")
         return self.fn(value)
 
 
@@ -417,7 +427,7 @@ def intervene(model: Model, edits: Edit | Sequence[Edit]) -> Iterator[ForwardInf
     """Apply ``edits`` (in order; several may share a site) to every forward pass inside."""
     edits = [edits] if isinstance(edits, Edit) else list(edits)
     for edit in edits:
-        model.check_site(edit.site)
+        model.check_site(edit.at)
         edit.bind(model)
-    with hook_sites(model, [(e.site, e) for e in edits], write=True) as info:
+    with hook_sites(model, [(e.at, e) for e in edits], write=True) as info:
         yield info

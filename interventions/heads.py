@@ -25,7 +25,7 @@ import torch
 
 from interventions.edits import Patch, intervene
 from probe.errors import GatescopeError
-from probe.locate import locate, resolve_path
+from probe.locate import locate, module_at, tensor_of
 from probe.model import Model
 from probe.sites import Site
 from probe.tasks import Task, last_token_logits, logit_diff
@@ -82,8 +82,8 @@ def direct_logit_attribution(model: Model, task: Task) -> HeadScores:
     with Tracer(model, ["head_out.*", f"resid_post.{last_layer}"], positions=[-1]) as tr:
         model.forward(batch.clean_ids, batch.attention_mask)
     x = tr[Site("resid_post", last_layer)][:, 0]  # (N, d_model)
-    frozen = frozen_norm(resolve_path(model.hf, model.family.final_norm), x)
-    unembed = resolve_path(model.hf, model.family.unembed).weight  # (V, d_model)
+    frozen = frozen_norm(module_at(model.hf, model.family.final_norm), x)
+    unembed = tensor_of(module_at(model.hf, model.family.unembed))  # (V, d_model)
     direction = unembed[batch.answer_ids] - unembed[batch.wrong_ids]  # (N, d_model)
     scores = []
     for layer in range(model.dims.n_layers):
@@ -97,7 +97,7 @@ def direct_logit_attribution(model: Model, task: Task) -> HeadScores:
             out = o_proj(only.flatten(1)) - zero  # (N, d_model)
             row.append(float((frozen(out) * direction).sum(-1).mean()))
         scores.append(row)
-    return HeadScores("direct logit attribution", scores)
+    return HeadScores(name="direct logit attribution", scores=scores)
 
 
 def _within_length_perms(lengths: torch.Tensor, n_perm: int, seed: int) -> list[torch.Tensor]:
@@ -126,10 +126,16 @@ def _swap_effects(model, site, sources, base_ids, mask, batch, base_ld) -> torch
 
 @torch.no_grad()
 def interchange_test(
-    model: Model, task: Task, n_null: int = 20, seed: int = 0, batch_rows: int = 512
+    model: Model,
+    task: Task,
+    n_null: int = 20,
+    seed: int = 0,
+    batch_rows: int = 512,
+    progress: bool = False,
 ) -> HeadScores:
     """Swap each head between clean and corrupt runs (both ways) against a permutation null
-    (swaps from other prompts of the same token length)."""
+    (swaps from other prompts of the same token length); ``progress``: a bar on stderr over
+    the heads."""
     batch = task.tokenize(model.tokenizer)
     mask, n = batch.attention_mask, len(batch)
     perms = _within_length_perms(batch.lengths, n_null, seed)
@@ -145,9 +151,18 @@ def interchange_test(
     perms = [torch.arange(n), *perms]  # variant 0 is the matched swap
     per_pass = max(1, batch_rows // n)
     scores, pvals = [], []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=model.dims.n_layers * model.dims.n_heads,
+        desc="interchange test",
+        unit="head",
+        disable=not progress,
+    )
     for layer in range(model.dims.n_layers):
         row, prow = [], []
         for head in range(model.dims.n_heads):
+            bar.update(1)
             site = Site("head_out", layer, head)
             src_c = clean[Site("head_out", layer)][:, :, head]  # (n, T, d_head)
             src_x = corrupt[Site("head_out", layer)][:, :, head]
@@ -179,7 +194,12 @@ def interchange_test(
             prow.append(float((1 + (null >= observed).sum()) / (1 + len(null))))
         scores.append(row)
         pvals.append(prow)
-    return HeadScores("interchange effect (mean |change in logit difference|)", scores, pvals)
+    bar.close()
+    return HeadScores(
+        name="interchange effect (mean |change in logit difference|)",
+        scores=scores,
+        p_values=pvals,
+    )
 
 
 __all__ = ["HeadScores", "direct_logit_attribution", "interchange_test", "last_token_logits"]

@@ -27,10 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
+from interventions.budget import human, resolve_budget
 from interventions.components import Component, value_site
 from probe.errors import GatescopeError
 from probe.hooks import hook_sites
-from probe.locate import resolve_path
+from probe.locate import module_at, tensor_of
 from probe.model import Model
 from probe.resume import CannotResume, ResumablePass, StopPass, cache_bytes
 from probe.sites import Site
@@ -63,13 +64,12 @@ def _set_verdict(model: Model, ok: bool, reason: str) -> None:
     _VERDICTS[model.hf] = (ok, reason)
 
 
-def hook_site(c: Component) -> Site:
-    """Deprecated name of :func:`interventions.components.value_site`."""
-    return value_site(c)
+# Old names kept until nothing imports them (use value_site and TaskBatch.select).
+hook_site = value_site
 
 
 def select_rows(batch: TaskBatch, rows: torch.Tensor) -> TaskBatch:
-    """Deprecated name of :meth:`TaskBatch.select`."""
+    """Old name of :meth:`TaskBatch.select`."""
     return batch.select(rows)
 
 
@@ -127,13 +127,14 @@ class _Scorer:
         model = self.model
         rows = torch.arange(len(batch.lengths), device=hidden.device)
         x = hidden[rows, batch.lengths.to(hidden.device) - 1 - offset]  # (B, d_model)
-        unembed = resolve_path(model.hf, model.family.unembed)
-        w_u = unembed.weight  # (V, d_model)
-        h = resolve_path(model.hf, model.family.final_norm)(x.to(w_u.device))  # (B, d_model)
+        unembed = module_at(model.hf, model.family.unembed)
+        w_u = tensor_of(unembed)  # (V, d_model)
+        h = module_at(model.hf, model.family.final_norm)(x.to(w_u.device))  # (B, d_model)
         ans, wrong = batch.answer_ids.to(w_u.device), batch.wrong_ids.to(w_u.device)
         ld = (h.float() * (w_u[ans] - w_u[wrong]).float()).sum(-1)  # (B,) in float32
         if getattr(unembed, "bias", None) is not None:
-            ld = ld + (unembed.bias[ans] - unembed.bias[wrong]).float()
+            bias = tensor_of(unembed, "bias")
+            ld = ld + (bias[ans] - bias[wrong]).float()
         return ld.cpu()
 
     def __call__(self, ids, mask, entries, batch: TaskBatch) -> torch.Tensor:
@@ -170,7 +171,8 @@ class _Runs:
         held = sum(self.cache[s].numel() * self.cache[s].element_size() for s in sites)
         if self.resumed is not None:
             held += cache_bytes(self.resumed.cache)
-            held += sum(c.hidden.numel() * c.hidden.element_size() for c in self.resumed.calls)
+            calls = self.resumed.calls or []
+            held += sum(c.hidden.numel() * c.hidden.element_size() for c in calls)
         return held
 
 
@@ -181,7 +183,8 @@ def full_runs(model: Model, batch: TaskBatch, base, source, sites: list[Site]) -
     score = _Scorer.checked(model, batch, cache[last], source_rows)
     if not score.fast:
         log.info("patching: full logits in every pass: %s", score.why_not)
-    return _Runs(cache, 0, score, source_rows, score(base, batch.attention_mask, [], batch))
+    base_rows = score(base, batch.attention_mask, [], batch)
+    return _Runs(cache=cache, src_off=0, score=score, source_rows=source_rows, base_rows=base_rows)
 
 
 def _check_on_two(model: Model, batch: TaskBatch, base) -> tuple[TaskBatch, torch.Tensor, _Scorer]:
@@ -241,7 +244,15 @@ def resumed_runs(model, batch: TaskBatch, base, source, sites, start: int):
         _set_verdict(model, ok, reason)
         if not ok:
             return None, reason
-    return _Runs(cache, start, score, source_rows, base_rows, resumed), ""
+    runs = _Runs(
+        cache=cache,
+        src_off=start,
+        score=score,
+        source_rows=source_rows,
+        base_rows=base_rows,
+        resumed=resumed,
+    )
+    return runs, ""
 
 
 def _patched_logit_diffs(
@@ -299,42 +310,7 @@ def normalisers(runs: _Runs, mode: str) -> tuple[float, float, float]:
     return base_ld, clean_ld, corrupt_ld
 
 
-# ---- memory -------------------------------------------------------------------------------
-
-_UNITS = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30, "TB": 2**40}
-_UNITS.update({"K": 2**10, "M": 2**20, "G": 2**30, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30})
-
-
-def parse_bytes(value: int | float | str | None) -> int | None:
-    """``"2GB"``, ``"512MiB"``, ``3e9`` or ``None`` -> bytes (binary units)."""
-    if value is None or isinstance(value, int | float):
-        if value is not None and value <= 0:
-            raise GatescopeError(f"max_memory {value} must be positive; give bytes or '2GB'")
-        return None if value is None else int(value)
-    text = value.strip().upper().replace(" ", "")
-    number = text.rstrip("KMGTIB")
-    unit = text[len(number) :]
-    try:
-        size = float(number) * _UNITS[unit]
-    except (ValueError, KeyError):
-        raise GatescopeError(
-            f"max_memory {value!r} is not a size; give bytes or a number with KB, MB, GB "
-            "(e.g. '2GB')"
-        ) from None
-    if size <= 0:
-        raise GatescopeError(f"max_memory {value!r} must be positive")
-    return int(size)
-
-
-def default_budget(model: Model) -> int:
-    """Half the memory free on the model's device now."""
-    device = torch.device(model.device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free // 2
-    import psutil
-
-    return psutil.virtual_memory().available // 2
+# ---- memory (sizes and budgets: interventions.budget) -------------------------------------
 
 
 def _row_bytes(model: Model, batch: TaskBatch, runs: _Runs, esize: int) -> int:
@@ -383,17 +359,11 @@ def plan_rows(model, batch: TaskBatch, runs: _Runs, batch_rows: int, budget: int
             raise GatescopeError(
                 f"max_memory {budget} bytes cannot hold one patched component ({n} prompts): "
                 f"about {need} bytes are needed ({held} held by the sweep, {per_row} per "
-                f"row); give at least {need} bytes (e.g. '{_human(need)}') or fewer prompts"
+                f"row); give at least {need} bytes (e.g. '{human(need, pad=1.05)}') or fewer "
+                "prompts"
             )
         rows = min(rows, fits // n * n)
-    return Plan(rows, held, per_row, budget)
-
-
-def _human(n: int) -> str:
-    for unit in ("GB", "MB", "KB"):
-        if n >= _UNITS[unit]:
-            return f"{n / _UNITS[unit] * 1.05:.1f}{unit}"
-    return f"{n}B"
+    return Plan(rows=rows, held=held, per_row=per_row, budget=budget)
 
 
 def _sweep(todo, runs: _Runs, base, batch: TaskBatch, rows: int, progress, mode) -> int:
@@ -439,11 +409,11 @@ def run_sweep(
     *,
     batch_rows: int = 256,
     resume: bool = True,
-    max_memory=None,
+    max_memory: int | float | str | None = "auto",
     progress: bool = False,
 ) -> SweepOutcome:
     """Set the normalised effect of every component in ``todo`` (see the module docstring)."""
-    budget = parse_bytes(max_memory)
+    budget = resolve_budget(max_memory, model.device)
     sites = sorted({value_site(c) for c in todo} or {Site("resid_pre", 0)})
     cuda = torch.device(model.device).type == "cuda"
     if cuda:
@@ -477,5 +447,11 @@ def run_sweep(
         peak = torch.cuda.max_memory_allocated(model.device) - before
     memory = {"held": plan.held, "per_row": plan.per_row, "budget": budget, "measured": cuda}
     return SweepOutcome(
-        clean_ld, corrupt_ld, runs.resumed is not None, reason, used, int(peak), memory
+        clean_logit_diff=clean_ld,
+        corrupt_logit_diff=corrupt_ld,
+        resumed=runs.resumed is not None,
+        resume_reason=reason,
+        rows_per_pass=used,
+        peak_memory=int(peak),
+        memory=memory,
     )

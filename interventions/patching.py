@@ -56,7 +56,9 @@ from probe.resume import shared_prefix
 from probe.tasks import Task
 
 MODES = ("denoise", "noise")
-_components = components  # names circuits.attribution imported before components.py
+# Old private names (circuits.attribution imported them before components.py made them
+# public): thin aliases until nothing imports them.
+_components = components
 _prepare = prepare
 
 
@@ -160,7 +162,7 @@ def activation_patching(
     mode: str = "denoise",
     batch_rows: int = 256,
     resume: bool = True,
-    max_memory: int | str | None = None,
+    max_memory: int | str | None = "auto",
     progress: bool = True,
 ) -> PatchingResult:
     """Patch every component of ``sites`` and measure the normalised logit difference.
@@ -178,9 +180,11 @@ def activation_patching(
             prompts share (checked against the full forward first); ``False`` runs every
             pass in full. Why passes did not resume is ``resume_reason`` of the result.
         max_memory: a memory budget for the sweep (bytes, or ``"2GB"``): rows per pass are
-            cut to fit it (``None``: no budget beyond ``batch_rows``); a budget that cannot
-            hold one component's rows is refused. ``peak_memory`` of the result reports
-            the sweep's peak (measured on CUDA, estimated from shapes on CPU).
+            cut to fit it; ``"auto"`` is half the memory free on the model's device now
+            (``interventions.budget.default_budget``), ``None`` no budget beyond
+            ``batch_rows``; a budget that cannot hold one component's rows is refused.
+            ``peak_memory`` of the result reports the sweep's peak (measured on CUDA,
+            estimated from shapes on CPU).
     """
     if mode not in MODES:
         raise GatescopeError(f"mode '{mode}' is unknown; choose one of {', '.join(MODES)}")

@@ -20,10 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -60,7 +60,7 @@ class SteeringVector:
 
     def save(self, path: str | Path) -> Path:
         """Write ``NAME.safetensors`` (the direction) and ``NAME.json`` (site, provenance)."""
-        from safetensors.torch import save_file
+        from probe.io import save_safetensors, write_json
 
         path = Path(path).with_suffix(".safetensors")
         if not path.parent.is_dir():
@@ -72,13 +72,8 @@ class SteeringVector:
             "provenance": self.provenance,
             "format": "gatescope.steering/1",
         }
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({"direction": self.direction.detach().float().contiguous()}, str(tmp))
-        os.replace(tmp, path)
-        meta_path = path.with_suffix(".json")
-        tmp = meta_path.with_name(f".{meta_path.name}.tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, meta_path)
+        save_safetensors({"direction": self.direction.detach().float()}, path)
+        write_json(path.with_suffix(".json"), meta)
         return path
 
     @classmethod
@@ -142,10 +137,10 @@ def model_fingerprint(model: Model) -> str:
     same weights loaded twice, different for another model of the same shape."""
     import hashlib
 
-    from probe.locate import resolve_path
+    from probe.locate import module_at, tensor_of
 
-    emb = resolve_path(model.hf, model.family.embed)
-    rows = emb.weight[:4].detach().float().cpu()  # (4, d_model)
+    emb = module_at(model.hf, model.family.embed)
+    rows = tensor_of(emb)[:4].detach().float().cpu()  # (4, d_model)
     text = f"{model.family.name}|{model.dims}|{[round(float(v), 3) for v in rows.sum(1)]}"
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
@@ -208,7 +203,7 @@ def build_vector(
         "data": data,
         "pairs": len(positive),
     }
-    vec = SteeringVector(direction, site, 1.0, method, prov)
+    vec = SteeringVector(direction=direction, site=site, coef=1.0, method=method, provenance=prov)
     if not bool(torch.isfinite(direction).all()) or float(direction.norm()) == 0.0:
         raise GatescopeError(
             f"the {method} vector at {site} is zero or not finite: the positive and negative "
@@ -221,7 +216,9 @@ def from_direction(direction: torch.Tensor, site, model: Model, source: str = ""
     """Any direction (SAE feature, CAV) as a steering vector at ``site``."""
     site = Site.parse(site) if isinstance(site, str) else site
     prov = {"model": model.name, "fingerprint": model_fingerprint(model), "data": source}
-    vec = SteeringVector(direction.detach().float(), site, 1.0, "direction", prov)
+    vec = SteeringVector(
+        direction=direction.detach().float(), site=site, method="direction", provenance=prov
+    )
     vec.check(model)
     return vec
 
@@ -255,7 +252,8 @@ def generate(
     n_prompt = batch.input_ids.shape[1]
     edits = [vector.edit(coef, positions, n_prompt)] if vector is not None else []
     with intervene(model, edits):
-        out = model.hf.generate(
+        hf: Any = model.hf  # a transformers model (checked above: it can generate)
+        out = hf.generate(
             batch.input_ids.to(model.device),
             attention_mask=batch.attention_mask.to(model.device),
             max_new_tokens=max_new_tokens,
@@ -336,16 +334,24 @@ def evaluate_steering(
     coefs: Sequence[float] = (-4, -2, -1, 0, 1, 2, 4),
     n_random: int = 10,
     seed: int = 0,
+    progress: bool = False,
 ) -> SteeringEval:
     """The metric on ``prompts`` (steering at every position) per coefficient, for the vector
-    and ``n_random`` random directions of the same norm."""
+    and ``n_random`` random directions of the same norm; ``progress``: a bar on stderr over
+    the (1 + n_random) x coefficients passes."""
     batch = model.tokenize(list(prompts))
     g = torch.Generator().manual_seed(seed)
     norm = vector.direction.norm()
     randoms = []
     for _ in range(n_random):
         r = torch.randn(vector.direction.shape, generator=g)
-        randoms.append(SteeringVector(r / r.norm() * norm, vector.site))
+        randoms.append(SteeringVector(direction=r / r.norm() * norm, site=vector.site))
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=(1 + n_random) * len(coefs), desc="steer eval", unit="pass", disable=not progress
+    )
 
     def curve(vec: SteeringVector) -> list[float]:
         scores = []
@@ -354,8 +360,15 @@ def evaluate_steering(
                 scores.append(
                     metric(model.forward(batch.input_ids, batch.attention_mask), batch.lengths)
                 )
+            bar.update(1)
         return scores
 
-    return SteeringEval(
-        [float(c) for c in coefs], curve(vector), [curve(r) for r in randoms], str(vector.site)
-    )
+    try:
+        return SteeringEval(
+            coefs=[float(c) for c in coefs],
+            vector=curve(vector),
+            random=[curve(r) for r in randoms],
+            site=str(vector.site),
+        )
+    finally:
+        bar.close()

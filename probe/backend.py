@@ -34,11 +34,13 @@ class Backend(Protocol):
 
     def hook_sites(self, model: Model, entries: Sequence[tuple[Site, HookFn]], write: bool):
         """Context manager: read/write these sites in every forward pass inside it."""
+        ...
 
     def forward(
         self, model: Model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """Run inputs, return logits (B, T, vocab)."""
+        ...
 
 
 class HookBackend:

@@ -380,7 +380,7 @@ class GateReport:
         if table is None:
             return None
         table = table[threshold] if threshold is not None else table
-        return [None if row is None else sum(row) / len(row) for row in table]
+        return [None if row is None else sum(row) / len(row) for row in table]  # pyright: ignore[reportReturnType]
 
     def summary(self) -> dict:
         """The headline figures: means over layers and heads."""
@@ -470,19 +470,19 @@ def token_gates(model: Model, prompt: str) -> TokenGates:
     layers = range(model.dims.n_layers)
     if model.is_gated:  # (T, H) per layer; None on a layer without the gate
         gates = [
-            tr[Site("attn_gate", i)][0].float().mean(-1).tolist()
+            tr[Site("attn_gate", i)][0].float().mean(-1).tolist()  # pyright: ignore[reportIndexIssue]
             if model.has_site(Site("attn_gate", i))
             else None
             for i in layers
         ]
     if "mlp_gate" in model.kinds:
         glu = [
-            (tr[Site("mlp_gate", i)][0].float().abs() >= 0.01).float().mean(-1).tolist()
+            (tr[Site("mlp_gate", i)][0].float().abs() >= 0.01).float().mean(-1).tolist()  # pyright: ignore[reportIndexIssue]
             if model.has_site(Site("mlp_gate", i))
             else None
             for i in layers
         ]
-    return TokenGates(tokens, gates, glu)
+    return TokenGates(tokens, gates, glu)  # pyright: ignore[reportArgumentType]
 
 
 class _nothing:

@@ -16,13 +16,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from probe.errors import GatescopeError
 from probe.families.base import Tap
-from probe.families.layouts import Ctx
+from probe.families.layouts import Ctx, Layout, Transform
 from probe.locate import locate
 from probe.model import Model
 from probe.sites import Site
@@ -44,15 +45,23 @@ class ForwardInfo:
 HookFn = Callable[[torch.Tensor, ForwardInfo], torch.Tensor | None]
 
 
+def _layout(tap: Tap) -> Layout:
+    return cast(Layout, tap.layout)  # Tap.__post_init__ turns a layout's name into the Layout
+
+
+def _transform(tap: Tap) -> Transform:
+    return cast(Transform, tap.transform)  # called where the tap has one (a name is resolved)
+
+
 def _ctx(model: Model, site: Site, module: nn.Module, tokens=None) -> Ctx:
     return Ctx(model.dims, model.text_config, model.layer(site.layer), module, tokens)
 
 
 def read_site(raw, tap: Tap, ctx: Ctx, head: int | None) -> torch.Tensor:
     """The site's value from the module tensor ``raw`` (the layout's view, transformed)."""
-    value = tap.layout.read(raw, ctx)
+    value = _layout(tap).read(raw, ctx)
     if tap.transform is not None:
-        value = tap.transform.forward(value, ctx)
+        value = _transform(tap).forward(value, ctx)
     if head is not None:
         value = value[:, :, head]
     return value
@@ -66,8 +75,8 @@ def write_site(raw, tap: Tap, ctx: Ctx, site: Site, new: torch.Tensor):
     """
     if not tap.writable:
         raise GatescopeError(f"site '{site}' is read-only: {site.kind} cannot be edited")
-    pre = tap.layout.read(raw, ctx)
-    old = pre if tap.transform is None else tap.transform.forward(pre, ctx)
+    pre = _layout(tap).read(raw, ctx)
+    old = pre if tap.transform is None else _transform(tap).forward(pre, ctx)
     target = old if site.head is None else old[:, :, site.head]
     if new.shape != target.shape:
         try:
@@ -86,8 +95,10 @@ def write_site(raw, tap: Tap, ctx: Ctx, site: Site, new: torch.Tensor):
         new = full
     if tap.transform is not None:
         new = new.to(old.dtype)
-        new = torch.where(new != old, tap.transform.inverse(new, ctx, str(site)).to(pre.dtype), pre)
-    return tap.layout.write(raw, ctx, new.to(dtype=pre.dtype))
+        new = torch.where(
+            new != old, _transform(tap).inverse(new, ctx, str(site)).to(pre.dtype), pre
+        )
+    return _layout(tap).write(raw, ctx, new.to(dtype=pre.dtype))
 
 
 def headwise_hint(site: Site, want: tuple, got: tuple) -> str:
@@ -102,7 +113,7 @@ def headwise_hint(site: Site, want: tuple, got: tuple) -> str:
 
 def get_raw(tap: Tap, args: tuple, kwargs: dict, output=None) -> torch.Tensor | None:
     if tap.side == "output":
-        if tap.layout.whole_output:
+        if _layout(tap).whole_output:
             return output
         return output[tap.index] if isinstance(output, tuple | list) else output
     if len(args) > tap.position:
@@ -110,9 +121,9 @@ def get_raw(tap: Tap, args: tuple, kwargs: dict, output=None) -> torch.Tensor | 
     return kwargs.get(tap.arg)
 
 
-def put_raw(tap: Tap, args: tuple, kwargs: dict, output, new: torch.Tensor):
+def put_raw(tap: Tap, args: tuple, kwargs: dict, output, new: torch.Tensor) -> Any:
     if tap.side == "output":
-        if tap.layout.whole_output:
+        if _layout(tap).whole_output:
             return type(output)(new) if isinstance(output, tuple) else new
         if isinstance(output, tuple | list):
             items = list(output)
@@ -149,7 +160,7 @@ def _planned(model: Model, site: Site, tap: Tap, fn: HookFn, info: ForwardInfo) 
         return None if new is None else write_site(raw, tap, ctx, site, new)
 
     plans = [Planned(module, tap, apply)]
-    if tap.layout.needs_tokens:
+    if _layout(tap).needs_tokens:
 
         def record(raw):
             shape["tokens"] = (int(raw.shape[0]), int(raw.shape[1]))
@@ -178,6 +189,7 @@ def _sum_write_plan(model: Model, site: Site, tap: Tap, fn: HookFn, info: Forwar
         # exact where nothing changed (adds 0), and differentiable with respect to ``new``
         return addend + (new - current)
 
+    assert tap.write_base is not None and tap.write_via is not None  # a sum's taps
     return [
         *_planned(model, site, tap.write_base, keep_base, info),
         *_planned(model, site, tap.write_via, write_addend, info),
@@ -233,7 +245,7 @@ def install_torch_hook(p: Planned, thread: int | None = None) -> torch.utils.hoo
 
         return p.module.register_forward_hook(post, with_kwargs=True)
 
-    def pre(module, args, kwargs):
+    def pre(module, args, kwargs) -> Any:
         if thread is not None and threading.get_ident() != thread:
             return None
         new = p.apply(get_raw(tap, args, kwargs))

@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from probe.errors import GatescopeError
+from probe.paths import BUNDLED_MODELS as BUNDLED
 
 #: Inputs read during the current command: ``{path: sha256}`` (None outside a command).
 SOURCES: ContextVar[dict[str, str] | None] = ContextVar("gatescope_sources", default=None)
 
-#: Names ``load_model`` resolves without a path or the hub.
-BUNDLED_MODELS = ("reference", "reference-gated", "reference-plain")
+#: Names ``load_model`` resolves without a path or the hub (the one list, in probe.paths).
+BUNDLED_MODELS = tuple(BUNDLED)
 
 
 def _note(path: Path, data: bytes) -> None:
@@ -272,6 +273,28 @@ def check_out(path: str | Path | None, force: bool = False, what: str = "--out")
         raise GatescopeError(f"{what} {path}: the file exists; pass --force to overwrite it")
 
 
+def check_out_dir(
+    path: str | Path | None, resume: bool = False, force: bool = False, what: str = "--out"
+) -> None:
+    """Refuse an output directory before any work: a file in its place, or a missing parent
+    directory. An existing non-empty directory is what a resumed run continues (``resume``);
+    otherwise it is refused unless ``force``."""
+    if path is None:
+        return
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise GatescopeError(f"{what} {path}: is a file; give a directory (new or to resume)")
+    if not path.parent.resolve().is_dir():
+        raise GatescopeError(
+            f"{what} {path}: directory {path.parent} does not exist; create it first"
+        )
+    if path.is_dir() and any(path.iterdir()) and not (resume or force):
+        raise GatescopeError(
+            f"{what} {path}: the directory exists and is not empty; pass --resume to continue "
+            "the run in it, --force to write over it, or give a new directory"
+        )
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -297,5 +320,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) atomically, with the user's umask."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, obj: Any, indent: int | None = 2) -> None:
+    """Write ``obj`` as JSON atomically, with the user's umask."""
+    write_text(path, json.dumps(obj, indent=indent))
+
+
+def save_safetensors(tensors: dict, path: str | Path, metadata: dict | None = None) -> Path:
+    """Write ``tensors`` as a safetensors file atomically (temporary name, then renamed), with
+    the user's umask; the one writer of every tensor file gatescope saves."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    return path

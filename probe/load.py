@@ -21,6 +21,7 @@ from probe.backend import HookBackend
 from probe.errors import GatescopeError
 from probe.families import family_for_config
 from probe.model import Model, dims_from_config
+from probe.nnsight_backend import NNsightBackend, check_remote_key, load_lazily, use_nnsight
 from probe.paths import BUNDLED_MODELS, bundled_model_dir
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,14 @@ def _wrap_loaded(obj: nn.Module, tokenizer: Any, name: str) -> Model:
         mt = "hooked_transformer_gated" if gated else "hooked_transformer"
         family = family_for_config(SimpleNamespace(model_type=mt))
         dims = dims_from_config(cfg)
-        return Model(obj.eval(), tokenizer or obj.tokenizer, family, dims, name, HookBackend())
+        return Model(
+            hf=obj.eval(),
+            tokenizer=tokenizer or obj.tokenizer,
+            family=family,
+            dims=dims,
+            name=name,
+            backend=HookBackend(),
+        )
     config = getattr(obj, "config", None)
     if config is None:
         raise GatescopeError(
@@ -65,7 +73,15 @@ def _wrap_loaded(obj: nn.Module, tokenizer: Any, name: str) -> Model:
         path = config._name_or_path
         tokenizer = _load_tokenizer(path, False) if Path(path).is_dir() else None
     name = name or getattr(config, "_name_or_path", "") or type(obj).__name__
-    return Model(obj.eval(), tokenizer, family, dims_from_config(text_cfg), name, HookBackend())
+    dims = dims_from_config(text_cfg)
+    return Model(
+        hf=obj.eval(),
+        tokenizer=tokenizer,
+        family=family,
+        dims=dims,
+        name=name,
+        backend=HookBackend(),
+    )
 
 
 def load_model(
@@ -94,8 +110,6 @@ def load_model(
     if remote and backend != "nnsight":
         raise GatescopeError("remote=True needs backend='nnsight' (NDIF runs nnsight)")
     if remote:
-        from probe.nnsight_backend import check_remote_key
-
         check_remote_key(remote)  # before any config is fetched
     if isinstance(model, nn.Module):
         wrapped = _place(_wrap_loaded(model, tokenizer, ""), device)
@@ -176,8 +190,6 @@ def _load_kwargs(dtype, device_map, attn_implementation, trust_remote_code: bool
 
 def _load_through_nnsight(source: str, name: str, tokenizer, device, remote: bool, kwargs):
     """A model loaded by nnsight (lazily: on the meta device, weights only when local)."""
-    from probe.nnsight_backend import NNsightBackend, load_lazily
-
     tok = tokenizer or _load_tokenizer(source, kwargs["trust_remote_code"])
     if device is not None and not remote:
         kwargs = {**kwargs, "device_map": kwargs.get("device_map", device)}
@@ -190,8 +202,6 @@ def _load_through_nnsight(source: str, name: str, tokenizer, device, remote: boo
 def _with_backend(model: Model, backend: str, remote: bool) -> Model:
     if backend == "hooks":
         return model
-    from probe.nnsight_backend import use_nnsight
-
     return use_nnsight(model, remote=remote)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import torch
 from torch import nn
 
 from probe.errors import GatescopeError
@@ -26,6 +27,31 @@ def resolve_path(root: nn.Module, paths: str | Sequence[str]) -> nn.Module | Non
         except AttributeError:
             continue
     return None
+
+
+class MissingModule(GatescopeError, AttributeError):
+    """A module path of the family that the model lacks (an ``AttributeError`` too, as a
+    missing attribute of the model is)."""
+
+
+def module_at(root: nn.Module, paths: str | Sequence[str]) -> nn.Module:
+    """:func:`resolve_path`, refusing a model that has none of ``paths``."""
+    module = resolve_path(root, paths)
+    if module is None:
+        names = [paths] if isinstance(paths, str) else list(paths)
+        raise MissingModule(
+            f"{type(root).__name__} has no module at {' or '.join(map(repr, names))}; "
+            "is the model of the family it was loaded as?"
+        )
+    return module
+
+
+def tensor_of(module: nn.Module, name: str = "weight") -> torch.Tensor:
+    """The tensor ``module.<name>`` (a parameter or buffer), refusing anything else."""
+    value = getattr(module, name, None)
+    if not isinstance(value, torch.Tensor):
+        raise MissingModule(f"{type(module).__name__} has no tensor '{name}'")
+    return value
 
 
 def _describe_missing(layer: nn.Module, path: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -126,7 +126,7 @@ class Model:
         layers = resolve_path(self.hf, self.family.layers)
         if layers is None:
             raise GatescopeError(f"{self.name}: no decoder layers at {self.family.layers}")
-        return layers[index]
+        return cast(nn.ModuleList, layers)[index]
 
     def module(self, paths: str | Sequence[str]) -> nn.Module:
         found = resolve_path(self.hf, paths)
@@ -137,7 +137,7 @@ class Model:
     @property
     def text_config(self) -> Any:
         """The (text) config of the model (a multimodal config's text part)."""
-        cfg = getattr(self.hf, "config", None) or getattr(self.hf, "cfg", None)
+        cfg: Any = getattr(self.hf, "config", None) or getattr(self.hf, "cfg", None)
         return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
 
     def n_heads_of(self, kind: str) -> int:

@@ -100,6 +100,7 @@ class NNsightBackend:
     def _groups(self, model: Model) -> list[tuple[Any, str, list[Planned]]]:
         if self._order is None:
             self._order = _execution_order(model)
+        order = self._order
         groups: dict[tuple[int, str], list[Planned]] = {}
         modules = {}
         for _, planned in self._frames:
@@ -107,7 +108,7 @@ class NNsightBackend:
                 key = (id(p.module), p.tap.side)
                 groups.setdefault(key, []).append(p)
                 modules[id(p.module)] = p.module
-        ordered = sorted(groups, key=lambda k: self._order.get(k, len(self._order)))
+        ordered = sorted(groups, key=lambda k: order.get(k, len(order)))
         return [(modules[k[0]], k[1], groups[k]) for k in ordered]
 
     def forward(

@@ -27,10 +27,12 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
+from torch import nn
 
 from probe.hooks import HookFn, hook_sites
 from probe.locate import resolve_path
@@ -147,7 +149,7 @@ def cache_bytes(cache) -> int:
                for _, _, t in _state_tensors(layer))  # fmt: skip
 
 
-def _tile(obj, rows: int, index: torch.Tensor, cache):
+def _tile(obj: Any, rows: int, index: torch.Tensor, cache) -> Any:
     """``obj`` with every per-row tensor (dim >= 2, first dim ``rows``) gathered by ``index``
     and any KV cache replaced by ``cache``; broadcastable tensors stay as they are."""
     if isinstance(obj, torch.Tensor):
@@ -205,13 +207,15 @@ class ResumablePass:
         layers = resolve_path(model.hf, model.family.layers)
         if layers is None:
             raise CannotResume("no decoder layer list")
-        self.layers = list(layers)[: model.dims.n_layers]
+        self.layers = list(cast(nn.ModuleList, layers))[: model.dims.n_layers]
         self.cache = self._prefix_cache(ids[:, :start].to(model.device), self.mask[:, :start])
         self.calls: list[_Call] | None = None
         self._recorded = (0, 0)  # (rows of the recorded pass, first row that run() resumes)
         self._tiled: tuple[tuple[int, int], object] | None = None  # ((k, extra), cache)
 
-    def _to_last_layer(self, ids, pre_hooks: dict[int, object], **kwargs) -> torch.Tensor:
+    def _to_last_layer(
+        self, ids, pre_hooks: Mapping[int, Callable[..., Any]], **kwargs
+    ) -> torch.Tensor:
         """Run the model's own forward on ``ids`` with ``pre_hooks`` (layer index -> forward
         pre-hook with kwargs) and stop after the last decoder layer; its output."""
 

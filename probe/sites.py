@@ -122,7 +122,7 @@ class Site:
         return Site(self.kind, self.layer, head)
 
 
-Part = int | tuple[int | None, int | None] | None  # int, (lo, hi) inclusive range, or None = '*'
+Part = int | tuple[int, int] | None  # int, (lo, hi) inclusive range, or None = "*"
 
 
 def _parse_part(text: str, what: str, full: str) -> Part:

@@ -12,9 +12,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from probe.errors import GatescopeError
+from probe.io import save_safetensors, write_json
 from probe.model import Model
 from probe.sites import Site
 from probe.tracer import Tracer
@@ -47,19 +48,33 @@ def model_fingerprint(model: Model) -> str:
 
 
 def _write_atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    write_json(path, obj)
 
 
 def _write_shard(folder: Path, index: int, acts: torch.Tensor) -> str:
-    from safetensors.torch import save_file
-
     name = f"shard_{index:05d}.safetensors"
-    tmp = folder / f".{name}.tmp"
-    save_file({"activations": acts.contiguous()}, str(tmp))
-    os.replace(tmp, folder / name)
+    save_safetensors({"activations": acts}, folder / name)
     return name
+
+
+def texts_sha256(texts: Sequence[str]) -> str:
+    """sha256 of a list of texts (each text and its end are hashed, so splits count)."""
+    h = hashlib.sha256()
+    for text in texts:
+        h.update(text.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def check_harvest_options(tokens: int, shard_tokens: int, batch_size: int) -> None:
+    """Refuse counts that cannot work, before any model loads or text is read."""
+    for value, option, what in (
+        (tokens, "--tokens", "tokens to harvest"),
+        (shard_tokens, "--shard-tokens", "tokens per shard"),
+        (batch_size, "--batch-size", "texts per forward pass"),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise GatescopeError(f"{option} {value}: expected a whole number >= 1 ({what})")
 
 
 def harvest(
@@ -72,16 +87,32 @@ def harvest(
     batch_size: int = 16,
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
-    """Harvest ``tokens`` activations of ``site`` into ``out`` (resuming a partial store)."""
+    """Harvest ``tokens`` activations of ``site`` into ``out`` (resuming a partial store).
+
+    The manifest records the model's fingerprint, the site and the sha256 of ``texts``; a
+    store harvested from another model or other texts is refused (``force``: continue it
+    anyway; never another site). ``manifest["last_run"]`` holds this run's tokens, seconds
+    and tokens/s (0 tokens: the store was already complete)."""
+    check_harvest_options(tokens, shard_tokens, batch_size)
     site = Site.parse(site) if isinstance(site, str) else site
     model.check_site(site)
-    if tokens < 1:
-        raise GatescopeError(f"--tokens {tokens}: expected a positive number of tokens")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
-    manifest = _open_manifest(out, model, site, dtype)
+    source = texts_sha256(texts)
+    manifest = _open_manifest(out, model, site, dtype, force)
+    recorded = manifest.setdefault("texts_sha256", source)
+    if recorded != source and not force:
+        raise GatescopeError(
+            f"store {out} was harvested from other texts (sha256 {recorded[:12]}..., these "
+            f"are {source[:12]}...): resuming would append another corpus; give the same "
+            "--text, another --out directory, or --force to append anyway"
+        )
+    if recorded != source:  # forced: keep what the earlier shards came from
+        manifest.setdefault("texts_sha256_before", []).append(recorded)
+        manifest["texts_sha256"] = source
     buffer: list[torch.Tensor] = []
     buffered = 0
     start = manifest["texts_done"]
@@ -95,7 +126,7 @@ def harvest(
         desc=f"harvest {site}",
         disable=not progress,
     )
-    t0 = time.perf_counter()
+    t0, had = time.perf_counter(), manifest["tokens"]
     i = start
     while manifest["tokens"] + buffered < tokens and i < len(texts):
         chunk = list(texts[i : i + batch_size])
@@ -103,29 +134,39 @@ def harvest(
         buffer.append(acts)
         buffered += len(acts)
         i += len(chunk)
-        bar.update(len(acts))
+        bar.update(min(len(acts), tokens - manifest["tokens"] - buffered + len(acts)))
         if buffered >= shard_tokens or manifest["tokens"] + buffered >= tokens:
             _flush(out, manifest, buffer, i, tokens)
             buffer, buffered = [], 0
     if buffer:
         _flush(out, manifest, buffer, i, tokens)
     bar.close()
-    rate = (manifest["tokens"]) / max(1e-9, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    added = manifest["tokens"] - had  # this run's tokens only
+    rate = added / seconds if added else None
     if manifest["tokens"] < tokens:
         raise GatescopeError(
             f"the texts ran out after {manifest['tokens']} tokens (asked for {tokens}); "
             "give more text or fewer tokens (the store so far is complete and resumable)"
         )
-    manifest["tokens_per_second"] = round(rate, 1)
+    manifest["tokens_per_second"] = None if rate is None else round(rate, 1)
+    manifest["last_run"] = {
+        "tokens": added,
+        "seconds": round(seconds, 3),
+        "tokens_per_second": manifest["tokens_per_second"],
+        "already_complete": added == 0,
+    }
     _write_atomic_json(manifest_path, manifest)
     return out
 
 
-def _open_manifest(out: Path, model: Model, site: Site, dtype: torch.dtype) -> dict:
+def _open_manifest(
+    out: Path, model: Model, site: Site, dtype: torch.dtype, force: bool = False
+) -> dict:
     """The store's manifest to append to (checked against the source), or a new one."""
     if (out / "manifest.json").is_file():
         manifest = ActivationStore(out).manifest
-        _same_source(manifest, model, site, out)
+        _same_source(manifest, model, site, out, force)
         return manifest
     width, shape = site_width(model, site)
     return {

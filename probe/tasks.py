@@ -39,12 +39,12 @@ class TaskBatch:
         """The prompts ``rows``, trimmed to their longest length."""
         n = int(self.lengths[rows].max())
         return TaskBatch(
-            self.clean_ids[rows, :n],
-            self.corrupt_ids[rows, :n],
-            self.attention_mask[rows, :n],
-            self.lengths[rows],
-            self.answer_ids[rows],
-            self.wrong_ids[rows],
+            clean_ids=self.clean_ids[rows, :n],
+            corrupt_ids=self.corrupt_ids[rows, :n],
+            attention_mask=self.attention_mask[rows, :n],
+            lengths=self.lengths[rows],
+            answer_ids=self.answer_ids[rows],
+            wrong_ids=self.wrong_ids[rows],
         )
 
     def tile(self, k: int, ids: torch.Tensor | None = None) -> TaskBatch:
@@ -53,12 +53,12 @@ class TaskBatch:
         clean = self.clean_ids if ids is None else ids
         corrupt = self.corrupt_ids if ids is None else ids
         return TaskBatch(
-            clean.repeat(k, 1),  # (k * N, T)
-            corrupt.repeat(k, 1),
-            self.attention_mask.repeat(k, 1),
-            self.lengths.repeat(k),
-            self.answer_ids.repeat(k),
-            self.wrong_ids.repeat(k),
+            clean_ids=clean.repeat(k, 1),  # (k * N, T)
+            corrupt_ids=corrupt.repeat(k, 1),
+            attention_mask=self.attention_mask.repeat(k, 1),
+            lengths=self.lengths.repeat(k),
+            answer_ids=self.answer_ids.repeat(k),
+            wrong_ids=self.wrong_ids.repeat(k),
         )
 
 
@@ -90,7 +90,13 @@ class Task:
         """The first ``n`` rows (``n`` >= 1)."""
         if n < 1:
             raise GatescopeError(f"task '{self.name}': a subset needs at least 1 row, not {n}")
-        return Task(self.name, self.clean[:n], self.corrupt[:n], self.answers[:n], self.wrongs[:n])
+        return Task(
+            name=self.name,
+            clean=self.clean[:n],
+            corrupt=self.corrupt[:n],
+            answers=self.answers[:n],
+            wrongs=self.wrongs[:n],
+        )
 
     def tokenize(self, tokenizer) -> TaskBatch:
         """Tokenize; refuse rows whose clean and corrupt lengths differ and answers that are
@@ -121,7 +127,12 @@ class Task:
             clean_ids[i, : len(a)], corrupt_ids[i, : len(b)] = torch.tensor(a), torch.tensor(b)
             mask[i, : len(a)] = 1
         return TaskBatch(
-            clean_ids, corrupt_ids, mask, mask.sum(1), torch.tensor(answers), torch.tensor(wrongs)
+            clean_ids=clean_ids,
+            corrupt_ids=corrupt_ids,
+            attention_mask=mask,
+            lengths=mask.sum(1),
+            answer_ids=torch.tensor(answers),
+            wrong_ids=torch.tensor(wrongs),
         )
 
 
@@ -193,11 +204,11 @@ def load_task(name_or_path: str | Path) -> Task:
             "another name)"
         )
     return Task(
-        path.stem,
-        [r["clean"] for r in rows],
-        [r["corrupt"] for r in rows],
-        [r["answer"] for r in rows],
-        [r["wrong"] for r in rows],
+        name=path.stem,
+        clean=[r["clean"] for r in rows],
+        corrupt=[r["corrupt"] for r in rows],
+        answers=[r["answer"] for r in rows],
+        wrongs=[r["wrong"] for r in rows],
     )
 
 

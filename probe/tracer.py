@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import ExitStack, contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -59,16 +59,17 @@ def _select(value: torch.Tensor, mask: torch.Tensor | None, positions: Sequence[
 @contextmanager
 def eager_attention(model: Model):
     """Switch a HF model to eager attention (needed for patterns) for the scope's duration."""
-    cfg = getattr(model.hf, "config", None)
+    hf: Any = model.hf  # a transformers model here (it has a config)
+    cfg = getattr(hf, "config", None)
     before = getattr(cfg, "_attn_implementation", None)
     switch = cfg is not None and before not in (None, "eager")
     if switch:
-        model.hf.set_attn_implementation("eager")
+        hf.set_attn_implementation("eager")
     try:
         yield
     finally:
         if switch:
-            model.hf.set_attn_implementation(before)
+            hf.set_attn_implementation(before)
 
 
 class Tracer:

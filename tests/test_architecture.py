@@ -1,6 +1,7 @@
 """The shape of the code: the packages' import graph has no cycle, the core's dependencies
-point one way (sites <- families <- locate <- model <- hooks <- backends <- load), and the
-top-level packages depend in the designed order (probe <- interventions <- circuits <- app)."""
+point one way (sites <- families <- locate <- model <- hooks <- backend <- nnsight_backend
+<- load), and the top-level packages depend in the designed order (probe <- interventions
+<- circuits <- app)."""
 
 import ast
 from pathlib import Path
@@ -91,6 +92,7 @@ def test_core_dependencies_point_one_way():
         "probe.model",
         "probe.hooks",
         "probe.backend",
+        "probe.nnsight_backend",
         "probe.load",
     ]
     graph = import_graph()

@@ -2,52 +2,14 @@
 softmax; RelP* keeps RelP's value path and adds the pattern path."""
 
 import pytest
-import torch
-from test_patching import _task
+from tiny import attention_only as _attention_only
+from tiny import replace_task as _task2
 from tiny import tiny_hf, tiny_tokenizer
-from torch import nn
+from tiny import toy_task as _task
 
 from circuits.attribution import attribute
 from interventions.patching import activation_patching
 from probe import load_model
-from probe.tasks import Task
-
-
-class _Zero(nn.Module):
-    def forward(self, x):
-        return torch.zeros_like(x)
-
-
-def _attention_only(layers: int = 1):
-    """A Llama model with identity norms and no MLP: only attention's softmax is nonlinear
-    (q, k, v, rotary, o_proj, the unembedding and the logit difference are linear)."""
-    import transformers as tf
-    from tiny import _common
-
-    torch.manual_seed(1)
-    cfg = tf.LlamaConfig(**_common(num_hidden_layers=layers))
-    cfg._attn_implementation = "eager"
-    hf = tf.LlamaForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for layer in hf.model.layers:
-            layer.input_layernorm = nn.Identity()
-            layer.post_attention_layernorm = nn.Identity()
-            layer.mlp = _Zero()
-            layer.self_attn.q_proj.weight.mul_(30.0)  # sharp, saturating attention
-            layer.self_attn.k_proj.weight.mul_(30.0)
-            layer.self_attn.v_proj.weight.mul_(30.0)
-        hf.model.norm = nn.Identity()
-    return load_model(hf, tokenizer=tiny_tokenizer())
-
-
-def _task2():
-    """Prompts whose third word is replaced in the corrupt run."""
-    base = _task()
-    corrupt = []
-    for c in base.clean:
-        w = c.split(" ")
-        corrupt.append(" ".join([*w[:2], "w7", *w[3:]]))
-    return Task("replace", base.clean, corrupt, base.answers, base.wrongs)
 
 
 @pytest.mark.parametrize("sites, pos", [("resid_pre.*", "each"), ("head_out.*,attn_out.*", None)])

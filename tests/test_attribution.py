@@ -1,41 +1,13 @@
 import pytest
-import torch
-from test_patching import _task
-from tiny import qwen3_next_config, tiny_tokenizer
-from torch import nn
+from tiny import linear_model as _linear_model
+from tiny import tiny_tokenizer
+from tiny import toy_task as _task
 
 from circuits.attribution import attribute
 from circuits.methods import IG, AtP, AtPStar, RelP, RelPStar
 from interventions.patching import activation_patching
 from probe import GatescopeError, load_model
 from probe.tasks import Task
-
-
-class _Ones(nn.Module):
-    def forward(self, x):
-        return torch.ones_like(x)
-
-
-def _linear_model():
-    """A Qwen3-Next model made linear in its residual stream: identity norms, q = k = 0
-    (uniform attention, so attention is linear in the values), and a constant GLU gate (the
-    MLP is its linear up/down path)."""
-    import transformers as tf
-
-    torch.manual_seed(0)
-    hf = tf.Qwen3NextForCausalLM(qwen3_next_config()).eval()
-    with torch.no_grad():
-        for layer in hf.model.layers:
-            layer.input_layernorm = nn.Identity()
-            layer.post_attention_layernorm = nn.Identity()
-            layer.self_attn.q_norm = nn.Identity()
-            layer.self_attn.k_norm = nn.Identity()
-            query_rows = layer.self_attn.q_proj.weight.view(4, 2, 16, -1)[:, 0]
-            query_rows.zero_()
-            layer.self_attn.k_proj.weight.zero_()
-            layer.mlp.act_fn = _Ones()
-        hf.model.norm = nn.Identity()
-    return load_model(hf, tokenizer=tiny_tokenizer())
 
 
 def test_atp_equals_activation_patching_on_a_linear_model():

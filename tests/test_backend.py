@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from tiny import prompts, tiny_hf, tiny_tokenizer
+from tiny import prompts, tiny_hf
 
 from probe import GatescopeError, Site, Tracer, hook_sites, load_model
 from probe.gates import gate_stats
@@ -10,8 +10,8 @@ from probe.nnsight_backend import NNsightBackend, use_nnsight
 
 
 @pytest.fixture(scope="module")
-def pair():
-    local = load_model(tiny_hf("qwen3_next", attn="eager"), tokenizer=tiny_tokenizer())
+def pair(tiny_model):
+    local = tiny_model("qwen3_next")
     return local, use_nnsight(local)
 
 
@@ -96,14 +96,12 @@ def test_load_model_selects_the_backend(tmp_path):
         load_model(tmp_path / "m", remote=True)
 
 
-def test_same_patching_and_relp_scores(pair):
-    from test_patching import _task
-
+def test_same_patching_and_relp_scores(pair, make_task):
     from circuits.attribution import attribute
     from interventions.patching import activation_patching
 
     local, nns = pair
-    task = _task()
+    task = make_task("toy")
     for sites, pos in (("head_out.*", None), ("resid_pre.*", "each")):
         a = activation_patching(local, task, sites, positions=pos, progress=False)
         b = activation_patching(nns, task, sites, positions=pos, progress=False)

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
-from tiny import save_tiny
 from typer.testing import CliRunner
 
 from app.cli import app
@@ -27,10 +27,10 @@ def _jsonl(path, rows):
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, model_dir):
     """Files for every case: a good model and task, and each broken variant."""
     root = tmp_path_factory.mktemp("bad")
-    model = save_tiny(root / "tiny", "qwen3_next")
+    model = Path(shutil.copytree(model_dir, root / "tiny"))
     weights = model / "model.safetensors"
     for name, damage in {
         "truncated": lambda b: b[: len(b) // 2],
@@ -65,6 +65,8 @@ def env(tmp_path_factory):
     (root / "cut.safetensors").write_bytes(data[: len(data) - 40])
     (root / "exists.json").write_text("keep me")
     (root / "adir").mkdir()
+    (root / "used").mkdir()
+    (root / "used" / "checkpoint.json").write_text("{}")
     return root
 
 
@@ -74,6 +76,7 @@ PATCH = ["patch", M, "--task", "{root}/task.jsonl", "--sites", "resid_pre.0"]
 CAV = ["concept", "cav", M, "--random", "{root}/concept.jsonl", "--site", "resid_post.0"]
 PROBE = ["concept", "probe", M, "--sites", "resid_post"]
 GATES = ["gates", M, "--prompt", "w1 w2"]
+HARVEST = ["sae", "harvest", M, "--site", "resid_post.0", "--out", "{out}/store"]
 
 #: (case, arguments, text the message must contain)
 CASES = [
@@ -136,7 +139,27 @@ CASES = [
     ("task is a directory", ["patch", M, "--task", "{root}/adir", "--sites", "resid_pre.0"],
      "adir: is a directory"),
     ("concept set missing", [*CAV, "--concept", "{root}/gone.jsonl"], "gone.jsonl"),
+    ("sae harvest --tokens 0", [*HARVEST, "--tokens", "0"], "--tokens 0"),
+    ("sae harvest --shard-tokens 0", [*HARVEST, "--tokens", "64", "--shard-tokens", "0"],
+     "--shard-tokens 0"),
+    ("sae harvest --batch-size 0", [*HARVEST, "--tokens", "64", "--batch-size", "0"],
+     "--batch-size 0"),
+    ("sae harvest --out a file", ["sae", "harvest", M, "--site", "resid_post.0", "--tokens", "64",
+                                  "--out", "{root}/exists.json"], "is a file"),
+    ("sae train --out a used directory", ["sae", "train", M, "--site", "resid_post.0", "--out",
+                                          "{root}/used"], "pass --resume"),
+    ("non-UTF-8 attribute --task", ["attribute", M, "--task", "{root}/task_l1.jsonl", "--sites",
+                                    "resid_pre.0"], "task_l1.jsonl line 1: not UTF-8"),
+    ("patch --max-memory lots", [*PATCH, "--max-memory", "lots"], "--max-memory 'lots'"),
+    ("patch --max-memory 0", [*PATCH, "--max-memory", "0"], "--max-memory '0'"),
+    ("reference train --checkpoint-seconds -1", ["reference", "train", "--out", "{out}/r",
+                                                 "--checkpoint-seconds", "-1"],
+     "--checkpoint-seconds -1"),
 ]  # fmt: skip
+
+#: Cases refused before any model loads (load_model raising would show otherwise).
+EARLY = ("sae harvest", "sae train", "patch --max", "non-UTF-8 attribute", "non-UTF-8 --text")
+BEFORE_LOAD = [c for c in CASES if c[0].startswith(EARLY)]
 
 
 @pytest.mark.parametrize("args, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -154,6 +177,19 @@ def test_bad_input(env, tmp_path, args, message):
     assert {p: p.stat().st_mtime_ns for p in env.rglob("*")} == before
     assert (env / "exists.json").read_text() == "keep me"
     assert "unsteered" not in res.stdout  # refused before any output
+
+
+@pytest.mark.parametrize("args, message", [c[1:] for c in BEFORE_LOAD],
+                         ids=[c[0] for c in BEFORE_LOAD])  # fmt: skip
+def test_refused_before_the_model_loads(env, tmp_path, monkeypatch, args, message):
+    import probe.load
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(probe.load, "load_model", no_loading)
+    res = runner.invoke(app, [a.format(root=env, out=tmp_path) for a in args])
+    assert res.exit_code == 2 and message in res.output, res.output
 
 
 def test_debug_shows_the_traceback(env):

@@ -2,8 +2,8 @@ import json
 
 import pytest
 import torch
-from test_patching import _task
 from tiny import tiny_hf, tiny_tokenizer
+from tiny import toy_task as _task
 
 from circuits.attribution import attribute
 from circuits.graph import build_graph, faithfulness, faithfulness_curve

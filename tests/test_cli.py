@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny import save_tiny
 from typer.testing import CliRunner
 
 from app.cli import app
@@ -14,13 +13,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return str(save_tiny(tmp_path_factory.mktemp("m") / "tiny", "qwen3_next"))
-
-
-@pytest.fixture(scope="module")
-def plain_dir(tmp_path_factory):
-    return str(save_tiny(tmp_path_factory.mktemp("p") / "tiny", "llama"))
+def plain_dir(tiny_dir):
+    return tiny_dir("llama")
 
 
 def test_trace_writes_safetensors(model_dir, tmp_path):
@@ -134,8 +128,7 @@ def test_unsupported_architecture_cli(tmp_path):
 
 def test_hybrid_site_refusal_cli(tmp_path):
     import transformers as tf
-    from test_families import LINEAR
-    from tiny import qwen3_next_config, tiny_tokenizer
+    from tiny import LINEAR, qwen3_next_config, tiny_tokenizer
 
     cfg = qwen3_next_config(layer_types=["linear_attention", "full_attention"], **LINEAR)
     tf.Qwen3NextForCausalLM(cfg).save_pretrained(tmp_path / "hyb")
@@ -257,7 +250,7 @@ def test_every_model_command_checks_the_model_options_first(path, cmd, extra, me
     assert "Traceback" not in res.output
 
 
-def test_model_options_reach_the_model_and_the_provenance(model_dir, tmp_path):
+def test_model_options_reach_the_model_and_the_provenance(model_dir, tiny_dir, tmp_path):
     out = tmp_path / "g.json"
     args = ["gates", model_dir, "--prompt", "w1 w2 w3", "--device", "cpu", "--dtype"]
     res = runner.invoke(app, [*args, "bfloat16", "--trust-remote-code", "--out", str(out), "-q"])
@@ -268,15 +261,12 @@ def test_model_options_reach_the_model_and_the_provenance(model_dir, tmp_path):
     assert prov["gatescope"] and prov["metric"] == "gate statistics" and prov["seconds"] >= 0
     same = runner.invoke(app, [*args, "bfloat16", "--json"])
     assert json.loads(same.stdout)["provenance"]["model"] == prov["model"]
-    other = runner.invoke(app, ["gates", plain_dir_of(tmp_path), "--prompt", "w1", "--json"])
+    other_weights = tiny_dir("qwen3_next", seed=1)
+    other = runner.invoke(app, ["gates", other_weights, "--prompt", "w1", "--json"])
     assert (
         json.loads(other.stdout)["provenance"]["model"]["fingerprint"]
         != prov["model"]["fingerprint"]
     )
-
-
-def plain_dir_of(tmp_path):
-    return str(save_tiny(tmp_path / "other", "qwen3_next", seed=1))
 
 
 def test_patch_provenance_names_the_task_file(model_dir, tmp_path):
@@ -306,3 +296,23 @@ def test_progress_on_stderr_and_quiet(model_dir, tmp_path):
     json.loads(res.stdout)  # stdout stays clean JSON
     quiet = runner.invoke(app, [*base, "--quiet"])
     assert quiet.exit_code == 0 and "6/6" not in quiet.stderr
+
+
+def test_harvest_resumes_into_its_store_and_says_when_it_is_complete(model_dir, tmp_path):
+    text = tmp_path / "docs.txt"
+    text.write_text("".join(f"w{i} w{i + 1} w{i + 2} w{i + 3}\n" for i in range(3, 60)))
+    args = ["sae", "harvest", model_dir, "--site", "resid_post.0", "--out", str(tmp_path / "s")]
+    args += ["--batch-size", "1", "--text", str(text)]  # one window per pass: some stay unread
+    first = runner.invoke(app, [*args, "--tokens", "40", "-q"])
+    assert first.exit_code == 0, first.output
+    assert "40 tokens this run" in first.stdout and "it/s" not in first.stderr  # -q: no bar
+    again = runner.invoke(app, [*args, "--tokens", "40", "-q"])  # an existing store: resumed
+    assert again.exit_code == 0, again.output
+    assert "already complete" in again.stdout and "tok/s" not in again.stdout
+    more = runner.invoke(app, [*args, "--tokens", "60", "-q"])
+    assert more.exit_code == 0 and "20 tokens this run" in more.stdout, more.output
+    other = tmp_path / "other.txt"
+    other.write_text("w9 w8 w7 w6\n" * 40)
+    args[args.index(str(text))] = str(other)
+    refused = runner.invoke(app, [*args, "--tokens", "80", "-q"])
+    assert refused.exit_code == 2 and "harvested from other texts" in refused.output

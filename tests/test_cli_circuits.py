@@ -2,7 +2,6 @@ import json
 
 import pytest
 import typer
-from test_cli_interventions import files, model_dir  # noqa: F401  (fixtures)
 from typer.testing import CliRunner
 
 from app.cli_circuits import register

@@ -1,8 +1,7 @@
 import json
 
 import pytest
-from test_cli_interventions import model_dir  # noqa: F401  (fixture)
-from test_concepts import _sentences
+from tiny import sentences as _sentences
 from typer.testing import CliRunner
 
 from app.cli import app

@@ -2,7 +2,6 @@ import json
 
 import pytest
 import typer
-from tiny import save_tiny
 from typer.testing import CliRunner
 
 from app.cli_interventions import register
@@ -10,35 +9,6 @@ from app.cli_interventions import register
 app = typer.Typer()
 register(app)
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return str(save_tiny(tmp_path_factory.mktemp("m") / "tiny", "qwen3_next"))
-
-
-@pytest.fixture()
-def files(tmp_path):
-    task = tmp_path / "task.jsonl"
-    task.write_text(
-        "".join(
-            json.dumps(r) + "\n"
-            for r in [
-                {"clean": "w1 w2 w3", "corrupt": "w4 w2 w3", "answer": "w5", "wrong": "w6"},
-                {"clean": "w7 w8 w9", "corrupt": "w10 w8 w9", "answer": "w11", "wrong": "w12"},
-            ]
-        )
-    )
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text(
-        "".join(
-            json.dumps({"positive": f"w{i} w3", "negative": f"w{i} w9"}) + "\n"
-            for i in range(20, 25)
-        )
-    )
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("w1 w2\nw3 w4 w5\n")
-    return task, pairs, prompts
 
 
 def test_patch_json(model_dir, files, tmp_path):
@@ -66,6 +36,33 @@ def test_patch_json(model_dir, files, tmp_path):
         ["patch", model_dir, "--task", str(task), "--sites", "resid_pre.0", "--positions", "each"],
     )
     assert res.exit_code == 0 and "resid_pre.0@2" in res.stdout
+
+
+def test_patch_memory_budget_and_fallback_reason(model_dir, files):
+    from interventions.budget import human
+
+    base = ["patch", model_dir, "--task", str(files[0]), "--sites", "head_out.*", "-q"]
+    res = runner.invoke(app, [*base, "--max-memory", "64MB", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)  # stdout is the JSON alone
+    assert data["memory"]["budget"] == 64 * 2**20 and data["rows_per_pass"] >= 2
+    assert (
+        data["peak_memory"]
+        == data["memory"]["held"] + data["rows_per_pass"] * (data["memory"]["per_row"])
+    )
+    assert data["provenance"]["max_memory"] == 64 * 2**20
+    # the prompts differ at their first token: nothing to resume, and the CLI says why
+    assert not data["resumed"] and data["resume_reason"] in res.stderr
+    assert "every patched pass ran in full" in res.stderr
+    text = runner.invoke(app, [*base, "--max-memory", "64MB"])
+    assert text.exit_code == 0, text.output
+    rows, peak = data["rows_per_pass"], human(data["peak_memory"])
+    assert f"{rows} rows per pass, peak memory {peak} (estimated), budget 64.0MB" in text.stdout
+    auto = runner.invoke(app, [*base, "--json"])  # default: half the free memory
+    assert auto.exit_code == 0 and json.loads(auto.stdout)["memory"]["budget"] > 2**20
+    tiny = runner.invoke(app, [*base, "--max-memory", "2KB"])
+    assert tiny.exit_code == 2 and "cannot hold one patched component" in tiny.output
+    assert "Traceback" not in tiny.output
 
 
 def test_steer_build_generate_eval(model_dir, files, tmp_path):

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import needs_reference
-from test_attribution import _linear_model
-from tiny import tiny_hf, tiny_tokenizer
+from tiny import linear_model, sentences, tiny_tokenizer
 
 from interventions.concept_steering import (
     cav_steering_vector,
@@ -27,12 +26,6 @@ from probe.concepts import (
 )
 
 
-def _sentences(seed, n=12, words=range(3, 200)):
-    rng = np.random.default_rng(seed)
-    pool = list(words)
-    return [" ".join(f"w{rng.choice(pool)}" for _ in range(5)) for _ in range(n)]
-
-
 def test_planted_direction_is_recovered():
     rng = np.random.default_rng(0)
     direction = rng.normal(size=32)
@@ -44,16 +37,16 @@ def test_planted_direction_is_recovered():
     assert cav.gap == pytest.approx(3.0, abs=0.3)  # the planted shift along the direction
 
 
-def test_random_concept_is_not_significant_in_most_seeds():
-    model = load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
-    inputs = _sentences(99, 10)
+def test_random_concept_is_not_significant_in_most_seeds(tiny_model):
+    model = tiny_model("qwen3_next")
+    inputs = sentences(99, 10)
     # A random "concept" is one fixed sample, so its CAVs share that sample's quirks; with
     # 50-sentence sets the t-test stays non-significant in most seeds (not in every one: that
     # is TCAV's known false-positive rate on small sets).
     significant = 0
     for seed in range(5):
-        concept = _sentences(100 + seed, 50)
-        randoms = [_sentences(200 + 10 * seed + i, 50) for i in range(10)]
+        concept = sentences(100 + seed, 50)
+        randoms = [sentences(200 + 10 * seed + i, 50) for i in range(10)]
         result = tcav(model, concept, randoms, "resid_post.0", "w7", inputs)
         significant += result.significant
         assert len(result.random_scores) == 10 and 0 <= result.score <= 1
@@ -62,18 +55,18 @@ def test_random_concept_is_not_significant_in_most_seeds():
 
 
 def test_tcav_is_exactly_0_or_1_when_the_target_is_linear_in_the_site():
-    model = _linear_model()  # identity final norm: logits are linear in resid_post.1
-    inputs = _sentences(5, 8)
+    model = linear_model()  # identity final norm: logits are linear in resid_post.1
+    inputs = sentences(5, 8)
     w = model.hf.lm_head.weight[7].detach()
     for sign in (1.0, -1.0):
         cav = CAV("resid_post.1", (sign * w / w.norm()).tolist(), 1.0, "c", "r", "last")
         assert tcav_score(model, inputs, cav, "w7") == (1.0 if sign > 0 else 0.0)
 
 
-def test_cav_probe_and_concept_steering():
-    model = load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
-    concept = _sentences(1, 16, range(3, 20))  # a "concept": words from a small range
-    random = _sentences(2, 16, range(100, 200))
+def test_cav_probe_and_concept_steering(tiny_model):
+    model = tiny_model("qwen3_next")
+    concept = sentences(1, 16, range(3, 20))  # a "concept": words from a small range
+    random = sentences(2, 16, range(100, 200))
     cav = train_cav(model, concept, random, "resid_post.1")
     assert cav.accuracy >= 0.8 and abs(np.linalg.norm(cav.direction) - 1) < 1e-5
     labels = [1] * 16 + [0] * 16
@@ -90,18 +83,18 @@ def test_cav_probe_and_concept_steering():
     assert (tr["resid_post.1"] @ torch.tensor(cav.direction)).abs().max() < 1e-4
 
 
-def test_concept_removal_at_a_headed_site_removes_the_whole_component():
-    model = load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
-    concept, random = _sentences(1, 16, range(3, 20)), _sentences(2, 16, range(100, 200))
+def test_concept_removal_at_a_headed_site_removes_the_whole_component(tiny_model):
+    model = tiny_model("qwen3_next")
+    concept, random = sentences(1, 16, range(3, 20)), sentences(2, 16, range(100, 200))
     cav = train_cav(model, concept, random, "head_out.1", pooling="mean")
     with intervene(model, remove_concept(cav, model)), Tracer(model, "head_out.1") as tr:
         model.run(concept[:2])
     assert (tr["head_out.1"].flatten(2) @ torch.tensor(cav.direction)).abs().max() < 1e-4
 
 
-def test_concept_steering_goes_through_the_steering_evaluation():
-    model = load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
-    concept, random = _sentences(1, 16, range(3, 20)), _sentences(2, 16, range(100, 200))
+def test_concept_steering_goes_through_the_steering_evaluation(tiny_model):
+    model = tiny_model("qwen3_next")
+    concept, random = sentences(1, 16, range(3, 20)), sentences(2, 16, range(100, 200))
     cav = train_cav(model, concept, random, "resid_post.0")
     metric = word_logit_metric(model, ["w7"], ["w150"])
     res = evaluate_concept_steering(model, cav, random[:4], metric, (-1, 0, 1), n_random=3)
@@ -111,14 +104,14 @@ def test_concept_steering_goes_through_the_steering_evaluation():
     assert json.loads(res.to_json())["removal_beats_random"] in (True, False)
 
 
-def test_gradients_and_cross_layer_share_one_pass():
-    model = load_model(tiny_hf("llama"), tokenizer=tiny_tokenizer())
-    inputs = _sentences(5, 6)
+def test_gradients_and_cross_layer_share_one_pass(tiny_model):
+    model = tiny_model("llama")
+    inputs = sentences(5, 6)
     both = site_gradients(model, inputs, "resid_post.0,resid_post.1", "w7")
     one = site_gradients(model, inputs, "resid_post.0", "w7")
     assert np.allclose(both[next(iter(one))], next(iter(one.values())), atol=1e-6)
-    concept = _sentences(1, 16, range(3, 20))
-    randoms = [_sentences(10 + i, 16, range(100, 200)) for i in range(10)]
+    concept = sentences(1, 16, range(3, 20))
+    randoms = [sentences(10 + i, 16, range(100, 200)) for i in range(10)]
     res = cross_layer(model, concept, randoms, "resid_post", "w7", inputs)
     assert res.layers == [0, 1] and len(res.adjacent_cosine) == 1
     assert -1 <= res.adjacent_cosine[0] <= 1 and res.tcav_variance >= 0
@@ -127,20 +120,20 @@ def test_gradients_and_cross_layer_share_one_pass():
     assert json.loads(res.to_json())["kind"] == "resid_post" and res.figure() is not None
 
 
-def test_bad_input():
-    model = load_model(tiny_hf("llama"), tokenizer=tiny_tokenizer())
-    few = _sentences(1, 3)
+def test_bad_input(tiny_model):
+    model = tiny_model("llama")
+    few = sentences(1, 3)
     with pytest.raises(GatescopeError, match="at least 6 per set"):
-        train_cav(model, few, _sentences(2), "resid_post.0")
-    same = _sentences(3)
+        train_cav(model, few, sentences(2), "resid_post.0")
+    same = sentences(3)
     with pytest.raises(GatescopeError, match="identical"):
         train_cav(model, same, same, "resid_post.0")
     with pytest.raises(GatescopeError, match="not a single token"):
-        tcav(model, same, [_sentences(i) for i in range(10)], "resid_post.0", "w1 w2", same)
+        tcav(model, same, [sentences(i) for i in range(10)], "resid_post.0", "w1 w2", same)
     with pytest.raises(GatescopeError, match="at least 10 random sets"):
-        tcav(model, same, [_sentences(4)], "resid_post.0", "w1", same)
+        tcav(model, same, [sentences(4)], "resid_post.0", "w1", same)
     with pytest.raises(GatescopeError, match="attn_gate"):
-        train_cav(model, same, _sentences(5), "attn_gate.0")
+        train_cav(model, same, sentences(5), "attn_gate.0")
 
 
 @needs_reference
@@ -213,12 +206,12 @@ def _target_by_difference(model, inputs, module, view, direction, eps):
     return ((out[0] - out[1]) / (2 * eps)).double().numpy()
 
 
-def test_gradient_reaches_the_attention_gate():
+def test_gradient_reaches_the_attention_gate(tiny_model):
     # attn_gate is read as sigmoid(logit) and written in logit space only where it changed;
     # a zero added to it used to be dropped, so every gradient (and TCAV) there was exactly 0
-    model = load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
+    model = tiny_model("qwen3_next")
     model.hf.double()
-    inputs = _sentences(7, 4)
+    inputs = sentences(7, 4)
     (grads,) = site_gradients(model, inputs, "attn_gate.1", "w7").values()
     assert np.abs(grads).max() > 1e-4
     h, d = model.dims.n_heads, model.dims.d_head
@@ -235,10 +228,10 @@ def test_gradient_reaches_the_attention_gate():
     assert np.allclose(grads @ direction.numpy(), numeric, rtol=2e-2, atol=1e-6)
 
 
-def test_gradient_at_mlp_out_matches_differences_and_the_residual():
-    model = load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
+def test_gradient_at_mlp_out_matches_differences_and_the_residual(tiny_model):
+    model = tiny_model("qwen3_next")
     model.hf.double()
-    inputs = _sentences(8, 4)
+    inputs = sentences(8, 4)
     last_layer = model.dims.n_layers - 1
     sites = f"mlp_out.{last_layer},resid_post.{last_layer}"
     mlp, resid = site_gradients(model, inputs, sites, "w7").values()
@@ -277,5 +270,5 @@ def test_gradient_reaches_the_attention_gate_of_other_layouts(family):
     hf = tiny_lfm3() if family == "lfm3" else tiny_gated_hf(family)
     model = load_model(hf, tokenizer=tiny_tokenizer())
     layer = model.layers_with("attn_gate")[0]
-    (grads,) = site_gradients(model, _sentences(3, 4), f"attn_gate.{layer}", "w7").values()
+    (grads,) = site_gradients(model, sentences(3, 4), f"attn_gate.{layer}", "w7").values()
     assert np.abs(grads).max() > 1e-4

@@ -80,6 +80,7 @@ MIRRORS = {
     ("trace", "--batch-size"): ("probe.model:Model.batches", "batch_size", None),
     ("gates", "--batch-size"): ("probe.gates:gate_stats", "batch_size", None),
     ("patch", "--mode"): ("interventions.patching:activation_patching", "mode", None),
+    ("patch", "--max-memory"): ("interventions.patching:activation_patching", "max_memory", None),
     ("patch", "--positions"): (
         "interventions.patching:activation_patching",
         "positions",
@@ -143,6 +144,11 @@ MIRRORS = {
     ),
     ("reference train", "--corpus"): ("probe.reference.train:TrainConfig", "corpus_version", None),
     ("reference train", "--stop-after"): ("probe.reference.train:TrainConfig", "stop_after", None),
+    ("reference train", "--checkpoint-seconds"): (
+        "probe.reference.train:TrainConfig",
+        "checkpoint_seconds",
+        None,
+    ),
     ("reference eval", "--limit"): ("probe.reference.evaluate:evaluate_reference", "limit", None),
     ("reference eval", "--twin"): ("probe.reference.evaluate:evaluate_reference", "twin", None),
     ("reference tasks", "--seed"): ("probe.reference.task_data:write_task_data", "seed", None),

@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from tiny import prompts, tiny_hf, tiny_tokenizer
+from tiny import prompts
 
 from interventions.edits import (
     Ablate,
@@ -14,12 +14,7 @@ from interventions.edits import (
     ScaleGate,
     intervene,
 )
-from probe import GatescopeError, Site, Tracer, load_model
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
+from probe import GatescopeError, Site, Tracer
 
 
 def test_patch_clean_into_clean_changes_nothing(model):
@@ -44,8 +39,25 @@ def test_clamping_a_gate_to_zero_equals_zeroing_the_head(model):
     ):
         model.run(batch)
     assert torch.equal(tr["attn_gate.1"][:, :, 2], torch.ones_like(tr["attn_gate.1"][:, :, 2]))
+
+
+def test_scaling_a_gate_scales_the_heads_it_gates(model):
+    batch = model.tokenize(prompts(2))
+    with Tracer(model, "head_out.0") as plain:
+        base = model.run(batch)
     with intervene(model, ScaleGate("attn_gate.0", factor=1.0)):
-        assert torch.allclose(model.run(batch), model.run(batch))
+        assert torch.equal(model.run(batch), base)  # factor 1: the unedited run, bit for bit
+    with (
+        intervene(model, ScaleGate("attn_gate.0", factor=0.5)),
+        Tracer(model, "head_out.0") as half,
+    ):
+        scaled = model.run(batch)
+    # attention's output is value * sigmoid(gate) per element: halving the gate halves the
+    # heads' outputs, and the logits are those of a run with halved head outputs written in
+    torch.testing.assert_close(half["head_out.0"], 0.5 * plain["head_out.0"])
+    with intervene(model, Patch("head_out.0", source=0.5 * plain["head_out.0"])):
+        torch.testing.assert_close(model.run(batch), scaled)
+    assert not torch.allclose(scaled, base, atol=1e-3)
 
 
 def test_add_respects_positions_and_zero_is_identity(model):

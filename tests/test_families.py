@@ -3,17 +3,18 @@
 import pytest
 import torch
 import transformers as tf
-from tiny import _common, prompts, qwen3_next_config, save_tiny, tiny_hf, tiny_tokenizer
+from tiny import (
+    LINEAR,
+    _common,
+    prompts,
+    qwen3_next_config,
+    save_tiny,
+    tiny_hooked,
+    tiny_tokenizer,
+)
 
 from probe import GatescopeError, Site, Tracer, load_model
 from probe.families import supported_model_types
-
-LINEAR = dict(
-    linear_num_value_heads=4,
-    linear_num_key_heads=2,
-    linear_key_head_dim=16,
-    linear_value_head_dim=16,
-)
 
 
 def _hybrid_moe():
@@ -76,22 +77,7 @@ def test_qwen3_5_text_model_has_the_gate():
 
 
 def _hooked_transformer(gated: bool):
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    cfg = HookedTransformerConfig(
-        n_layers=2,
-        d_model=64,
-        n_ctx=64,
-        d_head=16,
-        n_heads=4,
-        d_mlp=128,
-        d_vocab=256,
-        act_fn="silu" if gated else "gelu",
-        gated_mlp=gated,
-        normalization_type="RMS" if gated else "LN",
-        seed=0,
-    )
-    return load_model(HookedTransformer(cfg), tokenizer=tiny_tokenizer())
+    return load_model(tiny_hooked(gated), tokenizer=tiny_tokenizer())
 
 
 @pytest.mark.parametrize("gated", [True, False])
@@ -130,12 +116,12 @@ def test_unsupported_config_flag_is_refused():
         load_model(tf.LlamaForCausalLM(cfg))
 
 
-def test_load_from_local_directory(tmp_path):
+def test_load_from_local_directory(tmp_path, tiny_model):
     save_tiny(tmp_path / "m", "qwen3_next")
     model = load_model(tmp_path / "m")
     assert model.family.name == "qwen3_next" and model.tokenizer is not None
     assert not model.hf.training
-    original = load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
+    original = tiny_model("qwen3_next")
     torch.testing.assert_close(model.run(prompts(1)), original.run(prompts(1)))
 
 
@@ -147,8 +133,8 @@ def test_missing_directory_and_unknown_hub_id_fail_clearly(tmp_path):
         load_model(tmp_path / "empty")
 
 
-def test_prompt_errors():
-    model = load_model(tiny_hf("llama"), tokenizer=tiny_tokenizer())
+def test_prompt_errors(tiny_model):
+    model = tiny_model("llama")
     with pytest.raises(GatescopeError, match="prompt 1 is empty"):
         model.tokenize(["w1 w2", "  "])
     with pytest.raises(GatescopeError, match="context is 64 tokens"):

@@ -1,8 +1,8 @@
 """MIB circuit scores: edge patching against node patching, the ends of the curve, areas."""
 
 import pytest
-from test_patching import _task
 from tiny import tiny_hf, tiny_tokenizer
+from tiny import toy_task as _task
 
 from circuits.graph import _Faithfulness, build_graph
 from circuits.mib import EdgePatcher, mib_score

@@ -2,8 +2,8 @@ import json
 
 import pytest
 import torch
-from conftest import ROOT, needs_reference
-from tiny import tiny_hf, tiny_tokenizer
+from conftest import needs_reference
+from tiny import late_task, toy_task
 
 from interventions.edits import Patch, intervene
 from interventions.patching import activation_patching
@@ -11,40 +11,8 @@ from probe import GatescopeError, Tracer, load_model
 from probe.tasks import Task, logit_diff
 
 
-def run_notebook(path):
-    """Execute a notebook top to bottom with nbclient; fail on any error output."""
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
-    )
-    client.execute()
-    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-    assert not errors, errors
-    return nb
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
-
-
-def _task(n=4):
-    g = torch.Generator().manual_seed(3)
-    clean, corrupt, ans, wrong = [], [], [], []
-    for _ in range(n):
-        w = [f"w{int(i)}" for i in torch.randint(10, 200, (6,), generator=g)]
-        clean.append(" ".join(w))
-        corrupt.append(" ".join([w[1], w[0], *w[2:]]))
-        ans.append(f"w{int(torch.randint(10, 200, (1,), generator=g))}")
-        wrong.append(f"w{int(torch.randint(10, 200, (1,), generator=g))}")
-    return Task("toy", clean, corrupt, ans, wrong)
-
-
 def test_patching_every_position_of_resid_pre_0_gives_the_corrupt_run(model):
-    task = _task()
+    task = toy_task()
     batch = task.tokenize(model.tokenizer)
     with Tracer(model, "resid_pre.0") as tr:
         corrupt = model.forward(batch.corrupt_ids, batch.attention_mask)
@@ -58,7 +26,7 @@ def test_patching_every_position_of_resid_pre_0_gives_the_corrupt_run(model):
 
 
 def test_batched_sweep_equals_one_by_one(model):
-    task = _task()
+    task = toy_task()
     sites = "head_out.*,attn_gate.1,mlp_out.0"
     batched = activation_patching(model, task, sites, positions="each", progress=False)
     single = activation_patching(model, task, sites, positions="each", batch_rows=1, progress=False)
@@ -68,7 +36,7 @@ def test_batched_sweep_equals_one_by_one(model):
 
 
 def test_head_effects_match_a_direct_patch(model):
-    task = _task()
+    task = toy_task()
     result = activation_patching(model, task, "head_out.1", progress=False)
     batch = task.tokenize(model.tokenizer)
     with Tracer(model, "head_out.1.3") as tr:
@@ -88,16 +56,16 @@ def test_head_effects_match_a_direct_patch(model):
 
 def test_bad_input(model):
     with pytest.raises(GatescopeError, match="choose one of denoise, noise"):
-        activation_patching(model, _task(), "resid_pre.0", mode="sideways")
+        activation_patching(model, toy_task(), "resid_pre.0", mode="sideways")
     with pytest.raises(GatescopeError, match="read-only"):
-        activation_patching(model, _task(), "attn_pattern.0")
+        activation_patching(model, toy_task(), "attn_pattern.0")
     same = Task("same", ["w1 w2"], ["w1 w2"], ["w3"], ["w4"])
     with pytest.raises(GatescopeError, match="same logit difference"):
         activation_patching(model, same, "resid_pre.0")
 
 
 def test_noising_batched_equals_one_by_one_and_effects_are_normalised(model):
-    task = _task()
+    task = toy_task()
     a = activation_patching(model, task, "attn_gate.*", mode="noise", progress=False)
     b = activation_patching(model, task, "attn_gate.*", mode="noise", batch_rows=4, progress=False)
     assert [c.effect for c in a.components] == pytest.approx([c.effect for c in b.components])
@@ -113,16 +81,11 @@ def test_unequal_lengths_and_bad_answers_are_refused(model):
     with pytest.raises(GatescopeError, match="single token|one token"):
         activation_patching(model, multi, "resid_pre.0", progress=False)
     with pytest.raises(GatescopeError, match="out of range"):
-        activation_patching(model, _task(), "resid_pre.0", positions=[40], progress=False)
-
-
-@needs_reference
-def test_patching_notebook_runs():
-    run_notebook(ROOT / "notebooks" / "patching.ipynb")
+        activation_patching(model, toy_task(), "resid_pre.0", positions=[40], progress=False)
 
 
 def test_grid_of_heads_by_position(model):
-    task = _task(2)
+    task = toy_task(2)
     result = activation_patching(model, task, "head_out.1", positions=[0, -1], progress=False)
     grid = result.grid("head_out")
     assert grid.rows == [f"L1.H{h}" for h in range(4)] and grid.cols == ["pos 0", "pos 5"]
@@ -133,12 +96,12 @@ def test_grid_of_heads_by_position(model):
         result.grid("mlp_out")
 
 
-def test_head_dla_on_a_layernorm_conv1d_model():
+def test_head_dla_on_a_layernorm_conv1d_model(tiny_model):
     """GPT-2: o_proj is a Conv1D (weight stored transposed) and the final norm centres."""
     from interventions.heads import direct_logit_attribution
 
-    gpt2 = load_model(tiny_hf("gpt2"), tokenizer=tiny_tokenizer())
-    task = _task()
+    gpt2 = tiny_model("gpt2")
+    task = toy_task()
     dla = direct_logit_attribution(gpt2, task)
     batch = task.tokenize(gpt2.tokenizer)
     last = gpt2.dims.n_layers - 1
@@ -188,26 +151,12 @@ def test_interchange_null_keeps_token_lengths(model):
         interchange_test(model, lonely, n_null=3)
 
 
-def _late_task(n=4, length=8, seed=5):
-    """Clean and corrupt prompts that differ only at position length - 3 (a shared prefix)."""
-    g = torch.Generator().manual_seed(seed)
-    clean, corrupt, ans, wrong = [], [], [], []
-    for _ in range(n):
-        w = [f"w{int(i)}" for i in torch.randint(10, 200, (length,), generator=g)]
-        clean.append(" ".join(w))
-        corrupt.append(" ".join([*w[:-3], f"w{int(torch.randint(10, 200, (1,), generator=g))}",
-                                 *w[-2:]]))  # fmt: skip
-        ans.append(f"w{int(torch.randint(10, 200, (1,), generator=g))}")
-        wrong.append(f"w{int(torch.randint(10, 200, (1,), generator=g))}")
-    return Task("late", clean, corrupt, ans, wrong)
-
-
 @pytest.mark.parametrize("family", ["qwen3_next", "llama", "gemma3_text", "gpt2"])
 @pytest.mark.parametrize("mode", ["denoise", "noise"])
-def test_resumed_sweep_equals_full_passes(family, mode):
+def test_resumed_sweep_equals_full_passes(family, mode, tiny_model):
     """Passes started at their layer after the shared prefix give the full passes' effects."""
-    m = load_model(tiny_hf(family), tokenizer=tiny_tokenizer())
-    task = _late_task()
+    m = tiny_model(family)
+    task = late_task()
     kinds = "head_out.*,resid_pre.*,resid_mid.1,mlp_out.0"
     if m.is_gated:
         kinds += ",attn_gate.*"
@@ -227,7 +176,7 @@ def test_resumed_sweep_equals_full_passes(family, mode):
 def test_resumed_sweep_of_one_prompt_and_a_mismatch_falls_back(model, monkeypatch):
     from probe.resume import ResumablePass
 
-    one = _late_task(1)
+    one = late_task(1)
     a = activation_patching(model, one, "head_out.*", progress=False)
     b = activation_patching(model, one, "head_out.*", resume=False, progress=False)
     assert a.resumed and [c.effect for c in a.components] == pytest.approx(
@@ -242,7 +191,7 @@ def test_resumed_sweep_of_one_prompt_and_a_mismatch_falls_back(model, monkeypatc
 
     assert resume_verdict(model) == (True, "")  # checked once, kept for the next sweeps
     monkeypatch.setattr(ResumablePass, "run", off_by_a_bit)
-    task = _late_task()
+    task = late_task()
     fallback = activation_patching(model, task, "head_out.*", progress=False)
     full = activation_patching(model, task, "head_out.*", resume=False, progress=False)
     assert not fallback.resumed and resume_verdict(model)[0] is False

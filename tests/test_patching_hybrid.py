@@ -5,7 +5,7 @@ import logging
 
 import pytest
 import torch
-from test_patching import _late_task
+from tiny import late_task as _late_task
 from tiny import qwen3_next_config, tiny_hf, tiny_tokenizer
 
 from interventions.passes import forget_verdict

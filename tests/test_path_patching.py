@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from test_atp_star import _attention_only, _task2
+from tiny import attention_only as _attention_only
+from tiny import replace_task as _task2
 
 from circuits.path_patching import path_patching
 from interventions.patching import activation_patching

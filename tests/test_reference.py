@@ -164,7 +164,9 @@ def test_a_20_step_run_resumes_exactly(arch, tmp_path):
     from probe.reference.train import TrainConfig, train_reference
 
     tokenizer = None if arch != "hybrid" else str(reference_path("reference"))
-    cfg = TrainConfig(arch=arch, steps=20, checkpoint_every=10, tokenizer=tokenizer, **TINY)
+    cfg = TrainConfig(
+        arch=arch, steps=20, checkpoint_every=10, checkpoint_seconds=0, tokenizer=tokenizer, **TINY
+    )
     whole = train_reference(cfg, tmp_path / "whole", progress=False)
     # an interrupted run: keep only the step-10 checkpoint, then resume
     part = train_reference(cfg, tmp_path / "part", progress=False)
@@ -187,6 +189,56 @@ def test_a_20_step_run_resumes_exactly(arch, tmp_path):
         config = json.loads((whole / "config.json").read_text())
         assert config["layer_types"] == ["linear_attention", "full_attention"]
         assert config["num_experts"] == 4 and config["output_router_logits"]
+
+
+@pytest.mark.slow
+def test_a_wall_time_checkpoint_resumes_exactly(tmp_path):
+    """No step checkpoint falls inside the run (every 1000 steps); a wall-time checkpoint
+    after every step does; resumed from the last one, the run ends where an uninterrupted
+    run ends, bit for bit."""
+    from dataclasses import replace
+
+    from safetensors.torch import load_file
+
+    from probe.reference.train import TrainConfig, checkpoint_step, train_reference
+
+    cfg = TrainConfig(steps=12, checkpoint_every=1000, checkpoint_seconds=0, **TINY)
+    whole = train_reference(cfg, tmp_path / "whole", progress=False)
+    assert checkpoint_step(tmp_path / "whole") is None  # steps alone wrote none
+    timed = replace(cfg, checkpoint_seconds=1e-9)  # due after every step
+    part = train_reference(timed, tmp_path / "part", progress=False)
+    assert checkpoint_step(tmp_path / "part") == 11  # the last step before the end
+    (part / "model.safetensors").unlink()
+    resumed = train_reference(timed, tmp_path / "part", resume=True, progress=False)
+    assert json.loads((resumed / "training.json").read_text())["resumed_at_step"] == 11
+    a = load_file(str(whole / "model.safetensors"))
+    b = load_file(str(resumed / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_the_cli_says_where_training_resumes(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import probe.reference.train as train
+    from app.cli import app
+
+    seen = {}
+
+    def fake_train(cfg, out, resume=False, progress=True):
+        seen.update(cfg=cfg, resume=resume, progress=progress)
+        return out / "model"
+
+    monkeypatch.setattr(train, "train_reference", fake_train)
+    (tmp_path / "run" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoint" / "checkpoint.json").write_text('{"step": 7}')
+    args = ["reference", "train", "--out", str(tmp_path / "run"), "--resume"]
+    res = CliRunner().invoke(app, [*args, "-q", "--checkpoint-seconds", "60"])
+    assert res.exit_code == 0, res.output
+    assert "resuming from step 7" in res.stderr and "resuming" not in res.stdout
+    assert seen["resume"] and seen["progress"] is False and seen["cfg"].checkpoint_seconds == 60
+    fresh = CliRunner().invoke(app, ["reference", "train", "--out", str(tmp_path / "new")])
+    assert fresh.exit_code == 0 and "resuming" not in fresh.output and seen["progress"] is True
 
 
 def test_later_stage_keeps_the_tokenizer_and_checks_the_arch(tmp_path):

@@ -2,9 +2,8 @@ import json
 
 import pytest
 import torch
-from conftest import ROOT, needs_reference
-from test_patching import run_notebook
-from tiny import prompts, tiny_hf, tiny_tokenizer
+from conftest import needs_reference
+from tiny import prompts
 
 from interventions.edits import intervene
 from interventions.steering import (
@@ -17,12 +16,6 @@ from interventions.steering import (
     word_logit_metric,
 )
 from probe import GatescopeError, Site, Tracer, load_model
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
-
 
 POS = ["w1 w2 w3", "w4 w5 w6", "w7 w8"]
 NEG = ["w1 w2 w9", "w4 w5 w10", "w7 w11"]
@@ -74,14 +67,13 @@ def test_directional_ablation_leaves_no_component(model):
         assert (value @ r_hat).abs().max() < 1e-4, site
 
 
-def test_save_load_round_trip_and_checks(model, tmp_path, caplog):
+def test_save_load_round_trip_and_checks(model, tiny_model, tmp_path, caplog):
     vec = build_vector(model, "caa", POS, NEG, "resid_post.1")
     path = vec.save(tmp_path / "v")
     back = SteeringVector.load(path, model)
     assert torch.equal(back.direction, vec.direction) and back.site == vec.site
     assert back.provenance == vec.provenance and back.method == "caa"
-    other = load_model(tiny_hf("llama"), tokenizer=tiny_tokenizer())
-    other.name = "another"
+    other = tiny_model("llama", name="another")
     SteeringVector.load(path, other)
     assert "built on" in caplog.text
     wide = SteeringVector(torch.ones(7), Site("resid_post", 0))
@@ -137,21 +129,15 @@ def test_bad_vectors_are_refused(model):
         generate(model, "w1 w2", SteeringVector(torch.ones(5), Site("resid_post", 0)), coef=1.0)
 
 
-@needs_reference
-def test_steering_notebook_runs():
-    run_notebook(ROOT / "notebooks" / "steering.ipynb")
-
-
-def test_provenance_fingerprint(model, tmp_path, caplog):
+def test_provenance_fingerprint(model, tiny_model, tmp_path, caplog):
     vec = build_vector(model, "caa", POS, NEG, "resid_post.1", data="pairs.jsonl")
     assert vec.provenance["data"] == "pairs.jsonl" and vec.provenance["fingerprint"]
     path = vec.save(tmp_path / "v")
-    same = load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
-    same.name = "renamed"
+    same = tiny_model("qwen3_next", name="renamed")
     with caplog.at_level("WARNING"):
         SteeringVector.load(path, same)  # same weights under another name: no warning
     assert "built on" not in caplog.text
-    other = load_model(tiny_hf("qwen3_next", seed=5), tokenizer=tiny_tokenizer())
+    other = tiny_model("qwen3_next", seed=5)
     with caplog.at_level("WARNING"):
         SteeringVector.load(path, other)
     assert "other weights" in caplog.text

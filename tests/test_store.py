@@ -2,17 +2,15 @@ import json
 
 import pytest
 import torch
-from tiny import prompts, tiny_hf, tiny_tokenizer
+from tiny import prompts
 
-from probe import GatescopeError, Tracer, load_model
-from probe.store import ActivationStore, harvest
+from probe import GatescopeError, Tracer
+from probe.store import ActivationStore, check_harvest_options, harvest
 
 
 @pytest.fixture(scope="module")
-def model():
-    m = load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
-    m.name = "tiny"
-    return m
+def model(tiny_model):
+    return tiny_model("qwen3_next", name="tiny")
 
 
 TEXTS = prompts(40, length=10, seed=7)
@@ -118,3 +116,54 @@ def test_bad_stores(model, tmp_path):
     with pytest.raises(GatescopeError, match="ran out"):
         harvest(model, "mlp_out.0", TEXTS[:2], 1000, tmp_path / "short", progress=False)
     assert json.loads((tmp_path / "short" / "manifest.json").read_text())["tokens"] > 0
+
+
+def test_resuming_with_other_texts_is_refused_unless_forced(model, tmp_path):
+    out = tmp_path / "s"
+    harvest(model, "resid_post.0", TEXTS, 60, out, shard_tokens=30, batch_size=4, progress=False)
+    recorded = ActivationStore(out).manifest["texts_sha256"]
+    other = prompts(40, length=10, seed=8)
+    with pytest.raises(GatescopeError, match="harvested from other texts"):
+        harvest(model, "resid_post.0", other, 120, out, shard_tokens=30, progress=False)
+    assert ActivationStore(out).tokens == 60  # nothing appended
+    harvest(model, "resid_post.0", other, 120, out, shard_tokens=30, progress=False, force=True)
+    manifest = ActivationStore(out).manifest
+    assert manifest["tokens"] == 120 and manifest["texts_sha256_before"] == [recorded]
+    assert manifest["texts_sha256"] != recorded
+
+
+def test_a_complete_store_says_so_and_rates_count_this_run_only(model, tmp_path):
+    out = tmp_path / "s"
+    harvest(model, "resid_post.0", TEXTS, 40, out, shard_tokens=40, batch_size=4, progress=False)
+    first = ActivationStore(out).manifest["last_run"]
+    assert first["tokens"] == 40 and not first["already_complete"]
+    assert first["tokens_per_second"] == pytest.approx(40 / first["seconds"], rel=0.05)
+    harvest(model, "resid_post.0", TEXTS, 40, out, shard_tokens=40, batch_size=4, progress=False)
+    again = ActivationStore(out).manifest["last_run"]
+    assert again["tokens"] == 0 and again["already_complete"]
+    assert again["tokens_per_second"] is None  # no rate of 0 tokens over a run's overhead
+    harvest(model, "resid_post.0", TEXTS, 70, out, shard_tokens=40, batch_size=4, progress=False)
+    more = ActivationStore(out).manifest["last_run"]
+    assert more["tokens"] == 30  # only what this run added
+    assert more["tokens_per_second"] == pytest.approx(30 / more["seconds"], rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "tokens, shard_tokens, batch_size, option",
+    [(0, 10, 4, "--tokens 0"), (10, 0, 4, "--shard-tokens 0"), (10, 10, 0, "--batch-size 0")],
+)
+def test_counts_are_checked_first(tokens, shard_tokens, batch_size, option):
+    with pytest.raises(GatescopeError, match=option):
+        check_harvest_options(tokens, shard_tokens, batch_size)
+
+
+def test_shards_and_manifest_get_the_users_umask(model, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        out = harvest(model, "resid_post.0", TEXTS, 20, tmp_path / "s", progress=False)
+    finally:
+        os.umask(old)
+    for name in ("shard_00000.safetensors", "manifest.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o644, name

@@ -3,9 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import FAMILIES, prompts, tiny_hf, tiny_tokenizer
+from tiny import FAMILIES, prompts
 
-from probe import GatescopeError, Site, Tracer, hook_sites, load_model
+from probe import GatescopeError, Site, Tracer, hook_sites
 from probe.locate import locate
 
 
@@ -15,13 +15,9 @@ def test_every_tiny_family_is_tested_here():
     assert set(FAMILIES) | {"qwen3_next_hybrid", "qwen3_5", "qwen3_5_moe"} == set(CLASSES)
 
 
-def _model(name, attn="eager"):
-    return load_model(tiny_hf(name, attn=attn), tokenizer=tiny_tokenizer())
-
-
 @pytest.mark.parametrize("name", FAMILIES)
-def test_tracing_leaves_logits_bit_identical(name):
-    model = _model(name)
+def test_tracing_leaves_logits_bit_identical(name, tiny_model):
+    model = tiny_model(name)
     batch = model.tokenize(prompts(3))
     before = model.run(batch)
     with Tracer(model, [f"{k}.*" for k in model.kinds]) as tr:
@@ -32,8 +28,8 @@ def test_tracing_leaves_logits_bit_identical(name):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_residual_and_head_identities(name):
-    model = _model(name)
+def test_residual_and_head_identities(name, tiny_model):
+    model = tiny_model(name)
     with Tracer(model, [f"{k}.*" for k in model.kinds]) as tr:
         model.run(prompts(2))
     for layer in range(model.dims.n_layers):
@@ -56,8 +52,8 @@ def test_residual_and_head_identities(name):
         torch.testing.assert_close(pattern.sum(-1), torch.ones_like(pattern.sum(-1)))
 
 
-def test_attn_gate_is_sigmoid_of_recomputed_gate_logits():
-    model = _model("qwen3_next")
+def test_attn_gate_is_sigmoid_of_recomputed_gate_logits(tiny_model):
+    model = tiny_model("qwen3_next")
     H, D = model.dims.n_heads, model.dims.d_head
     normed = {}
     layer = model.layer(1)
@@ -74,8 +70,8 @@ def test_attn_gate_is_sigmoid_of_recomputed_gate_logits():
     assert torch.equal(tr["attn_gate.1.2"], torch.sigmoid(gate_logit[:, :, 2]))
 
 
-def test_positions_count_from_each_rows_end():
-    model = _model("llama")
+def test_positions_count_from_each_rows_end(tiny_model):
+    model = tiny_model("llama")
     texts = prompts(3)  # different lengths: right padding
     batch = model.tokenize(texts)
     with (
@@ -91,8 +87,8 @@ def test_positions_count_from_each_rows_end():
             model.run(batch)
 
 
-def test_device_dtype_and_multiple_passes():
-    model = _model("qwen3_next")
+def test_device_dtype_and_multiple_passes(tiny_model):
+    model = tiny_model("qwen3_next")
     with Tracer(model, "mlp_gate.0", device="cpu", dtype=torch.float16) as tr:
         model.run(prompts(2, length=8, seed=1)[:1])
         model.run(prompts(2, length=8, seed=2)[:1])
@@ -103,8 +99,8 @@ def _all_hooks(model):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.hf.modules())
 
 
-def test_no_hook_survives_an_exception():
-    model = _model("qwen3_next")
+def test_no_hook_survives_an_exception(tiny_model):
+    model = tiny_model("qwen3_next")
     assert _all_hooks(model) == 0
     with pytest.raises(RuntimeError, match="boom"):
         with Tracer(model, [f"{k}.*" for k in model.kinds]):
@@ -115,22 +111,22 @@ def test_no_hook_survives_an_exception():
     assert model.hf.config._attn_implementation == "eager"
 
 
-def test_pattern_tracing_restores_attention_implementation():
-    model = _model("qwen3_next", attn="sdpa")
+def test_pattern_tracing_restores_attention_implementation(tiny_model):
+    model = tiny_model("qwen3_next", attn="sdpa")
     with Tracer(model, "attn_pattern.0") as tr:
         model.run(prompts(1))
     assert tr["attn_pattern.0"].shape[2] == model.dims.n_heads
     assert model.hf.config._attn_implementation == "sdpa"
 
 
-def test_streaming_reducer_sees_every_pass_without_storing():
+def test_streaming_reducer_sees_every_pass_without_storing(tiny_model):
     class Count:
         n = 0
 
         def update(self, site, value, mask):
             Count.n += int(mask.sum())
 
-    model = _model("qwen3_next")
+    model = tiny_model("qwen3_next")
     texts = prompts(5)
     with Tracer(model, "resid_post.0", reducers=[Count()], keep=False) as tr:
         for batch in model.batches(texts, batch_size=2):
@@ -140,8 +136,8 @@ def test_streaming_reducer_sees_every_pass_without_storing():
         tr["resid_post.0"]
 
 
-def test_writes_through_hook_sites():
-    model = _model("qwen3_next")
+def test_writes_through_hook_sites(tiny_model):
+    model = tiny_model("qwen3_next")
     batch = model.tokenize(prompts(2))
     clean = model.run(batch)
     identity = lambda v, info: v.clone()  # noqa: E731
@@ -165,19 +161,19 @@ def test_writes_through_hook_sites():
     torch.testing.assert_close(moved["resid_post.0"], expected, rtol=1e-5, atol=1e-5)
 
 
-def test_read_only_site_refuses_writes():
-    model = _model("llama")
+def test_read_only_site_refuses_writes(tiny_model):
+    model = tiny_model("llama")
     with pytest.raises(GatescopeError, match="read-only"):
         with hook_sites(model, [(Site("attn_pattern", 0), lambda v, i: v)], write=True):
             pass
 
 
-def test_a_tracer_sees_only_its_own_threads_passes():
+def test_a_tracer_sees_only_its_own_threads_passes(tiny_model):
     # a web app runs two requests on one cached model at once: each tracer must capture only
     # the passes of the thread that opened it
     import threading
 
-    model = _model("qwen3_next")
+    model = tiny_model("qwen3_next")
     ids = model.tokenize(prompts(2)).input_ids
     other = model.tokenize(prompts(3, length=5, seed=9)).input_ids
     inside, done = threading.Event(), threading.Event()

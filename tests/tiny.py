@@ -1,9 +1,11 @@
-"""Tiny random models of every family, built in-process from configs (no downloads)."""
+"""Tiny random models of every family, built in-process from configs (no downloads), models
+with known behaviour for exact checks, and the toy tasks and texts the tests share."""
 
 from __future__ import annotations
 
 import torch
 import transformers as tf
+from torch import nn
 
 D, L, H, DH, MLP, V, CTX = 64, 2, 4, 16, 128, 256, 64
 
@@ -163,3 +165,149 @@ def prompts(n: int = 3, length: int = 12, seed: int = 0) -> list[str]:
         )
         for k in range(n)
     ]
+
+
+# ---- models with known behaviour (exact checks of attribution, path patching, concepts) ----
+
+
+class Zero(nn.Module):
+    """A module that outputs zeros (an MLP switched off)."""
+
+    def forward(self, x):
+        return torch.zeros_like(x)
+
+
+class Ones(nn.Module):
+    """A module that outputs ones (a constant GLU gate)."""
+
+    def forward(self, x):
+        return torch.ones_like(x)
+
+
+def attention_only(layers: int = 1):
+    """A Llama model with identity norms and no MLP: only attention's softmax is nonlinear
+    (q, k, v, rotary, o_proj, the unembedding and the logit difference are linear)."""
+    from probe import load_model
+
+    torch.manual_seed(1)
+    cfg = tf.LlamaConfig(**_common(num_hidden_layers=layers))
+    cfg._attn_implementation = "eager"
+    hf = tf.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in hf.model.layers:
+            layer.input_layernorm = nn.Identity()
+            layer.post_attention_layernorm = nn.Identity()
+            layer.mlp = Zero()
+            layer.self_attn.q_proj.weight.mul_(30.0)  # sharp, saturating attention
+            layer.self_attn.k_proj.weight.mul_(30.0)
+            layer.self_attn.v_proj.weight.mul_(30.0)
+        hf.model.norm = nn.Identity()
+    return load_model(hf, tokenizer=tiny_tokenizer())
+
+
+def linear_model():
+    """A Qwen3-Next model made linear in its residual stream: identity norms, q = k = 0
+    (uniform attention, so attention is linear in the values), and a constant GLU gate (the
+    MLP is its linear up/down path)."""
+    from probe import load_model
+
+    torch.manual_seed(0)
+    hf = tf.Qwen3NextForCausalLM(qwen3_next_config()).eval()
+    with torch.no_grad():
+        for layer in hf.model.layers:
+            layer.input_layernorm = nn.Identity()
+            layer.post_attention_layernorm = nn.Identity()
+            layer.self_attn.q_norm = nn.Identity()
+            layer.self_attn.k_norm = nn.Identity()
+            query_rows = layer.self_attn.q_proj.weight.view(4, 2, 16, -1)[:, 0]
+            query_rows.zero_()
+            layer.self_attn.k_proj.weight.zero_()
+            layer.mlp.act_fn = Ones()
+        hf.model.norm = nn.Identity()
+    return load_model(hf, tokenizer=tiny_tokenizer())
+
+
+#: Gated-DeltaNet sizes of test_families' hybrid models (wider heads than DELTA).
+LINEAR = dict(
+    linear_num_value_heads=4,
+    linear_num_key_heads=2,
+    linear_key_head_dim=16,
+    linear_value_head_dim=16,
+)
+
+
+# ---- tasks and texts over the tiny vocabulary ------------------------------------------------
+
+
+def toy_task(n: int = 4):
+    """Six-word prompts whose corrupt run swaps the first two words."""
+    from probe.tasks import Task
+
+    g = torch.Generator().manual_seed(3)
+    clean, corrupt, ans, wrong = [], [], [], []
+    for _ in range(n):
+        w = [f"w{int(i)}" for i in torch.randint(10, 200, (6,), generator=g)]
+        clean.append(" ".join(w))
+        corrupt.append(" ".join([w[1], w[0], *w[2:]]))
+        ans.append(f"w{int(torch.randint(10, 200, (1,), generator=g))}")
+        wrong.append(f"w{int(torch.randint(10, 200, (1,), generator=g))}")
+    return Task(name="toy", clean=clean, corrupt=corrupt, answers=ans, wrongs=wrong)
+
+
+def late_task(n: int = 4, length: int = 8, seed: int = 5):
+    """Clean and corrupt prompts that differ only at position length - 3 (a shared prefix)."""
+    from probe.tasks import Task
+
+    g = torch.Generator().manual_seed(seed)
+    clean, corrupt, ans, wrong = [], [], [], []
+    for _ in range(n):
+        w = [f"w{int(i)}" for i in torch.randint(10, 200, (length,), generator=g)]
+        clean.append(" ".join(w))
+        swap = f"w{int(torch.randint(10, 200, (1,), generator=g))}"
+        corrupt.append(" ".join([*w[:-3], swap, *w[-2:]]))
+        ans.append(f"w{int(torch.randint(10, 200, (1,), generator=g))}")
+        wrong.append(f"w{int(torch.randint(10, 200, (1,), generator=g))}")
+    return Task(name="late", clean=clean, corrupt=corrupt, answers=ans, wrongs=wrong)
+
+
+def replace_task():
+    """:func:`toy_task`'s prompts whose third word is replaced in the corrupt run."""
+    from probe.tasks import Task
+
+    base = toy_task()
+    corrupt = []
+    for c in base.clean:
+        w = c.split(" ")
+        corrupt.append(" ".join([*w[:2], "w7", *w[3:]]))
+    return Task(
+        name="replace", clean=base.clean, corrupt=corrupt, answers=base.answers, wrongs=base.wrongs
+    )
+
+
+def sentences(seed: int, n: int = 12, words=range(3, 200)) -> list[str]:
+    """``n`` five-word sentences of random tiny-vocabulary words."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pool = list(words)
+    return [" ".join(f"w{rng.choice(pool)}" for _ in range(5)) for _ in range(n)]
+
+
+def tiny_hooked(gated: bool = False):
+    """A tiny TransformerLens HookedTransformer (gated: SiLU GLU MLPs with RMSNorm)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        n_layers=L,
+        d_model=D,
+        n_ctx=CTX,
+        d_head=DH,
+        n_heads=H,
+        d_mlp=MLP,
+        d_vocab=V,
+        act_fn="silu" if gated else "gelu",
+        gated_mlp=gated,
+        normalization_type="RMS" if gated else "LN",
+        seed=0,
+    )
+    return HookedTransformer(cfg)

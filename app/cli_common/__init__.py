@@ -19,7 +19,7 @@ The parts: :mod:`.run` (errors, ``--quiet``, notes), :mod:`.model` (model option
 Commands import from ``app.cli_common`` itself.
 """
 
-from app.cli_common.inputs import check_name, finite, positive, read_prompts
+from app.cli_common.inputs import check_name, finite, positive, read_prompts, read_task
 from app.cli_common.model import (
     BACKEND_HELP,
     BACKENDS,
@@ -77,6 +77,7 @@ __all__ = [
     "positive",
     "provenance",
     "read_prompts",
+    "read_task",
     "show_progress",
     "user_errors",
     "write_json",

@@ -24,6 +24,18 @@ def read_prompts(prompt: str | None, prompts_file: Path | None) -> list[str]:
     return io.read_lines(path, "--prompts")
 
 
+def read_task(task: str, limit: int | None = None):
+    """The task of ``--task`` (a bundled name or a JSONL file), its first ``--limit`` prompts;
+    the number of prompts and the task go to the result's provenance."""
+    from probe.tasks import load_task
+
+    positive(limit, "--limit")
+    t = load_task(task)
+    t = t.subset(limit) if limit else t
+    note(n_prompts=len(t.clean), task=t.name)
+    return t
+
+
 def _sha(text: str) -> str:
     import hashlib
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, replace
 from functools import wraps
 from typing import Any
 
-from app.cli_common.run import _RUN, _add_params, _opt
+from app.cli_common.run import _RUN, _add_params, _opt, show_progress
 from probe import io
 from probe.errors import GatescopeError
 
@@ -144,6 +145,23 @@ def check_model_name(model: str) -> None:
     io.check_model_dir(str(model))
 
 
+@contextmanager
+def _quiet_transformers(quiet: bool):
+    """Without progress (``--quiet``), transformers' own bars ("Loading weights") too."""
+    if not quiet:
+        yield
+        return
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load(
     model: str,
     device: str | None = None,
@@ -171,7 +189,8 @@ def load(
     )
     check_model_options(opts)
     check_model_name(model)
-    m = load_model(model, **asdict(opts), **kw)
+    with _quiet_transformers(not show_progress()):
+        m = load_model(model, **asdict(opts), **kw)
     run = _RUN.get()
     if run is not None:
         run.model = {

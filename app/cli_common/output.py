@@ -60,6 +60,34 @@ METRICS = {
     "agreement": ("correlation", "Pearson / Spearman r of method scores with patching effects"),
     "gates": ("gate statistics", "mean sigmoid gate, fraction below thresholds, sink, max |x|"),
     "steer eval": ("word logit difference", "mean logit(positive words) - mean logit(negative)"),
+    "steer build": (
+        "steering vector",
+        "caa: mean(act(positive) - act(negative)) at the last token; actadd: act(positive) - "
+        "act(negative) of the first pair; pca: first right singular vector of the uncentred "
+        "differences, scaled to their mean norm",
+    ),
+    "steer generate": (
+        "generated text",
+        "greedy continuation with coef * vector added to the site's value at the chosen "
+        "positions, next to the unsteered continuation",
+    ),
+    "trace": ("site activations", "the value of each site per prompt and position, unmodified"),
+    "reference eval": (
+        "held-out accuracy and perplexity",
+        "IOI: accuracy (logit(answer) > logit(wrong)) and mean LD; induction and facts: top-1 "
+        "accuracy; prose: perplexity = exp(mean next-token cross-entropy); gate effects per "
+        "layer against the ungated twin",
+    ),
+    "sae eval": (
+        "reconstruction and downstream loss",
+        "explained variance = 1 - sum |x - x_hat|^2 / sum |x - mean x|^2; L0 = mean active "
+        "latents; CE loss score = (CE_zero-ablated - CE_sae) / (CE_zero-ablated - CE_clean)",
+    ),
+    "sae features": (
+        "latent activations",
+        "top-activating tokens per latent with context, and the latent's decoder direction "
+        "through the unembedding (logit effect = W_U @ W_dec[latent])",
+    ),
     "concept cav": ("held-out accuracy", "logistic-regression CAV, concept vs random set"),
     "concept tcav": (
         "TCAV score",
@@ -84,11 +112,10 @@ def provenance(result: Any = None) -> dict:
     run = _RUN.get()
     if run is None:
         return {"gatescope": _version()}
-    short = run.command.split(" ", 1)[-1] if " " in run.command else run.command
-    metric = METRICS.get(short)
+    metric = METRICS.get(run.command)
     block: dict[str, Any] = {
         "gatescope": _version(),
-        "command": run.command,
+        "command": f"gatescope {run.command}",
         "model": run.model,
         "sources": [{"path": p, "sha256": h} for p, h in (io.SOURCES.get() or {}).items()],
         **run.options,
@@ -100,6 +127,8 @@ def provenance(result: Any = None) -> dict:
             if key in result and not isinstance(result[key], (dict, list)):
                 block.setdefault(key, result[key])
     block.update(run.notes or {})
+    if "sites" not in block and "site" in block:  # one key for one site or a pattern
+        block["sites"] = block["site"]
     if run.model is not None:
         block.setdefault("device", run.model["device"])
         block.setdefault("dtype", run.model["dtype"])

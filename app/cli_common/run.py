@@ -62,6 +62,11 @@ _ERROR_PARAMS = [
     _opt("quiet", False, "--quiet", "-q", help="no progress bars on stderr"),
 ]
 _RECORDED = ("site", "sites", "positions", "seed", "limit", "mode", "method", "pooling")
+#: typer passes the command's context to a parameter annotated ``typer.Context`` (typer runs
+#: its own copy of click, so ``click.get_current_context`` does not see it).
+_CONTEXT = inspect.Parameter(
+    "gatescope_context", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=typer.Context
+)
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -72,8 +77,9 @@ def user_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         debug = kwargs.get("debug", False) if "debug" in own else kwargs.pop("debug", False)
         quiet = kwargs.get("quiet", False) if "quiet" in own else kwargs.pop("quiet", False)
+        context = kwargs.pop(_CONTEXT.name, None)
         recorded = {k: _plain(kwargs[k]) for k in _RECORDED if kwargs.get(k) is not None}
-        run = _Run(_command_name(fn), time.time(), recorded, quiet)
+        run = _Run(_command_name(fn, context), time.time(), recorded, quiet)
         tokens = (_RUN.set(run), io.SOURCES.set({}))
         try:
             return fn(*args, **kwargs)
@@ -89,17 +95,21 @@ def user_errors(fn: Callable) -> Callable:
             _RUN.reset(tokens[0])
             io.SOURCES.reset(tokens[1])
 
-    _add_params(fn, wrapper, _ERROR_PARAMS)
+    _add_params(fn, wrapper, [*_ERROR_PARAMS, _CONTEXT])
     return wrapper
 
 
-def _command_name(fn: Callable) -> str:
-    import click
-
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None and ctx.command_path:
-        return ctx.command_path
-    return fn.__name__
+def _command_name(fn: Callable, ctx: Any = None) -> str:
+    """The command as typed after the program's name (``patch``, ``steer eval``), from the
+    command's context, whatever the program was called (``gatescope``, ``python -m app.cli``)
+    and whatever the function's name."""
+    names: list[str] = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or (ctx.command.name or ""))
+        ctx = ctx.parent
+    if names:
+        return " ".join(reversed(names))
+    return fn.__name__.removesuffix("_cmd").replace("_", " ")
 
 
 def _plain(value: Any) -> Any:

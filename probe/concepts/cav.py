@@ -119,6 +119,7 @@ def fit_cav(
     x = np.concatenate([concept, random])  # (N + M, D)
     y = np.concatenate([np.ones(len(concept)), np.zeros(len(random))])
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, random_state=seed, stratify=y)
+    x_tr, x_te = np.asarray(x_tr), np.asarray(x_te)
     scale = x_tr.std(0) + 1e-6  # standardise for the solver, map the normal back after
     with threadpool_limits(1):  # tiny problems: BLAS threads only contend
         clf = LogisticRegression(max_iter=2000, C=0.05).fit(x_tr / scale, y_tr)
@@ -126,7 +127,15 @@ def fit_cav(
     normal = normal / np.linalg.norm(normal)
     gap = float(concept.mean(0) @ normal - random.mean(0) @ normal)
     acc = float(clf.score(x_te / scale, y_te))
-    return CAV(site, normal.tolist(), acc, names[0], names[1], pooling, gap)
+    return CAV(
+        site=site,
+        direction=normal.tolist(),
+        accuracy=acc,
+        concept=names[0],
+        random=names[1],
+        pooling=pooling,
+        gap=gap,
+    )
 
 
 def train_cav(
@@ -211,4 +220,4 @@ def probe_layers(
             shuffled.append(
                 float(cross_val_score(clf, acts[site], rng.permutation(y), cv=5).mean())
             )
-    return ProbeResult(kind, [s.layer for s in sites], acc, shuffled)
+    return ProbeResult(kind=kind, layers=[s.layer for s in sites], accuracy=acc, shuffled=shuffled)

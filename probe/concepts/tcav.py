@@ -29,6 +29,7 @@ import json
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,21 +122,22 @@ def site_gradients(
     twins = {s: _logit_twin(model, s) for s in sites}
     out: dict[Site, list[np.ndarray]] = {s: [] for s in sites}
     for batch in model.batches(list(inputs), 16):
-        zeros: dict[Site, torch.Tensor] = {}
-        hooks = [
-            (s, _add_zero(zeros, s)) if twins[s] is None else (twins[s], _add_zero_logit(zeros, s))
-            for s in sites
-        ]
+        zeros: dict[Site, Any] = {}  # site -> zero tensor (or (zero, slope) at a logit twin)
+        hooks: list[tuple[Site, Callable]] = []
+        for s in sites:
+            twin = twins[s]
+            hooks.append(
+                (s, _add_zero(zeros, s)) if twin is None else (twin, _add_zero_logit(zeros, s))
+            )
         with torch.enable_grad(), hook_sites(model, hooks, write=True):
             logits = model.forward(batch.input_ids, batch.attention_mask)
             fn(logits, batch.lengths).sum().backward()
         mask = batch.attention_mask.float().cpu().unsqueeze(-1)  # (B, T, 1)
         for site in sites:
-            if twins[site] is None:
-                grad = zeros[site].grad.detach().float()
-            else:
-                zero, slope = zeros[site]
-                grad = zero.grad.detach().float() / slope
+            zero, slope = (zeros[site], 1.0) if twins[site] is None else zeros[site]
+            if zero.grad is None:
+                raise GatescopeError(f"site '{site}': the target's gradient does not reach it")
+            grad = zero.grad.detach().float() / slope
             grad = grad.cpu().flatten(2)  # (B, T, D)
             if pooling == "last":
                 g = grad[torch.arange(len(grad)), batch.lengths.cpu() - 1]  # (B, D)
@@ -166,7 +168,8 @@ def _ttest(a: Sequence[float], b: Sequence[float], alternative: str = "two-sided
         return 1.0 if same or (alternative == "greater" and np.mean(a) < np.mean(b)) else 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # near-constant samples
-        p = float(ttest_ind(a, b, equal_var=False, alternative=alternative).pvalue)
+        test: Any = ttest_ind(a, b, equal_var=False, alternative=alternative)
+        p = float(test.pvalue)
     return 1.0 if np.isnan(p) else p
 
 
@@ -259,15 +262,17 @@ def _tcav_from_arrays(
         random_accs.append(rnd.accuracy)
     accs = [c.accuracy for c in cavs]
     result = TCAVResult(
-        site,
-        target,
-        concept_scores,
-        random_scores,
-        accs,
-        random_accs,
-        _ttest(concept_scores, random_scores),
-        max(_ttest(accs, random_accs, "greater"), _ttest(accs, [0.5] * len(accs), "greater")),
-        _agreement(grads),
+        site=site,
+        target=target,
+        concept_scores=concept_scores,
+        random_scores=random_scores,
+        cav_accuracy=accs,
+        random_accuracy=random_accs,
+        p_tcav=_ttest(concept_scores, random_scores),
+        p_accuracy=max(
+            _ttest(accs, random_accs, "greater"), _ttest(accs, [0.5] * len(accs), "greater")
+        ),
+        gradient_agreement=_agreement(grads),
     )
     return result, cavs
 
@@ -366,12 +371,12 @@ def cross_layer(
         results.append(res)
     scores = [r.score for r in results]
     return CrossLayerResult(
-        kind,
-        [s.layer for s in sites],
-        [float(np.mean(r.cav_accuracy)) for r in results],
-        scores,
-        [r.p_value for r in results],
-        float(np.var(scores)),
-        [float(a @ b) for a, b in zip(means, means[1:], strict=False)],
-        results,
+        kind=kind,
+        layers=[s.layer for s in sites],
+        accuracy=[float(np.mean(r.cav_accuracy)) for r in results],
+        tcav=scores,
+        p_values=[r.p_value for r in results],
+        tcav_variance=float(np.var(scores)),
+        adjacent_cosine=[float(a @ b) for a, b in zip(means, means[1:], strict=False)],
+        results=results,
     )

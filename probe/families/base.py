@@ -64,7 +64,7 @@ class Tap:
     @property
     def heads(self) -> str | None:
         """The ``Dims`` field counting this site's heads (or experts); None if not split."""
-        return self.layout.heads
+        return self.layout.heads  # pyright: ignore[reportAttributeAccessIssue]
 
     @property
     def modules(self) -> tuple[str, ...]:

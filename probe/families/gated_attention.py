@@ -18,7 +18,7 @@ FLAGS = ("headwise_attn_output_gate", "elementwise_attn_output_gate")
 
 
 def _flags(config) -> tuple[bool, bool]:
-    return tuple(bool(getattr(config, f, False)) for f in FLAGS)
+    return tuple(bool(getattr(config, f, False)) for f in FLAGS)  # pyright: ignore[reportReturnType]
 
 
 def gate_width(config) -> int:

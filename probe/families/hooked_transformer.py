@@ -36,7 +36,7 @@ PLAIN = Family(
     model_types=("hooked_transformer",),
     taps=_TAPS,
     description="TransformerLens HookedTransformer (plain MLP)",
-    **_COMMON,
+    **_COMMON,  # pyright: ignore[reportArgumentType]
 )
 
 GATED = Family(
@@ -48,7 +48,7 @@ GATED = Family(
         "mlp_up": Tap("mlp.hook_pre_linear", "output"),
     },
     description="TransformerLens HookedTransformer (gated MLP)",
-    **_COMMON,
+    **_COMMON,  # pyright: ignore[reportArgumentType]
 )
 
 FAMILIES = (PLAIN, GATED)

@@ -118,7 +118,7 @@ class Heads(ViewLayout):
     def view(self, raw, ctx):
         if raw.dim() == 4:
             return raw
-        return raw.view(*raw.shape[:2], getattr(ctx.dims, self.heads), -1)
+        return raw.view(*raw.shape[:2], getattr(ctx.dims, self.heads), -1)  # pyright: ignore[reportArgumentType]
 
 
 class PerHeadGate(ViewLayout):
@@ -286,7 +286,7 @@ class DeltaDecay(Transform):
 
     def forward(self, x, ctx):
         a_log, dt_bias = self._params(ctx)
-        return -a_log.exp() * F.softplus(x.float() + dt_bias)
+        return -a_log.exp() * F.softplus(x.float() + dt_bias)  # pyright: ignore[reportCallIssue, reportOperatorIssue]
 
     def inverse(self, v, ctx, site):
         if bool((v > 0).any()):
@@ -295,9 +295,9 @@ class DeltaDecay(Transform):
                 "write 0 for 'never forget' and large negative values for 'forget at once'"
             )
         a_log, dt_bias = self._params(ctx)
-        y = (-v.float() / a_log.exp()).double()  # softplus(a + dt_bias)
+        y = (-v.float() / a_log.exp()).double()  # pyright: ignore[reportCallIssue]  # softplus(a + dt_bias)
         pre = torch.where(y > 20, y, torch.log(torch.expm1(y)))
-        return (pre - dt_bias.double()).float()
+        return (pre - dt_bias.double()).float()  # pyright: ignore[reportOperatorIssue]
 
 
 TRANSFORMS: dict[str, Transform] = {"sigmoid": Sigmoid(), "silu": Silu()}

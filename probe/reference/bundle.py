@@ -211,7 +211,7 @@ def _training(info: dict) -> str:
             f"{stage['final_loss_mean_last_50']:.3f}."
         )
     commands = "\n".join(_command(stage, k, arch) for k, stage in enumerate(_stages(info), 1))
-    return "\n".join(lines), commands
+    return "\n".join(lines), commands  # pyright: ignore[reportReturnType]
 
 
 def _reproduce_note(info: dict) -> str:

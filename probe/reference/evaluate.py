@@ -291,7 +291,7 @@ _NAMES = frozenset(V.NAMES)
 def _moe_blocks(model: Model) -> list[tuple[int, torch.nn.Module]]:
     return [
         (i, layer.mlp)
-        for i, layer in enumerate(model.hf.model.layers)
+        for i, layer in enumerate(model.hf.model.layers)  # pyright: ignore[reportArgumentType, reportAttributeAccessIssue]
         if hasattr(layer.mlp, "gate") and hasattr(layer.mlp, "shared_expert_gate")
     ]
 
@@ -299,7 +299,7 @@ def _moe_blocks(model: Model) -> list[tuple[int, torch.nn.Module]]:
 def _deltanets(model: Model) -> list[tuple[int, torch.nn.Module]]:
     return [
         (i, layer.linear_attn)
-        for i, layer in enumerate(model.hf.model.layers)
+        for i, layer in enumerate(model.hf.model.layers)  # pyright: ignore[reportArgumentType, reportAttributeAccessIssue]
         if hasattr(layer, "linear_attn")
     ]
 
@@ -312,12 +312,12 @@ class _HybridReader:
         self.model = model
         self.moe = _moe_blocks(model)
         self.nets = _deltanets(model)
-        n_exp = self.moe[0][1].gate.num_experts if self.moe else 0
+        n_exp = self.moe[0][1].gate.num_experts if self.moe else 0  # pyright: ignore[reportAttributeAccessIssue]
         self.n_experts = n_exp
         vocab = len(model.tokenizer)
         classes = [token_class(model.tokenizer.decode([i])) for i in range(vocab)]
         self.class_of = torch.tensor([TOKEN_CLASSES.index(c) for c in classes])
-        self.load = {i: torch.zeros(n_exp, len(TOKEN_CLASSES)) for i, _ in self.moe}
+        self.load = {i: torch.zeros(n_exp, len(TOKEN_CLASSES)) for i, _ in self.moe}  # pyright: ignore[reportArgumentType]
         self.class_tokens = torch.zeros(len(TOKEN_CLASSES))
         self.entropy = {i: 0.0 for i, _ in self.moe}
         self.shared = {i: 0.0 for i, _ in self.moe}
@@ -329,7 +329,7 @@ class _HybridReader:
         self.mask = self.ids = None
 
     def _real(self, flat: torch.Tensor) -> torch.Tensor:
-        return flat[self.mask.reshape(-1).bool().to(flat.device)]
+        return flat[self.mask.reshape(-1).bool().to(flat.device)]  # pyright: ignore[reportOptionalMemberAccess]
 
     def router_hook(self, layer):
         def hook(module, args, output):
@@ -337,11 +337,11 @@ class _HybridReader:
             logits, index = self._real(logits.float()), self._real(index)
             probs = logits.softmax(-1)
             self.entropy[layer] += float(-(probs * probs.clamp_min(1e-12).log()).sum())
-            cls = self._real(self.class_of[self.ids.reshape(-1)])
+            cls = self._real(self.class_of[self.ids.reshape(-1)])  # pyright: ignore[reportOptionalMemberAccess]
             for slot in range(index.shape[1]):
                 flat = index[:, slot].cpu() * len(TOKEN_CLASSES) + cls
-                counts = torch.bincount(flat, minlength=self.n_experts * len(TOKEN_CLASSES))
-                self.load[layer] += counts.view(self.n_experts, -1).float()
+                counts = torch.bincount(flat, minlength=self.n_experts * len(TOKEN_CLASSES))  # pyright: ignore[reportArgumentType, reportOperatorIssue]
+                self.load[layer] += counts.view(self.n_experts, -1).float()  # pyright: ignore[reportArgumentType]
 
         return hook
 
@@ -362,22 +362,22 @@ class _HybridReader:
             qkvz, ba = self.proj[layer]["qkvz"], self.proj[layer]["ba"]
             *_, z, b, a = module.fix_query_key_value_ordering(qkvz, ba)  # (B, T, H), z (B,T,H,d)
             g = -module.A_log.float().exp() * F.softplus(a.float() + module.dt_bias)
-            keep = self.mask.bool().to(g.device)
+            keep = self.mask.bool().to(g.device)  # pyright: ignore[reportOptionalMemberAccess]
             self.decay[layer] = self.decay[layer] + g[keep].sum(0).double().cpu()
             self.beta[layer] = self.beta[layer] + b.float().sigmoid()[keep].sum(0).double().cpu()
             zg = F.silu(z.float()).mean(-1)
-            self.zgate[layer] = self.zgate[layer] + zg[keep].sum(0).double().cpu()
+            self.zgate[layer] = self.zgate[layer] + zg[keep].sum(0).double().cpu()  # pyright: ignore[reportArgumentType]
 
         return hook
 
     def hooks(self) -> list:
         handles = []
         for i, block in self.moe:
-            handles.append(block.gate.register_forward_hook(self.router_hook(i)))
-            handles.append(block.shared_expert_gate.register_forward_hook(self.shared_hook(i)))
+            handles.append(block.gate.register_forward_hook(self.router_hook(i)))  # pyright: ignore[reportAttributeAccessIssue]
+            handles.append(block.shared_expert_gate.register_forward_hook(self.shared_hook(i)))  # pyright: ignore[reportAttributeAccessIssue]
         for i, net in self.nets:
-            handles.append(net.in_proj_qkvz.register_forward_hook(self.proj_hook(i, "qkvz")))
-            handles.append(net.in_proj_ba.register_forward_hook(self.proj_hook(i, "ba")))
+            handles.append(net.in_proj_qkvz.register_forward_hook(self.proj_hook(i, "qkvz")))  # pyright: ignore[reportAttributeAccessIssue]
+            handles.append(net.in_proj_ba.register_forward_hook(self.proj_hook(i, "ba")))  # pyright: ignore[reportAttributeAccessIssue]
             handles.append(net.register_forward_hook(self.net_hook(i)))
         return handles
 
@@ -405,25 +405,25 @@ class _HybridReader:
                 "router_entropy": self.entropy[i] / n,
                 "class_share": {
                     str(e): dict(zip(TOKEN_CLASSES, by_class[e].tolist(), strict=True))
-                    for e in range(self.n_experts)
+                    for e in range(self.n_experts)  # pyright: ignore[reportArgumentType]
                 },
                 "preferred_class": [TOKEN_CLASSES[int(lift[e].argmax())] for e in range(len(lift))],
                 "mean_shared_gate": self.shared[i] / n,
             }
         deltanet = {}
         for i, _ in self.nets:
-            mean_g = (self.decay[i] / n).tolist()
+            mean_g = (self.decay[i] / n).tolist()  # pyright: ignore[reportAttributeAccessIssue]
             deltanet[str(i)] = {
                 "mean_log_decay": mean_g,
                 "half_life_tokens": [math.log(2) / -g if g < 0 else math.inf for g in mean_g],
-                "mean_write_strength": (self.beta[i] / n).tolist(),
-                "mean_output_gate": (self.zgate[i] / n).tolist(),
+                "mean_write_strength": (self.beta[i] / n).tolist(),  # pyright: ignore[reportAttributeAccessIssue]
+                "mean_output_gate": (self.zgate[i] / n).tolist(),  # pyright: ignore[reportAttributeAccessIssue]
             }
         dead = sum(len(e["dead"]) for e in experts.values())
         return {
             "tokens": self.tokens,
             "token_class_share": dict(zip(TOKEN_CLASSES, class_share.tolist(), strict=True)),
-            "router_entropy_max": math.log(self.n_experts) if self.n_experts else None,
+            "router_entropy_max": math.log(self.n_experts) if self.n_experts else None,  # pyright: ignore[reportArgumentType]
             "experts": experts,
             "dead_experts": dead,
             "deltanet": deltanet,
@@ -480,7 +480,7 @@ def evaluate_reference(
     prompts = load_task("ioi").clean[: limit or 200]
     effects = attention_effects(model, prompts)
     if isinstance(twin, str):
-        twin = load_model(_twin_name(model) if twin == "auto" else twin)
+        twin = load_model(_twin_name(model) if twin == "auto" else twin)  # pyright: ignore[reportArgumentType]
     paper = None
     if twin is not None:
         other = attention_effects(twin, prompts)

@@ -10,8 +10,9 @@ family's load-balancing auxiliary loss).
 2. Tokenize every document, join them with end-of-text tokens, cut 128-token windows.
 3. AdamW with linear warm-up and cosine decay; each step draws its windows from a generator
    seeded by (seed, step), so a resumed run sees exactly the batches it would have seen.
-4. Every ``checkpoint_every`` steps save model + optimiser state (safetensors) and the step
-   (JSON), atomically; ``resume=True`` continues from there.
+4. Every ``checkpoint_every`` steps, and after ``checkpoint_seconds`` of wall time since the
+   last checkpoint, save model + optimiser state (safetensors) and the step (JSON),
+   atomically; ``resume=True`` continues from there (:func:`checkpoint_step` says where).
 5. Save the final model and tokenizer with ``save_pretrained`` (safetensors).
 """
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +54,7 @@ class TrainConfig:
     warmup: int = 100
     weight_decay: float = 0.1
     checkpoint_every: int = 250
+    checkpoint_seconds: float = 300.0  # also a checkpoint after this much wall time (0: off)
     induction_tail: bool = True  # False: the first corpus (``build_corpus``'s docstring)
     init: str | None = None  # continue from this trained model directory (same arch)
     corpus_scale: float = 1.0  # shrink the corpus (tests only)
@@ -99,10 +100,10 @@ def model_config(cfg: TrainConfig, vocab_size: int):
             layer_types=["full_attention"] * cfg.n_layers,
             num_experts=0,
             mlp_only_layers=list(range(cfg.n_layers)),
-            partial_rotary_factor=1.0,
+            partial_rotary_factor=1.0,  # pyright: ignore[reportCallIssue]
         )
     if cfg.arch == "plain":
-        return tf.Qwen3Config(**common)
+        return tf.Qwen3Config(**common)  # pyright: ignore[reportArgumentType]
     if cfg.arch == "hybrid":
         return tf.Qwen3NextConfig(
             **common,
@@ -121,7 +122,7 @@ def model_config(cfg: TrainConfig, vocab_size: int):
             norm_topk_prob=True,
             output_router_logits=True,
             router_aux_loss_coef=cfg.router_aux_coef,
-            partial_rotary_factor=1.0,
+            partial_rotary_factor=1.0,  # pyright: ignore[reportCallIssue]
         )
     raise GatescopeError(f"--arch {cfg.arch}: expected one of {', '.join(ARCHES)}")
 
@@ -153,7 +154,7 @@ def _lr(cfg: TrainConfig, step: int) -> float:
 def _save_checkpoint(
     model, opt, step: int, losses: list[float], folder: Path, seconds: float = 0.0, schedule=None
 ) -> None:
-    from safetensors.torch import save_file
+    from probe.io import save_safetensors, write_json
 
     tensors, seen = {}, set()
     for k, v in model.state_dict().items():  # tied embeddings: store the shared tensor once
@@ -168,17 +169,14 @@ def _save_checkpoint(
                 tensors[f"opt.{names[id(p)]}.exp_avg"] = state["exp_avg"]
                 tensors[f"opt.{names[id(p)]}.exp_avg_sq"] = state["exp_avg_sq"]
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "checkpoint.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    os.replace(tmp, folder / "checkpoint.safetensors")
-    meta = folder / "checkpoint.json.tmp"
-    meta.write_text(
-        json.dumps({"step": step, "losses": losses, "seconds": seconds, "schedule": schedule})
-    )
-    os.replace(meta, folder / "checkpoint.json")
+    save_safetensors(tensors, folder / "checkpoint.safetensors")
+    meta = {"step": step, "losses": losses, "seconds": seconds, "schedule": schedule}
+    write_json(folder / "checkpoint.json", meta, indent=None)
 
 
-def _load_checkpoint(model, opt, folder: Path) -> tuple[int, list[float]]:
+def _load_checkpoint(model, opt, folder: Path) -> tuple[int, list[float], float, list | None]:
+    """(step, losses, seconds trained before, schedule) of the checkpoint in ``folder``, its
+    model and optimiser state loaded into ``model`` and ``opt``."""
     from safetensors.torch import load_file
 
     meta = json.loads((folder / "checkpoint.json").read_text())
@@ -225,7 +223,7 @@ def _copy_embeddings(model, source: Path) -> None:
 
 
 def _check_init(cfg: TrainConfig) -> Path:
-    init = _check_dir(cfg.init, "--init")
+    init = _check_dir(cfg.init, "--init")  # pyright: ignore[reportArgumentType]
     found = json.loads((init / "config.json").read_text()).get("layer_types") or []
     if cfg.arch in ("gated", "hybrid") and ("linear_attention" in found) != (cfg.arch == "hybrid"):
         raise GatescopeError(f"--init {init} has the layers {found}; --arch {cfg.arch} does not")
@@ -243,7 +241,7 @@ def _start(cfg: TrainConfig, documents: list[str]):
             tokenizer = train_tokenizer(documents, cfg.vocab)  # the non-induction text
         else:
             tokenizer = tf.AutoTokenizer.from_pretrained(_check_dir(cfg.tokenizer, "--tokenizer"))
-        model = cls(model_config(cfg, len(tokenizer)))
+        model = cls(model_config(cfg, len(tokenizer)))  # pyright: ignore[reportArgumentType]
         if cfg.init_embeddings is not None:
             _copy_embeddings(model, _check_dir(cfg.init_embeddings, "--init-embeddings"))
         return model, tokenizer, None
@@ -287,6 +285,7 @@ def _train_steps(
 
     model.train()
     bar = tqdm(range(step, cfg.steps), desc=f"train {cfg.arch}", disable=not progress)
+    last = time.monotonic()  # wall time of the last checkpoint (or of the start)
     for step in bar:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         batch = windows[torch.randint(0, len(windows), (cfg.batch,), generator=g)]
@@ -302,14 +301,30 @@ def _train_steps(
         if cfg.stop_after is not None and step + 1 == cfg.stop_after < cfg.steps:
             _save_checkpoint(model, opt, step + 1, losses, ckpt, clock(), schedule)
             return False
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+        due = (step + 1) % cfg.checkpoint_every == 0
+        late = 0 < cfg.checkpoint_seconds <= time.monotonic() - last
+        if (due or late) and step + 1 < cfg.steps:
             _save_checkpoint(model, opt, step + 1, losses, ckpt, clock(), schedule)
+            last = time.monotonic()
     return True
+
+
+def checkpoint_step(out: str | Path) -> int | None:
+    """The step of the checkpoint a resumed run in ``out`` continues from (None: none)."""
+    meta = Path(out) / "checkpoint" / "checkpoint.json"
+    if not meta.is_file():
+        return None
+    try:
+        return int(json.loads(meta.read_text())["step"])
+    except (ValueError, KeyError, TypeError):
+        raise GatescopeError(
+            f"checkpoint {meta} is unreadable; delete {meta.parent} to train from scratch"
+        ) from None
 
 
 def train_reference(cfg: TrainConfig, out: Path, resume: bool = False, progress: bool = True):
     """Train one reference model into ``out``; returns the final model directory (``None``
-    when ``cfg.stop_after`` stopped it at a checkpoint).
+    when ``cfg.stop_after`` stopped it at a checkpoint). ``progress``: the step bar (stderr).
 
     A run resumed with another ``steps`` continues on the cosine schedule of the new length
     from its checkpoint's step; ``schedule`` in ``training.json`` records each part."""

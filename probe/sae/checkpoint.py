@@ -48,12 +48,12 @@ def _unpack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def save_state(state: dict, prefix: Path) -> None:
     """Write ``prefix.safetensors`` and ``prefix.json``."""
-    from safetensors.torch import save_file
+    from probe.io import save_safetensors, write_json
 
     tensors: dict[str, torch.Tensor] = {}
     tree = _pack(state, tensors)
-    save_file(tensors, str(prefix.with_suffix(".safetensors")))
-    prefix.with_suffix(".json").write_text(json.dumps(tree))
+    save_safetensors(tensors, prefix.with_suffix(".safetensors"))
+    write_json(prefix.with_suffix(".json"), tree, indent=None)
 
 
 def load_state(prefix: Path, device: str = "cpu") -> dict:

@@ -173,7 +173,7 @@ class _Stats:
         self.fires += active.sum(0).cpu()
 
     def explained_variance(self) -> float:
-        total = self.sum_sq - float(self.sum.pow(2).sum()) / self.n
+        total = self.sum_sq - float(self.sum.pow(2).sum()) / self.n  # pyright: ignore[reportOptionalMemberAccess]
         return 1.0 - self.err / max(total, 1e-12)
 
 
@@ -200,7 +200,7 @@ def _splice(trained: TrainedSAE, stats: _Stats, clip: bool, where: str):
         if torch.isnan(x).any():
             raise GatescopeError(f"NaN activations at {trained.site} in {where}")
         f = trained.encode(x)  # (B, T, d_sae)
-        x_hat = trained.sae.decode(f).to(value.dtype)
+        x_hat = trained.sae.decode(f).to(value.dtype)  # pyright: ignore[reportCallIssue]
         if clip:
             x_hat = x_hat.clamp(0.0, 1.0)
         real = info.attention_mask.bool().to(x.device)  # (B, T)

@@ -194,7 +194,7 @@ def latent_direction(trained: TrainedSAE, latent: int) -> LatentDirection:
     """The decoder row of ``latent`` as a unit direction at the SAE's site."""
     if not 0 <= latent < trained.width:
         raise GatescopeError(f"latent {latent}: the SAE has latents 0..{trained.width - 1}")
-    row = trained.sae.W_dec[latent].detach().float().cpu()  # (d_in,)
+    row = trained.sae.W_dec[latent].detach().float().cpu()  # pyright: ignore[reportIndexIssue]  # (d_in,)
     norm = float(row.norm())
     if norm == 0:
         raise GatescopeError(f"latent {latent} has a zero decoder row; pick another latent")
@@ -249,8 +249,8 @@ def decoder_logits(model: Model, trained: TrainedSAE, latent: int, n: int = 10):
     elsewhere the direction is not in the residual basis and both lists are empty)."""
     if trained.site.kind not in RESIDUAL_KINDS:
         return [], []
-    w_u = model.hf.get_output_embeddings().weight.detach().float().cpu()  # (vocab, d_model)
-    row = trained.sae.W_dec[latent].detach().float().cpu()  # (d_model,)
+    w_u = model.hf.get_output_embeddings().weight.detach().float().cpu()  # pyright: ignore[reportCallIssue]  # (vocab, d_model)
+    row = trained.sae.W_dec[latent].detach().float().cpu()  # pyright: ignore[reportIndexIssue]  # (d_model,)
     if row.shape[0] != w_u.shape[1]:
         return [], []
     logits = w_u @ row  # (vocab,)

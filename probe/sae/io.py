@@ -46,15 +46,15 @@ class TrainedSAE:
 
     @property
     def width(self) -> int:
-        return int(self.sae.cfg.d_sae)
+        return int(self.sae.cfg.d_sae)  # pyright: ignore[reportArgumentType, reportAttributeAccessIssue]
 
     @property
     def architecture(self) -> str:
-        return self.sae.cfg.architecture()
+        return self.sae.cfg.architecture()  # pyright: ignore[reportAttributeAccessIssue, reportCallIssue]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(..., d_in) activations to (..., d_sae) latents."""
-        return self.sae.encode(x.to(self.sae.W_dec.dtype))
+        return self.sae.encode(x.to(self.sae.W_dec.dtype))  # pyright: ignore[reportArgumentType, reportCallIssue]
 
 
 def load_trained(path: str | Path, device: str = "cpu") -> TrainedSAE:
@@ -96,9 +96,9 @@ def check_sae_site(model: Model, trained: TrainedSAE, force: bool = False) -> No
 
     model.check_site(trained.site)
     width, shape = site_width(model, trained.site)
-    if width != trained.sae.cfg.d_in:
+    if width != trained.sae.cfg.d_in:  # pyright: ignore[reportAttributeAccessIssue]
         raise GatescopeError(
-            f"SAE {trained.path} has d_in {trained.sae.cfg.d_in}, but {trained.site} of "
+            f"SAE {trained.path} has d_in {trained.sae.cfg.d_in}, but {trained.site} of "  # pyright: ignore[reportAttributeAccessIssue]
             f"{model.name} is {width} wide (shape {shape}); use the model and site it was "
             f"trained on ({trained.model}, {trained.site})"
         )

@@ -217,7 +217,7 @@ class SparseTopKTrainingSAE(TopKTrainingSAE):
         shape = (x.shape[0], self.cfg.d_sae)
         buf = self.__dict__.get("_pre_buffer")
         if buf is None or buf.shape != shape or buf.device != x.device or buf.dtype != x.dtype:
-            buf = self.__dict__["_pre_buffer"] = x.new_empty(shape)
+            buf = self.__dict__["_pre_buffer"] = x.new_empty(shape)  # pyright: ignore[reportIndexIssue]
         return buf
 
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:

@@ -162,7 +162,7 @@ class SAETrainSpec:
 
     @property
     def steps(self) -> int:
-        return self.tokens // self.batch_size
+        return self.tokens // self.batch_size  # pyright: ignore[reportOptionalOperand]
 
 
 def sae_config(spec: SAETrainSpec, d_in: int, model_name: str, site: str):
@@ -203,7 +203,7 @@ def _rng_state() -> dict:
     state = {
         "torch": torch.get_rng_state(),
         "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *map(float, np_state[2:])],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *map(float, np_state[2:])],  # pyright: ignore[reportArgumentType]
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -441,7 +441,7 @@ def train_sae(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
     cfg = sae_config(spec, d_in, source["model"], source["site"])
-    sae = training_class(spec.arch)(cfg)
+    sae = training_class(spec.arch)(cfg)  # pyright: ignore[reportArgumentType]
     trainer_cfg = SAETrainerConfig(
         total_training_samples=spec.steps * spec.batch_size,
         train_batch_size_samples=spec.batch_size,

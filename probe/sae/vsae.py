@@ -111,10 +111,10 @@ class VSAETrainingSAEConfig(TopKTrainingSAEConfig):
 
 
 def _add_logvar_head(sae: nn.Module) -> None:
-    if sae.cfg.learn_variance:
-        d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
-        sae.W_logvar = nn.Parameter(torch.zeros(d_in, d_sae, dtype=sae.dtype, device=sae.device))
-        sae.b_logvar = nn.Parameter(torch.zeros(d_sae, dtype=sae.dtype, device=sae.device))
+    if sae.cfg.learn_variance:  # pyright: ignore[reportAttributeAccessIssue]
+        d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae  # pyright: ignore[reportAttributeAccessIssue]
+        sae.W_logvar = nn.Parameter(torch.zeros(d_in, d_sae, dtype=sae.dtype, device=sae.device))  # pyright: ignore[reportArgumentType]
+        sae.b_logvar = nn.Parameter(torch.zeros(d_sae, dtype=sae.dtype, device=sae.device))  # pyright: ignore[reportArgumentType, reportCallIssue]
 
 
 def _posterior(sae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
