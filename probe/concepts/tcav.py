@@ -128,14 +128,16 @@ def site_gradients(
         ]
         with torch.enable_grad(), hook_sites(model, hooks, write=True):
             logits = model.forward(batch.input_ids, batch.attention_mask)
-            fn(logits, batch.lengths).sum().backward()
+            leaves = [zeros[s] if twins[s] is None else zeros[s][0] for s in sites]
+            # gradients of the probes only: the model's parameters' .grad stay as found
+            got = torch.autograd.grad(fn(logits, batch.lengths).sum(), leaves, allow_unused=True)
         mask = batch.attention_mask.float().cpu().unsqueeze(-1)  # (B, T, 1)
-        for site in sites:
+        for site, leaf, g in zip(sites, leaves, got, strict=True):
+            g = torch.zeros_like(leaf) if g is None else g
             if twins[site] is None:
-                grad = zeros[site].grad.detach().float()
+                grad = g.detach().float()
             else:
-                zero, slope = zeros[site]
-                grad = zero.grad.detach().float() / slope
+                grad = g.detach().float() / zeros[site][1]
             grad = grad.cpu().flatten(2)  # (B, T, D)
             if pooling == "last":
                 g = grad[torch.arange(len(grad)), batch.lengths.cpu() - 1]  # (B, D)
