@@ -35,10 +35,10 @@ from circuits.agreement import methods_for
 from circuits.attribution import attribute
 from circuits.graph import build_graph
 from circuits.methods import EAP, EAPIG
-from interventions.components import prepare
+from interventions.components import equal_length_rows, prepare
 from interventions.patching import activation_patching
 from probe import load_model
-from probe.tasks import load_task
+from probe.tasks import Task, load_task
 
 SITES = "resid_pre.*,attn_out.*,mlp_out.*,head_out.*"
 TL_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "attn.hook_z")
@@ -124,9 +124,14 @@ def main() -> None:
         times[name] = best(
             lambda m=method: attribute(model, task, SITES, m, positions="each"), args.repeats
         )
+    rows = equal_length_rows(task.tokenize(model.tokenizer)).tolist()
+    same = Task(  # the prompts the sweep and the node methods use
+        task.name,
+        *[[getattr(task, f)[i] for i in rows] for f in ("clean", "corrupt", "answers", "wrongs")],
+    )
     for method in (EAP(), EAPIG(steps=5)):
         times[f"{method.label} (graph)"] = best(
-            lambda m=method: build_graph(model, task, m), args.repeats
+            lambda m=method: build_graph(model, same, m), args.repeats
         )
     with torch.no_grad():
         times["patching"] = best(

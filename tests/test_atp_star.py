@@ -186,3 +186,17 @@ def test_atp_star_is_exact_for_gates_of_a_layer_read_by_one_attention_layer():
         assert p.label == s.label
         gap, miss = max(gap, abs(a.effect - p.effect)), max(miss, abs(s.effect - p.effect))
     assert miss < 5e-5 and gap > 1e-3, (miss, gap)  # AtP is off where the softmax moves
+
+
+def test_atp_star_on_glu_hidden_units_is_their_mlp_output():
+    # the GLU product's change goes through down_proj (linear) into mlp_out: scored as the
+    # whole mlp_hidden site, AtP* (exact write, the attention fix downstream) must equal AtP*
+    # on mlp_out, which takes the residual-stream route
+    model, task = load_model(tiny_hf("llama"), tokenizer=tiny_tokenizer()), _task()
+    star = attribute(model, task, "mlp_hidden.0,mlp_out.0", "atp*", positions="each")
+    atp = attribute(model, task, "mlp_hidden.0,mlp_out.0", "atp", positions="each")
+    hidden = [c.effect for c in star.components if c.kind == "mlp_hidden"]
+    out = [c.effect for c in star.components if c.kind == "mlp_out"]
+    assert hidden == pytest.approx(out, abs=1e-5)
+    plain = [c.effect for c in atp.components if c.kind == "mlp_hidden"]
+    assert max(abs(a - b) for a, b in zip(hidden, plain, strict=True)) > 1e-5  # corrected

@@ -32,7 +32,7 @@ def test_paths_of_a_sender_sum_to_its_patching_effect():
     model, task = _linear(), _task2()
     heads = [f"head_out.{i}.{h}" for i in range(2) for h in range(4)]
     receivers = ["logits"] + [f"{r}.{c}" for r in heads for c in "qkv"]
-    senders = ["resid_pre.0", *heads[:4]]
+    senders = ["resid_pre.0", "head_out.0.0", "head_out.0.3"]
     result = path_patching(model, task, senders, receivers)
     total = _patched(model, task)
     for s in senders:
