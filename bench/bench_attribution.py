@@ -3,11 +3,15 @@ TransformerLens's AtP.
 
 In one run on the same model and IOI prompts (the largest group of one token length):
 
-1. Every node method of the registry (:data:`circuits.agreement.methods_for`: AtP, AtP*,
-   RelP with and without the AH rule, RelP*, IG with 5 and 2 steps) scores every component
-   of ``resid_pre``, ``attn_out``, ``mlp_out`` and ``head_out`` per layer x position (x head)
-   in one call; its time is printed as a ratio to the patching sweep.
-2. (AtP and RelP: two forward passes and one backward pass.)
+1. Every node method of the registry (:data:`circuits.agreement.methods_for`: AtP, AtP*
+   with and without GradDrop, RelP with and without the AH rule, RelP*, IG with 5 and 2
+   steps) scores every component of ``resid_pre``, ``attn_out``, ``mlp_out`` and
+   ``head_out`` per layer x position (x head) in one call; its time is printed as a ratio to
+   the patching sweep.
+2. The edge methods EAP and EAP-IG (5 steps): the whole circuit graph
+   (:func:`circuits.graph.build_graph`: node scores and every writer -> reader edge, with
+   each head's q / k / v / gate reader gradients), timed the same way. (AtP, RelP and EAP:
+   two forward passes and one backward pass.)
 3. Activation patching: the batched sweep over the same components (the exact anchor).
 4. TransformerLens's attribution patching (its documented recipe: ``run_with_cache`` on the
    clean prompts, forward and backward hooks on the corrupt run over the equivalent hook
@@ -29,9 +33,12 @@ import torch
 
 from circuits.agreement import methods_for
 from circuits.attribution import attribute
+from circuits.graph import build_graph
+from circuits.methods import EAP, EAPIG
+from interventions.components import equal_length_rows, prepare
 from interventions.patching import activation_patching
 from probe import load_model
-from probe.tasks import load_task
+from probe.tasks import Task, load_task
 
 SITES = "resid_pre.*,attn_out.*,mlp_out.*,head_out.*"
 TL_HOOKS = ("hook_resid_pre", "hook_attn_out", "hook_mlp_out", "attn.hook_z")
@@ -117,6 +124,15 @@ def main() -> None:
         times[name] = best(
             lambda m=method: attribute(model, task, SITES, m, positions="each"), args.repeats
         )
+    rows = equal_length_rows(task.tokenize(model.tokenizer)).tolist()
+    same = Task(  # the prompts the sweep and the node methods use
+        task.name,
+        *[[getattr(task, f)[i] for i in rows] for f in ("clean", "corrupt", "answers", "wrongs")],
+    )
+    for method in (EAP(), EAPIG(steps=5)):
+        times[f"{method.label} (graph)"] = best(
+            lambda m=method: build_graph(model, same, m), args.repeats
+        )
     with torch.no_grad():
         times["patching"] = best(
             lambda: activation_patching(model, task, SITES, positions="each", progress=False),
@@ -124,17 +140,15 @@ def main() -> None:
         )
     print(f"{args.model}: {comps} components (layer x position, x head), {n} prompts")
     for name, t in times.items():
-        print(f"  {name:<22} {t:8.3f} s   {t / times['patching']:6.3f} x the patching sweep")
+        print(f"  {name:<30} {t:8.3f} s   {t / times['patching']:6.3f} x the patching sweep")
     times["RelP"], times["AtP"] = (
-        times[next(k for k in times if k.startswith("relp AH"))],
+        times["relp"],
         times["atp"],
     )
     tl, why = hooked_transformer(model)
     if tl is None:
         print(f"  TransformerLens AtP: skipped ({why})")
         return
-    from interventions.components import prepare
-
     batch = prepare(model, task, "each")
     t_tl = best(lambda: tl_atp(tl, batch), args.repeats)
     ours = attribute(model, task, "mlp_out.*", "atp", positions="each")

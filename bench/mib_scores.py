@@ -1,11 +1,15 @@
 """MIB circuit-track scores (CPR, CMD) for every edge-scoring method, task and model.
 
 For each bundled model and task, each method's graph (:func:`circuits.graph.build_graph`)
-ranks its edges; circuits of the top 0.1 % .. 100 % of edges are scored by edge patching
+ranks its edges (every writer into every reader: each head's q / k / v / gate input, block
+inputs, the logits); circuits of the top 0.1 % .. 100 % of edges are scored by edge patching
 (:mod:`circuits.mib`): f(C), CPR (area under f, higher is better) and CMD (area under
-|1 - f|, lower is better). Methods: EAP (AtP's gradient), EAP-IG (k = 1..5), IG's gradient
-(k = 0..4; ig2: k = 0, 1 of 2, the default of ``gatescope circuit``), RelP with attention
-held constant (AH) and without.
+|1 - f|, lower is better). Methods, from the registry: the edge methods EAP (AtP's gradient)
+and EAP-IG (k = 1..5), and the node methods whose gradient differs, each in the settings it
+lists: RelP (with and without the AH rule, both gate rules on gated models, the GLU
+product's plain gradient) and IG (k = 0..4, and k = 0, 1 of 2); plus ``gatescope circuit``'s
+default (``circuits.methods.CIRCUIT_DEFAULT``). AtP* and RelP* correct node scores only, so
+their edges are AtP's and RelP's.
 
     .venv/bin/python bench/mib_scores.py [--prompts 100] [--tasks ioi,facts,induction]
         [--models reference,reference-plain] [--html PREFIX]
@@ -19,19 +23,21 @@ import json
 import torch
 
 from circuits.graph import build_graph
-from circuits.methods import EAP, EAPIG, IG, RelP
+from circuits.methods import CIRCUIT_DEFAULT, EDGE_METHODS, METHODS, Method
 from circuits.mib import EdgePatcher, mib_score
 from probe import GatescopeError, load_model
 from probe.tasks import load_task
 
-METHODS = {
-    "eap": EAP(),
-    "eap-ig": EAPIG(steps=5),
-    "ig": IG(steps=5),
-    "ig2": IG(steps=2),
-    "relp AH": RelP(),
-    "relp": RelP(hold_attention=False),
-}
+
+def edge_methods(model) -> dict[str, Method]:
+    """Label -> method: the registry's edge methods and the node methods with their own
+    gradient (module docstring), and the circuit default."""
+    out = {}
+    for name in (*EDGE_METHODS, "relp", "ig"):
+        for method in METHODS[name].variants(model):
+            out[method.label] = method
+    out.setdefault(CIRCUIT_DEFAULT.label, CIRCUIT_DEFAULT)
+    return out
 
 
 def main() -> None:
@@ -52,17 +58,17 @@ def main() -> None:
             try:
                 patcher = EdgePatcher(model, task)
             except GatescopeError as err:
-                rows.append(f"{model_name:<16}{task_name:<11}{'-':<10} skipped: {err}")
+                rows.append(f"{model_name:<16}{task_name:<11}{'-':<48} skipped: {err}")
                 continue
             curves = []
-            for name, method in METHODS.items():
+            for name, method in edge_methods(model).items():
                 score = mib_score(model, task, build_graph(model, task, method), patcher=patcher)
                 score.method = name
                 curves.append(score)
                 out.append(score.to_dict())
                 f = " ".join(f"{v:5.2f}" for v in score.faithfulness)
                 rows.append(
-                    f"{model_name:<16}{task_name:<11}{name:<10}{score.cpr:7.3f}{score.cmd:7.3f}"
+                    f"{model_name:<16}{task_name:<11}{name:<48}{score.cpr:7.3f}{score.cmd:7.3f}"
                     f"{score.n_edges:6d}   {f}"
                 )
             if args.html:
@@ -85,7 +91,7 @@ def main() -> None:
                 fig.write_html(f"{args.html}-{model_name}-{task_name}.html")
     fractions = " ".join(f"{p * 100:5g}" for p in curves[0].fractions) if out else ""
     print(f"MIB circuit scores ({args.prompts} prompts per task); f(C) at % of edges: {fractions}")
-    print(f"{'model':<16}{'task':<11}{'method':<10}{'CPR':>7}{'CMD':>7}{'edges':>6}   f(C)")
+    print(f"{'model':<16}{'task':<11}{'method':<48}{'CPR':>7}{'CMD':>7}{'edges':>6}   f(C)")
     print("\n".join(rows))
     if args.json_out:
         with open(args.json_out, "w") as f:

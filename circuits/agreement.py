@@ -2,12 +2,18 @@
 
 For a task and site kinds, patch every component (per layer x position; heads per layer x
 head over all positions), score the same components with every method of
-:func:`methods_for` (objects of :mod:`circuits.methods`), and report per site kind and
-method: Pearson r, Spearman r, the number of components n, and the top-k overlap
-``|top_k(patching) & top_k(method)| / k`` by absolute value (k = 5, 10). Components at
-positions before the first token where clean and corrupt differ are left out (both are
-exactly 0 there, and would inflate every figure). Each method's wall time is recorded with
-the patching sweep's, and a Plotly scatter labels every point.
+:func:`methods_for` (every node method of the registry :mod:`circuits.methods`, with the
+settings each names in ``variants``), and report per site kind and method: Pearson r,
+Spearman r (ranks, ties averaged), the number of components n, and the top-k overlap
+``|top_k(patching) & top_k(method)| / k`` by absolute value (k = 5, 10). Methods whose scores
+are magnitudes (GradDrop) are compared with |patching effect|. Components at positions
+before the first token where clean and corrupt differ are left out (both are exactly 0
+there, and would inflate every figure). Each method's wall time is recorded with the
+patching sweep's, and a Plotly scatter labels every point.
+
+The target (issue 18): a *fast* method (at most 3 forward and 2 backward passes,
+:attr:`circuits.methods.Method.fast`) with Pearson r >= 0.95 and top-10 overlap >= 0.8;
+:meth:`AgreementResult.verdict` names the best one per site kind.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from circuits.attribution import attribute
-from circuits.methods import IG, AtP, AtPStar, Method, RelP, RelPStar
+from circuits.methods import METHODS, NODE_METHODS, Method, make
 from interventions.patching import activation_patching
 from probe.model import Model
 from probe.sites import HEADED_KINDS
@@ -25,12 +33,20 @@ from probe.tasks import Task
 
 TOP_K = (5, 10)
 FIGURES = ("pearson", "spearman", "n", "top5", "top10")
+TARGET = {"pearson": 0.95, "top10": 0.8}
+
+
+def meets_target(stats: dict[str, float]) -> bool:
+    """Pearson r >= 0.95 and top-10 overlap >= 0.8 (:data:`TARGET`)."""
+    return all(stats[k] >= v for k, v in TARGET.items())
 
 
 @dataclass
 class AgreementResult:
     """``stats[kind][method]`` -> ``{pearson, spearman, n, top5, top10}``; paired scores,
-    point labels, seconds per method and kind (``seconds[kind]["patching"]`` the sweep)."""
+    point labels, seconds per method and kind (``seconds[kind]["patching"]`` the sweep);
+    ``methods``: each column's method object (``to_dict``); ``fast``: the columns whose method
+    takes at most 3 forward and 2 backward passes."""
 
     model: str
     task: str
@@ -40,6 +56,7 @@ class AgreementResult:
     labels: dict[str, list[str]]
     seconds: dict[str, dict[str, float]] = field(default_factory=dict)
     methods: dict[str, dict] = field(default_factory=dict)
+    fast: list[str] = field(default_factory=list)
 
     @property
     def pearson(self) -> dict[str, dict[str, float]]:
@@ -60,6 +77,38 @@ class AgreementResult:
         row = {m: s for m, s in self.stats[kind].items() if fast is None or m in fast}
         return max(row, key=lambda m: row[m]["pearson"])
 
+    def verdict(self, kind: str) -> tuple[str | None, list[str]]:
+        """(the fast method meeting the target with the highest Pearson r, or None; every
+        fast method meeting it) on ``kind``."""
+        row = self.stats[kind]
+        meeting = [m for m in self.fast if m in row and meets_target(row[m])]
+        best = max(meeting, key=lambda m: row[m]["pearson"]) if meeting else None
+        return best, meeting
+
+    def verdicts(self) -> str:
+        """One line per site kind: which fast method is best by the target, or that none
+        meets it (and the fast method nearest to it)."""
+        lines = []
+        for kind, row in self.stats.items():
+            best, meeting = self.verdict(kind)
+            if best is not None:
+                s = row[best]
+                lines.append(
+                    f"{kind}: {best} (r {s['pearson']:.3f}, top-10 {s['top10']:.2f}); "
+                    f"meeting the target: {', '.join(meeting)}"
+                )
+                continue
+            fast = [m for m in self.fast if m in row]
+            near = max(fast, key=lambda m: row[m]["pearson"]) if fast else None
+            tail = (
+                f"; highest fast r: {near} (r {row[near]['pearson']:.3f}, "
+                f"top-10 {row[near]['top10']:.2f})"
+                if near
+                else ""
+            )
+            lines.append(f"{kind}: no fast method meets r >= 0.95 and top-10 >= 0.8{tail}")
+        return "\n".join(lines)
+
     def table(self) -> str:
         """One block per site kind: a row per method with every figure and its time as a
         ratio to the patching sweep."""
@@ -68,13 +117,14 @@ class AgreementResult:
             sweep = self.seconds.get(kind, {}).get("patching")
             lines.append(f"{kind}  (patching sweep {sweep:.2f} s)" if sweep else kind)
             lines.append(
-                "  method".ljust(34) + "".join(f.rjust(9) for f in FIGURES) + "time/patch".rjust(12)
+                "  method".ljust(52) + "".join(f.rjust(9) for f in FIGURES) + "time/patch".rjust(12)
             )
             for method, s in row.items():
                 t = self.seconds.get(kind, {}).get(method)
                 ratio = f"{t / sweep:12.3f}" if t and sweep else " " * 12
                 cells = "".join(f"{int(s[f]):9d}" if f == "n" else f"{s[f]:9.3f}" for f in FIGURES)
-                lines.append(f"  {method}".ljust(34) + cells + ratio)
+                mark = "" if method in self.fast else " (slow)"
+                lines.append(f"  {method}{mark}".ljust(52) + cells + ratio)
         return "\n".join(lines)
 
     def figure(self, kind: str, method: str | None = None):
@@ -119,23 +169,49 @@ class AgreementResult:
 
 
 def methods_for(model: Model) -> dict[str, Method]:
-    """Column name -> method object: AtP, AtP*, RelP with attention held constant (both gate
-    rules on gated models) and without, RelP*, IG (5 steps, and 2: 3 forward and 2 backward
-    passes)."""
-    methods: dict[str, Method] = {"atp": AtP(), "atp*": AtPStar()}
-    gates = ("half", "constant") if model.is_gated else ("half",)
-    for gate in gates:
-        suffix = f" gate={gate}" if model.is_gated else ""
-        methods[f"relp AH{suffix}"] = RelP(gate_rule=gate)
-        methods[f"relp{suffix}"] = RelP(gate_rule=gate, hold_attention=False)
-        methods[f"relp*{suffix}"] = RelPStar(gate_rule=gate)
-    methods["ig"] = IG(steps=5)
-    methods["ig steps=2"] = IG(steps=2)
-    return methods
+    """Column name (the method's label) -> method object: every node method of the registry,
+    in the settings its ``variants`` names for ``model`` (e.g. RelP with and without the AH
+    rule and both gate rules on gated models, IG with 5 and 2 steps, AtP* with GradDrop)."""
+    out: dict[str, Method] = {}
+    for name in NODE_METHODS:
+        for method in METHODS[name].variants(model):
+            out[method.label] = method
+    return out
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    """Ranks from 1, ties given their average rank."""
+    order = np.argsort(v, kind="mergesort")
+    ranks = np.empty(len(v), dtype=float)
+    sorted_v = v[order]
+    i = 0
+    while i < len(v):
+        j = i
+        while j + 1 < len(v) and sorted_v[j + 1] == sorted_v[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def pearson(x: list[float], y: list[float]) -> float:
+    """Pearson's r (NaN where either is constant or there are fewer than two points)."""
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(a) < 2:
+        return float("nan")
+    a, b = a - a.mean(), b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom > 0 else float("nan")
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rho: Pearson's r of the ranks (ties averaged)."""
+    return pearson(_ranks(np.asarray(x, dtype=float)), _ranks(np.asarray(y, dtype=float)))
 
 
 def overlap(x: list[float], y: list[float], k: int) -> float:
-    """``|top_k(x) & top_k(y)| / k`` by absolute value (k capped at the length)."""
+    """``|top_k(x) & top_k(y)| / k`` by absolute value (k capped at the length; ties broken
+    by position)."""
     k = min(k, len(x))
     top = lambda v: set(sorted(range(len(v)), key=lambda i: -abs(v[i]))[:k])  # noqa: E731
     return len(top(x) & top(y)) / k if k else float("nan")
@@ -143,10 +219,7 @@ def overlap(x: list[float], y: list[float], k: int) -> float:
 
 def compare(x: list[float], y: list[float]) -> dict[str, float]:
     """Pearson, Spearman, n and top-k overlaps of ``y`` against ``x``."""
-    from scipy.stats import pearsonr, spearmanr
-
-    out = {"pearson": float(pearsonr(x, y)[0]), "spearman": float(spearmanr(x, y)[0])}  # pyright: ignore[reportArgumentType]
-    out["n"] = len(x)
+    out: dict[str, float] = {"pearson": pearson(x, y), "spearman": spearman(x, y), "n": len(x)}
     for k in TOP_K:
         out[f"top{k}"] = overlap(x, y, k)
     return out
@@ -164,7 +237,8 @@ def agreement(
     ``methods`` maps a column name to a method object (or to ``attribute()`` keyword
     arguments, e.g. ``{"relp glu=grad": {"method": "relp", "glu_rule": "gradient"}}``);
     default :func:`methods_for`."""
-    methods = methods_for(model) if methods is None else methods  # pyright: ignore[reportAssignmentType]
+    methods = methods_for(model) if methods is None else methods
+    objects = {name: m if isinstance(m, Method) else make(**dict(m)) for name, m in methods.items()}
     stats, patched_all, scores_all, labels, seconds = {}, {}, {}, {}, {}
     for kind in kinds:
         sites = f"{kind}.*"
@@ -181,15 +255,21 @@ def agreement(
         patched_all[kind] = x
         labels[kind] = [truth.components[i].label for i in keep]
         stats[kind], scores_all[kind] = {}, {}
-        for name, m in methods.items():  # pyright: ignore[reportOptionalMemberAccess]
-            kwargs = dict(m) if isinstance(m, dict) else {"method": m}
+        for name, m in objects.items():
             start = time.perf_counter()
-            result = attribute(model, task, sites, positions=positions, **kwargs)
+            result = attribute(model, task, sites, m, positions=positions)
             seconds[kind][name] = time.perf_counter() - start
             y = [result.components[i].effect for i in keep]
             scores_all[kind][name] = y
-            stats[kind][name] = compare(x, y)
-    described = {n: (m.to_dict() if isinstance(m, Method) else dict(m)) for n, m in methods.items()}  # pyright: ignore[reportOptionalMemberAccess]
+            stats[kind][name] = compare(x if m.signed else [abs(v) for v in x], y)
     return AgreementResult(
-        model.name, task.name, stats, patched_all, scores_all, labels, seconds, described
+        model=model.name,
+        task=task.name,
+        stats=stats,
+        patching=patched_all,
+        scores=scores_all,
+        labels=labels,
+        seconds=seconds,
+        methods={n: m.to_dict() for n, m in objects.items()},
+        fast=[n for n, m in objects.items() if m.fast],
     )

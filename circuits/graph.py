@@ -1,63 +1,116 @@
-"""Circuit graphs: nodes, EAP-style edges, pruning and faithfulness.
+"""Circuit graphs: nodes, EAP-style edges to every reader, pruning.
 
-Nodes are the embedding, every attention head and every MLP (each over all positions), and
-the logits. Scores use one method of :mod:`circuits.methods` (``eap`` = ``atp``, ``eap-ig``,
-``relp``, ``ig``, ...; see :mod:`circuits.attribution`), all from one gradient pass (two
-forward passes and one backward pass for ``atp`` / ``relp``). Edge-level circuit scores
-(MIB's CPR / CMD) are in :mod:`circuits.mib`; path patching in :mod:`circuits.path_patching`.
+Nodes and edge ends are ports (:class:`~circuits.nodes.Port`) (a site plus a channel): writers are
+the embedding (``resid_pre.0``), every attention head (``head_out.L.H``), the whole token
+mixer of a layer without heads (``attn_out.L``: Gated-DeltaNet), every MLP, dense or MoE
+(``mlp_out.L``); readers are each head's query, key, value and (gated attention) output-gate
+input (``head_out.L.H.q`` / ``.k`` / ``.v`` / ``.g``), a mixer's or an MLP's input
+(``attn_out.L.in``, ``mlp_out.L.in``) and the logits. Scores use one method of
+:mod:`circuits.methods` (``eap`` = AtP's gradient, ``eap-ig``, ``relp``, ``ig``, ...), all
+from one gradient pass. Edge-level circuit scores (MIB's CPR / CMD) are in :mod:`circuits.mib`,
+node-level faithfulness in :mod:`circuits.faithfulness`, path patching in
+:mod:`circuits.path_patching`.
 
-1. Node score: the attribution of the node's output (``resid_pre.0`` for the embedding,
-   ``head_out`` per head, ``mlp_out`` per layer), normalised like activation patching.
+1. Node score: the attribution of the writer's output (``resid_pre.0``, ``head_out`` per
+   head, ``attn_out``, ``mlp_out``), normalised like activation patching.
 2. Edge score u -> v (EAP, Syed et al. 2023, arXiv 2310.10348):
    ``sum (u_clean - u_corrupt) . dm/d(input of v)`` over prompts and positions, divided by
    ``LD_clean - LD_corrupt``. u's output is taken in the residual stream (a head's output
-   through its slice of ``o_proj``); the gradient into block v alone is the difference of
-   the residual-stream gradients around it: ``g(resid_pre.L) - g(resid_mid.L)`` for the
-   attention of layer L, ``g(resid_mid.L) - g(resid_post.L)`` for its MLP, and
-   ``g(resid_post.last)`` for the logits (the skip path carries the rest). Hence a node's
-   score is the sum of its outgoing edges' scores.
-3. ``prune(n)``: the top-n nodes by |score| (plus the logits) and the edges among them.
-4. Faithfulness ``(m(circuit) - m(corrupt)) / (m(clean) - m(corrupt))``: the clean run with
-   every node outside the circuit patched to its corrupt value (through
-   :func:`interventions.edits.intervene`); 1 for the full graph, 0 for the empty one.
+   through its slice of ``o_proj``); the gradient into reader v alone is, for a head's
+   channel, the gradient of the metric with respect to that head's query (key, value, gate
+   logits) pulled back to the layer's input through that channel only
+   (:func:`circuits.attribution.gradient_pass` with ``readers``); for a whole block the
+   difference of the residual-stream gradients around it (``g(resid_pre.L) -
+   g(resid_mid.L)`` for a mixer, ``g(resid_mid.L) - g(resid_post.L)`` for an MLP), and
+   ``g(resid_post.last)`` for the logits. Every path from the stream into an attention block
+   runs through one head's q, k, v or gate, so the heads' reader gradients add up to the
+   block's, and a node's score is the sum of its outgoing edges' scores.
+3. ``prune(n)``: the top-n writers by |score| (plus the logits) and the edges among them
+   (a reader belongs to the writer it feeds).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from circuits.attribution import EMBED, gradient_pass
-from circuits.methods import AtPStar, Method, RelPStar, make
+from circuits.attribution import gradient_pass
+from circuits.faithfulness import (
+    FaithfulnessCurve,
+    _Faithfulness,
+    faithfulness,
+    faithfulness_curve,
+    faithfulness_notes,
+)
+from circuits.methods import CIRCUIT_DEFAULT, AtPStar, Method, RelPStar, make
+from circuits.nodes import LOGITS, Port, feeds, graph_ports
 from circuits.projections import o_proj_slices
-from interventions.edits import Patch, intervene
 from probe.errors import GatescopeError
 from probe.model import Model
 from probe.sites import Site
-from probe.tasks import Task, TaskBatch, logit_diff
-from probe.tracer import Tracer
+from probe.tasks import Task
+
+__all__ = [
+    "CircuitGraph",
+    "Edge",
+    "FaithfulnessCurve",
+    "Node",
+    "_Faithfulness",
+    "build_graph",
+    "faithfulness",
+    "faithfulness_curve",
+]
 
 
 @dataclass
 class Node:
-    name: str  # "embed", "head.L.H", "mlp.L", "logits"
-    layer: int  # -1 for the embedding, n_layers for the logits
-    head: int | None
+    """A writer (or the logits) with its score (``port`` names it; ``name`` is its text)."""
+
+    port: Port
     score: float
+
+    @property
+    def name(self) -> str:
+        return str(self.port)
+
+    @property
+    def layer(self) -> int:
+        return self.port.layer
+
+    @property
+    def head(self) -> int | None:
+        return self.port.head
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "layer": self.layer, "head": self.head, "score": self.score}
 
 
 @dataclass
 class Edge:
-    source: str
-    target: str  # "attn.L", "mlp.L" or "logits" (the block input the source feeds)
+    """Writer ``source`` into reader ``target`` with its score."""
+
+    source: Port
+    target: Port
     score: float
+
+    def to_dict(self) -> dict:
+        return {"source": str(self.source), "target": str(self.target), "score": self.score}
 
 
 @dataclass
 class CircuitGraph:
-    """Nodes and edges with scores; ``prune`` keeps the strongest, ``faithfulness`` measures."""
+    """Nodes and edges with scores; ``prune`` keeps the strongest.
+
+    Attributes:
+        method / model / task: names (the method's fields are in ``meta["method"]``).
+        nodes: every writer and the logits; edges: every writer into every later reader.
+        faithfulness: node-level faithfulness, once measured (see ``notes``).
+        n_layers: the model's layers (for the figure).
+        meta: the metric's end points and the method object.
+        notes: what a reader of the figures should know (e.g. why faithfulness is 0).
+    """
 
     method: str
     model: str
@@ -67,49 +120,68 @@ class CircuitGraph:
     faithfulness: float | None = None
     n_layers: int = 0
     meta: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def prune(self, top_n: int) -> CircuitGraph:
-        scored = [n for n in self.nodes if n.name != "logits"]
+        scored = [n for n in self.nodes if n.port != LOGITS]
         if not 0 <= top_n <= len(scored):
             raise GatescopeError(f"top-n {top_n} is outside 0-{len(scored)} (the graph's nodes)")
-        keep = sorted(scored, key=lambda n: -abs(n.score))[:top_n]
-        names = {n.name for n in keep} | {"logits"}
-        blocks = {_block_of(n) for n in keep} | {"logits"}
-        edges = [e for e in self.edges if e.source in names and e.target in blocks]
-        nodes = [n for n in self.nodes if n.name in names]
-        return replace(self, nodes=nodes, edges=edges, faithfulness=None, meta=dict(self.meta))
+        keep = {n.port for n in sorted(scored, key=lambda n: -abs(n.score))[:top_n]} | {LOGITS}
+        edges = [e for e in self.edges if e.source in keep and e.target.owner() in keep]
+        nodes = [n for n in self.nodes if n.port in keep]
+        return replace(
+            self,
+            nodes=nodes,
+            edges=edges,
+            faithfulness=None,
+            meta=dict(self.meta),
+            notes=faithfulness_notes(keep),
+        )
+
+    def ports(self) -> set[Port]:
+        return {n.port for n in self.nodes}
 
     def node_names(self) -> set[str]:
         return {n.name for n in self.nodes}
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {
+            "method": self.method,
+            "model": self.model,
+            "task": self.task,
+            "nodes": [n.to_dict() for n in self.nodes],
+            "edges": [e.to_dict() for e in self.edges],
+            "faithfulness": self.faithfulness,
+            "n_layers": self.n_layers,
+            "meta": self.meta,
+            "notes": self.notes,
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
+    def _xy(self, port: Port) -> tuple[float, float]:
+        if port == LOGITS:
+            return float(self.n_layers), -1.0
+        owner = port.owner()
+        x = -1.0 if owner.site.kind == "resid_pre" else float(owner.layer)
+        x += 0.5 if owner.site.kind == "mlp_out" else 0.0
+        y = float(owner.head) if owner.head is not None else -1.0
+        if port.channel in ("q", "k", "v", "g"):  # a head's inputs: just left of the head
+            x, y = x - 0.2, y + 0.3 - 0.2 * "qkvg".index(port.channel)
+        elif port.channel == "in":
+            x -= 0.2
+        return x, y
+
     def figure(self):
-        """Layers as columns: embedding, then per layer its heads and its MLP, then logits."""
+        """Layers as columns: embedding, then per layer its heads (or mixer) and its MLP, then
+        logits; edges end at the reader (a head's q / k / v / g just left of it)."""
         import plotly.graph_objects as go
 
-        pos = {}
-        for n in self.nodes:
-            x = (
-                -1
-                if n.name == "embed"
-                else self.n_layers
-                if n.name == "logits"
-                else (n.layer + (0.5 if n.name.startswith("mlp") else 0.0))
-            )
-            y = n.head if n.head is not None else -1
-            pos[n.name] = (x, y)
-        block_pos = {f"attn.{i}": (i - 0.1, 1.5) for i in range(self.n_layers)}
-        block_pos.update({f"mlp.{i}": (i + 0.5, -1) for i in range(self.n_layers)})
-        block_pos["logits"] = (self.n_layers, -1)
         fig = go.Figure()
         top = max((abs(e.score) for e in self.edges), default=1.0) or 1.0
         for e in self.edges:
-            (x0, y0), (x1, y1) = pos[e.source], block_pos[e.target]
+            (x0, y0), (x1, y1) = self._xy(e.source), self._xy(e.target)
             fig.add_trace(
                 go.Scatter(
                     x=[x0, x1],
@@ -124,10 +196,11 @@ class CircuitGraph:
                     showlegend=False,
                 )
             )
+        xy = [self._xy(n.port) for n in self.nodes]
         fig.add_trace(
             go.Scatter(
-                x=[pos[n.name][0] for n in self.nodes],
-                y=[pos[n.name][1] for n in self.nodes],
+                x=[p[0] for p in xy],
+                y=[p[1] for p in xy],
                 mode="markers+text",
                 text=[n.name for n in self.nodes],
                 textposition="top center",
@@ -143,57 +216,62 @@ class CircuitGraph:
         title = f"{self.method} circuit on {self.task}"
         if self.faithfulness is not None:
             title += f" (faithfulness {self.faithfulness:.2f})"
-        fig.update_layout(title=title, xaxis_title="layer", yaxis_title="head (-1: embedding/MLP)")
+        fig.update_layout(
+            title=title, xaxis_title="layer", yaxis_title="head (-1: embedding/mixer/MLP)"
+        )
         return fig
 
 
-def _block_of(node: Node) -> str:
-    """The block a node belongs to (edges target blocks)."""
-    if node.name.startswith("head"):
-        return f"attn.{node.layer}"
-    if node.name.startswith("mlp"):
-        return f"mlp.{node.layer}"
-    return node.name
+def writer_delta(model: Model, port: Port, clean: dict, corrupt: dict) -> torch.Tensor:
+    """(N, T, d_model): the writer's clean - corrupt output in the residual stream (a head's
+    through its slice of ``o_proj``)."""
+    site = port.site
+    if site.kind == "head_out":
+        whole = Site("head_out", site.layer)
+        dz = (clean[whole] - corrupt[whole])[:, :, site.head]  # (N, T, d_head)
+        return dz @ o_proj_slices(model, site.layer)[site.head].T
+    return clean[site] - corrupt[site]
 
 
-def _node_deltas(model: Model, clean: dict, corrupt: dict):
-    """Yield (node name, layer, head, clean - corrupt output in the residual stream)."""
-    yield "embed", -1, None, clean[EMBED] - corrupt[EMBED]
-    for layer in range(model.dims.n_layers):
-        site = Site("head_out", layer)
-        dz = clean[site] - corrupt[site]  # (N, T, H, d_head)
-        slices = o_proj_slices(model, layer)  # (H, d_model, d_head)
-        for h in range(model.dims.n_heads):
-            yield f"head.{layer}.{h}", layer, h, dz[:, :, h] @ slices[h].T  # (N, T, d_model)
-        mlp = Site("mlp_out", layer)
-        yield f"mlp.{layer}", layer, None, clean[mlp] - corrupt[mlp]
+def graph_sites(model: Model) -> list[Site]:
+    """The sites a graph's gradient pass reads: the stream around every block and every
+    writer's output."""
+    writers, _ = graph_ports(model)
+    sites = {Site(k, i) for i in range(model.dims.n_layers) for k in ("resid_pre", "resid_mid")}
+    sites |= {Site("resid_post", i) for i in range(model.dims.n_layers)}
+    sites |= {Site(w.site.kind, w.site.layer) for w in writers}
+    return sorted(sites)
 
 
-def _block_gradients(model: Model, grads: dict) -> dict[str, tuple[int, torch.Tensor]]:
-    """Block name -> (its layer, dm/d(its input) through the block alone)."""
-    n = model.dims.n_layers
+def reader_gradients(model: Model, run) -> dict[Port, torch.Tensor]:
+    """Reader -> dm/d(its input) through that reader alone (module docstring, step 2)."""
+    _, readers = graph_ports(model)
+    g, n = run.grads, model.dims.n_layers
     out = {}
-    for layer in range(n):
+    for r in readers:
+        if r == LOGITS:
+            out[r] = g[Site("resid_post", n - 1)]
+            continue
+        layer = r.site.layer
         pre, mid, post = (Site(k, layer) for k in ("resid_pre", "resid_mid", "resid_post"))
-        out[f"attn.{layer}"] = (layer, grads[pre] - grads[mid])
-        out[f"mlp.{layer}"] = (layer, grads[mid] - grads[post])
-    out["logits"] = (n, grads[Site("resid_post", n - 1)])
+        if r.channel == "in":
+            out[r] = g[mid] - g[post] if r.site.kind == "mlp_out" else g[pre] - g[mid]
+        elif (layer, r.site.head, r.channel) in run.readers:
+            out[r] = run.readers[(layer, r.site.head, r.channel)]
+        else:
+            raise GatescopeError(
+                f"layer {layer}'s attention does not run through transformers' attention "
+                "interface, so its heads' q / k / v inputs cannot be told apart"
+            )
     return out
 
 
-def _feeds(name: str, layer: int, block: str, block_layer: int) -> bool:
-    """Whether node ``name`` (on ``layer``) writes to the residual stream before ``block``."""
-    if block_layer != layer:
-        return block_layer > layer
-    return block.startswith("mlp") and name.startswith("head")
-
-
-#: The default method of :func:`build_graph` (and so of ``gatescope circuit``): IG with 2 steps
-#: (3 forward, 2 backward passes). In the agreement study (bench/relp_rules.py, IOI, 200
-#: prompts) it had the highest Pearson r of the fast methods on resid_pre and mlp_out of both
-#: reference models and r >= 0.976 on head_out; it missed r >= 0.95 on reference-plain's
-#: resid_pre (0.949) and attn_out (0.943, where AtP reached 0.992).
-DEFAULT_METHOD, DEFAULT_STEPS = "ig", 2
+def _default_method(options: dict) -> Method:
+    given = {k: v for k, v in options.items() if v is not None}
+    if not given:
+        return CIRCUIT_DEFAULT
+    fields = {k: v for k, v in CIRCUIT_DEFAULT.to_dict().items() if k != "name"}
+    return make(CIRCUIT_DEFAULT.name, **{**fields, **given})
 
 
 def build_graph(
@@ -201,155 +279,57 @@ def build_graph(
 ) -> CircuitGraph:
     """The full graph with node and edge scores from ``method`` (a name or object of
     :mod:`circuits.methods`, ``options`` its fields; module docstring; None:
-    :data:`DEFAULT_METHOD` with :data:`DEFAULT_STEPS` steps unless ``steps`` is given).
+    :data:`circuits.methods.CIRCUIT_DEFAULT`, with ``options`` over its fields).
     ``eap`` / ``eap-ig`` are the edge methods by name (AtP's gradient; EAP-IG's interpolation
     k = 1 .. m); ``atp*`` / ``relp*`` add their attention corrections to the node scores only
     (edges keep the uncorrected gradient, so their sums are the uncorrected node scores)."""
-    if method is None:
-        method = DEFAULT_METHOD
-        if options.get("steps") is None:
-            options = {**options, "steps": DEFAULT_STEPS}
-    method = make(method, **options)
-    n = model.dims.n_layers
-    sites = [EMBED]
-    for layer in range(n):
-        sites += [Site(k, layer) for k in ("resid_pre", "resid_mid", "resid_post")]
-        sites += [Site("head_out", layer), Site("mlp_out", layer)]
+    method = _default_method(options) if method is None else make(method, **options)
     batch = task.tokenize(model.tokenizer)
-    run = gradient_pass(model, sorted(set(sites)), batch, method)
+    run = gradient_pass(model, graph_sites(model), batch, method, readers=True)
     span = run.clean_logit_diff - run.corrupt_logit_diff
     if abs(span) < 1e-6:
         raise GatescopeError("clean and corrupt runs give the same logit difference")
-    blocks = _block_gradients(model, run.grads)
-    nodes, edges = [Node("logits", n, None, 1.0)], []
-    node_grad = {"embed": run.grads[EMBED]}
-    for layer in range(n):
-        node_grad[f"mlp.{layer}"] = run.grads[Site("mlp_out", layer)]
-    for name, layer, head, delta in _node_deltas(model, run.clean, run.corrupt):
-        if head is None:
-            score = float((delta * node_grad[name]).sum()) / span
+    writers, _ = graph_ports(model)
+    reads = reader_gradients(model, run)
+    nodes, edges = [], []
+    for w in writers:
+        delta = writer_delta(model, w, run.clean, run.corrupt)  # (N, T, d_model)
+        if w.site.kind == "head_out":
+            whole = Site("head_out", w.site.layer)
+            dz = (run.clean[whole] - run.corrupt[whole])[:, :, w.head]
+            score = float((dz * run.grads[whole][:, :, w.head]).sum()) / span
         else:
-            site = Site("head_out", layer)
-            dz = (run.clean[site] - run.corrupt[site])[:, :, head]  # (N, T, d_head)
-            score = float((dz * run.grads[site][:, :, head]).sum()) / span
-        nodes.append(Node(name, layer, head, score))
-        for block, (block_layer, grad) in blocks.items():
-            if _feeds(name, layer, block, block_layer):
-                edges.append(Edge(name, block, float((delta * grad).sum()) / span))
+            score = float((delta * run.grads[w.site]).sum()) / span
+        nodes.append(Node(w, score))
+        for r, grad in reads.items():
+            if feeds(w, r):
+                edges.append(Edge(w, r, float((delta * grad).sum()) / span))
+    nodes.append(Node(LOGITS, 1.0))
     if isinstance(method, AtPStar | RelPStar):
-        _correct_nodes(model, task, method, nodes, span)
+        _correct_nodes(model, task, method, nodes)
     meta = {
         "clean_logit_diff": run.clean_logit_diff,
         "corrupt_logit_diff": run.corrupt_logit_diff,
         "method": method.to_dict(),
     }
-    return CircuitGraph(method.name, model.name, task.name, nodes, edges, None, n, meta)
+    return CircuitGraph(
+        method=method.name,
+        model=model.name,
+        task=task.name,
+        nodes=nodes,
+        edges=edges,
+        n_layers=model.dims.n_layers,
+        meta=meta,
+    )
 
 
-def _correct_nodes(model, task, method, nodes: list[Node], span: float) -> None:
-    """Node scores of the attention-corrected methods (heads and MLPs via ``attribute``)."""
+def _correct_nodes(model, task, method, nodes: list[Node]) -> None:
+    """Node scores of the attention-corrected methods (through ``attribute``)."""
     from circuits.attribution import attribute
 
-    scores = attribute(model, task, "resid_pre.0,head_out.*,mlp_out.*", method)
-    by_name = {}
-    for c in scores.components:
-        key = (
-            "embed"
-            if c.kind == "resid_pre"
-            else (f"head.{c.layer}.{c.head}" if c.kind == "head_out" else f"mlp.{c.layer}")
-        )
-        by_name[key] = c.effect
+    writers = [n.port for n in nodes if n.port != LOGITS]
+    scores = attribute(model, task, [w.site for w in writers], method)
+    by_site = {c.site: c.effect for c in scores.components}
     for node in nodes:
-        if node.name in by_name:
-            node.score = by_name[node.name]
-
-
-class _Faithfulness:
-    """The clean and corrupt metric and the corrupt node outputs of one task, computed once;
-    calling it with a set of node names gives that circuit's faithfulness."""
-
-    @torch.no_grad()
-    def __init__(self, model: Model, task: Task) -> None:
-        self.model, self.batch = model, task.tokenize(model.tokenizer)
-        b: TaskBatch = self.batch
-        with Tracer(model, ["resid_pre.0", "head_out.*", "mlp_out.*"]) as tr:
-            self.m_corrupt = self._metric(b.corrupt_ids)
-        self.m_clean = self._metric(b.clean_ids)
-        if abs(self.m_clean - self.m_corrupt) < 1e-6:
-            raise GatescopeError("clean and corrupt runs give the same logit difference")
-        self.patches = {"embed": [Patch(EMBED, source=tr[EMBED])]}
-        for layer in range(model.dims.n_layers):
-            z = tr[Site("head_out", layer)]  # (N, T, H, d_head)
-            for h in range(model.dims.n_heads):
-                self.patches[f"head.{layer}.{h}"] = [
-                    Patch(Site("head_out", layer, h), source=z[:, :, h])
-                ]
-            mlp = Site("mlp_out", layer)
-            self.patches[f"mlp.{layer}"] = [Patch(mlp, source=tr[mlp])]
-
-    def _metric(self, ids) -> float:
-        logits = self.model.forward(ids, self.batch.attention_mask)
-        return float(logit_diff(logits, self.batch).float().mean())
-
-    @torch.no_grad()
-    def __call__(self, keep: set[str]) -> float:
-        unknown = keep - set(self.patches) - {"logits"}
-        if unknown:
-            raise GatescopeError(
-                f"unknown circuit nodes {sorted(unknown)}; nodes are embed, head.L.H, mlp.L"
-            )
-        edits = [e for name, es in self.patches.items() if name not in keep for e in es]
-        with intervene(self.model, edits):
-            m_circuit = self._metric(self.batch.clean_ids)
-        return (m_circuit - self.m_corrupt) / (self.m_clean - self.m_corrupt)
-
-
-def faithfulness(model: Model, task: Task, keep: set[str]) -> float:
-    """``(m(circuit) - m(corrupt)) / (m(clean) - m(corrupt))``, nodes outside ``keep``
-    patched to their corrupt values in the clean run."""
-    return _Faithfulness(model, task)(set(keep))
-
-
-@dataclass
-class FaithfulnessCurve:
-    """Faithfulness of the top-n circuit for each size n (``sizes[i]`` -> ``values[i]``)."""
-
-    method: str
-    task: str
-    sizes: list[int]
-    values: list[float]
-
-    def smallest(self, threshold: float = 0.8) -> int | None:
-        """The smallest size whose faithfulness reaches ``threshold`` (None if none does)."""
-        return next(
-            (n for n, f in zip(self.sizes, self.values, strict=True) if f >= threshold), None
-        )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    def figure(self):
-        import plotly.graph_objects as go
-
-        fig = go.Figure(go.Scatter(x=self.sizes, y=self.values, mode="lines+markers"))
-        fig.add_hline(y=0.8, line_dash="dot", line_color="gray")
-        fig.update_layout(
-            title=f"faithfulness vs circuit size ({self.method}, {self.task})",
-            xaxis_title="nodes kept (top-n by |score|)",
-            yaxis_title="faithfulness",
-        )
-        return fig
-
-
-def faithfulness_curve(
-    model: Model, task: Task, graph: CircuitGraph, sizes: list[int] | None = None
-) -> FaithfulnessCurve:
-    """Faithfulness of ``graph.prune(n)`` for each size n (default: every size)."""
-    total = len(graph.nodes) - 1
-    sizes = list(range(total + 1)) if sizes is None else list(sizes)
-    measure = _Faithfulness(model, task)
-    values = [measure(graph.prune(n).node_names()) for n in sizes]
-    return FaithfulnessCurve(graph.method, graph.task, sizes, values)
+        if node.port != LOGITS:
+            node.score = by_site[node.port.site]

@@ -1,15 +1,17 @@
-"""One node of a circuit graph looked at closely: its attribution score, its direct logit
+r"""One node of a circuit graph looked at closely: its attribution score, its direct logit
 attribution and the logit lens at its layer.
 
 - **Direct logit attribution** (DLA): the node's own output at the last token, through the
   final norm with its scale frozen at the clean run (``interventions.heads.frozen_norm``),
   dotted with ``unembed[answer] - unembed[wrong]``; mean over the task's clean prompts. It is
   the part of the logit difference the node writes straight into the logits, not through
-  later layers. Heads use ``direct_logit_attribution``; an MLP reads ``mlp_out``; the
-  embedding reads ``resid_pre.0``.
+  later layers. Heads use ``direct_logit_attribution``; every other node reads its own site
+  (``mlp_out.L``, ``attn_out.L``, ``resid_pre.0`` for the embedding).
 - **Logit lens**: the residual stream after the node's block (``resid_post`` of its layer;
   ``resid_pre.0`` for the embedding), through the final norm and the unembedding, at the last
   token of the first clean prompt: the top tokens and the answer's and wrong token's ranks.
+
+Nodes are ports (:class:`~circuits.nodes.Port`) or their names (``head_out.1.2``, ``mlp_out.0``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from circuits.graph import CircuitGraph
+from circuits.nodes import LOGITS, Port
 from interventions.heads import direct_logit_attribution, frozen_norm
 from probe.errors import GatescopeError
 from probe.locate import resolve_path
@@ -44,30 +47,28 @@ class NodeReport:
         return asdict(self)
 
 
-def _output_site(model: Model, name: str) -> tuple[Site | None, Site]:
+def _output_site(port: Port) -> tuple[Site | None, Site]:
     """(the site whose value is the node's own output, the residual site after its block)."""
-    if name == "embed":
-        return Site("resid_pre", 0), Site("resid_pre", 0)
-    kind, *rest = name.split(".")
-    layer = int(rest[0])
-    if kind == "mlp":
-        return Site("mlp_out", layer), Site("resid_post", layer)
-    if kind == "head":
-        return None, Site("resid_post", layer)  # heads: direct_logit_attribution
-    raise GatescopeError(f"node '{name}': expected embed, head.L.H or mlp.L")
+    site = port.site
+    if site.kind == "resid_pre":
+        return site, site
+    if site.kind == "head_out":
+        return None, Site("resid_post", site.layer)  # heads: direct_logit_attribution
+    return site, Site("resid_post", site.layer)
 
 
 @torch.no_grad()
 def inspect_node(
-    model: Model, task: Task, graph: CircuitGraph, name: str, top: int = 5
+    model: Model, task: Task, graph: CircuitGraph, name: str | Port, top: int = 5
 ) -> NodeReport:
     """The score, DLA and logit lens of node ``name`` of ``graph`` (built on ``task``)."""
-    nodes = {n.name: n for n in graph.nodes}
-    if name not in nodes or name == "logits":
-        shown = ", ".join(sorted(n for n in nodes if n != "logits")[:8])
+    nodes = {n.port: n for n in graph.nodes}
+    port = Port.parse(name)
+    if port not in nodes or port == LOGITS or not port.is_writer:
+        shown = ", ".join(sorted(str(p) for p in nodes if p != LOGITS)[:8])
         raise GatescopeError(f"node '{name}' is not in the circuit; its nodes include {shown}")
-    node = nodes[name]
-    own, lens = _output_site(model, name)
+    node = nodes[port]
+    own, lens = _output_site(port)
     batch = task.tokenize(model.tokenizer)
     last_layer = model.dims.n_layers - 1
     final = Site("resid_post", last_layer)
@@ -90,7 +91,7 @@ def inspect_node(
     rank = {int(t): i for i, t in enumerate(order.tolist())}
     tok = model.tokenizer
     return NodeReport(
-        node=name,
+        node=str(port),
         score=float(node.score),
         dla=float(dla),
         lens_site=str(lens),

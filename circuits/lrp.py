@@ -15,8 +15,8 @@ the LRP rules, so ``x * x.grad`` at any site is its relevance:
    constant: all relevance stays on the attention path. ``glu_rule="gradient"`` gives the
    GLU product its plain gradient (each factor the whole relevance; not conservative), a
    variant for comparison with activation patching.
-4. Attention probabilities are constant (the AH rule, ``hold_attention=True``): a
-   registered attention function computes eager attention with the softmax detached. With
+4. Attention probabilities are constant (the AH rule, ``hold_attention=True``): the
+   circuits attention function (:mod:`circuits.attention`) runs with the softmax detached. With
    ``hold_attention=False`` the softmax keeps its plain gradient (the RelP repository's
    default rule set), so query/key paths get relevance.
 5. Linear layers: the plain gradient (LRP-0).
@@ -32,6 +32,7 @@ from contextlib import ExitStack, contextmanager
 import torch
 from torch import nn
 
+from circuits.attention import attention
 from probe.errors import GatescopeError
 from probe.hooks import hook_sites
 from probe.locate import resolve_path
@@ -40,7 +41,6 @@ from probe.sites import Site
 
 GATE_RULES = ("half", "constant")
 GLU_RULES = ("half", "gradient")
-LRP_ATTENTION = "gatescope_lrp"
 
 
 def _ratio(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -89,46 +89,6 @@ def _gate_constant(logit: torch.Tensor, info) -> torch.Tensor:
     return logit.detach()
 
 
-def _lrp_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    """Eager attention with the probabilities held constant (detached softmax)."""
-    groups = query.shape[1] // key.shape[1]
-    key = key.repeat_interleave(groups, dim=1)  # (B, H, S, d)
-    value = value.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
-    if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + attention_mask[..., : key.shape[-2]]
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype).detach()
-    out = torch.matmul(probs, value).transpose(1, 2).contiguous()  # (B, T, H, d)
-    return out, probs
-
-
-def _register_attention() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
-    if LRP_ATTENTION not in AttentionInterface._global_mapping:
-        AttentionInterface.register(LRP_ATTENTION, _lrp_attention)
-        AttentionMaskInterface.register(LRP_ATTENTION, eager_mask)
-
-
-@contextmanager
-def _attention_constant(model: Model) -> Iterator[None]:
-    configs = [m.config for m in model.hf.modules() if hasattr(m, "config")]
-    configs = list({id(c): c for c in configs}.values())
-    before = [c._attn_implementation for c in configs]  # pyright: ignore[reportAttributeAccessIssue]
-    _register_attention()
-    try:
-        for c in configs:
-            c._attn_implementation = LRP_ATTENTION  # pyright: ignore[reportArgumentType, reportAttributeAccessIssue]
-        yield
-    finally:
-        for c, b in zip(configs, before, strict=True):
-            c._attn_implementation = b  # pyright: ignore[reportAttributeAccessIssue]
-
-
 @contextmanager
 def lrp_rules(
     model: Model, gate_rule: str = "half", glu_rule: str = "half", hold_attention: bool = True
@@ -168,7 +128,7 @@ def lrp_rules(
                 entries += [(Site("attn_gate_logit", i), _gate_constant) for i in gated]
         stack.enter_context(hook_sites(model, entries, write=True))
         if hold_attention:
-            stack.enter_context(_attention_constant(model))
+            stack.enter_context(attention(model, hold=True))
         yield
 
 

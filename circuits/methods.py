@@ -9,26 +9,36 @@ Node methods (scores per component, :func:`circuits.attribution.attribute`):
 
 - ``atp``: attribution patching, ``(a_clean - a_corrupt) . dm/da`` at the corrupt point.
 - ``atp*``: AtP with the attention correction of AtP* (Kramar et al. 2024, arXiv
-  2403.00745; :mod:`circuits.atp_star`).
+  2403.00745; :mod:`circuits.atp_star`), optionally GradDrop (``grad_drop``).
 - ``relp``: the same product with the gradient of a backward pass under LRP rules
   (arXiv 2508.21258; :mod:`circuits.lrp`); ``hold_attention`` chooses the AH rule.
 - ``relp*``: RelP with attention held constant plus the exact attention-pattern change on
   the query/key path (:mod:`circuits.atp_star`).
 - ``ig``: integrated gradients along the input embeddings, k = 0 .. steps-1.
 
-Edge methods (scores per edge, :mod:`circuits.edges`):
+Edge methods (scores per edge, :func:`circuits.graph.build_graph`; every node method also
+scores edges there, from its gradient):
 
 - ``eap``: edge attribution patching (Syed et al. 2023, arXiv 2310.10348).
 - ``eap-ig``: EAP with gradients averaged over interpolated inputs, k = 1 .. steps (Hanna
   et al. 2024, arXiv 2403.17806).
+
+Each method states its cost (:meth:`Method.passes`: forward and backward passes, ``None``
+where it grows with the number of components); a method is *fast* with at most 3 forward
+and 2 backward passes. :data:`CIRCUIT_DEFAULT` is the method ``gatescope circuit`` and
+:func:`circuits.graph.build_graph` use when none is given; :meth:`Method.variants` lists
+the settings the agreement study compares.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from probe.errors import GatescopeError
+
+if TYPE_CHECKING:
+    from probe.model import Model
 
 GATE_RULES = ("half", "constant")
 GLU_RULES = ("half", "gradient")
@@ -46,6 +56,30 @@ class Method:
     def alphas(self) -> list[float]:
         """Interpolation points of the corrupt pass (0: the corrupt input itself)."""
         return [0.0]
+
+    def passes(self) -> tuple[int, int] | None:
+        """(forward, backward) passes for any number of components; ``None`` where the cost
+        grows with the components scored (per-component recomputation)."""
+        alphas = self.alphas()
+        forward = 1 + len(alphas) + (0 if 0.0 in alphas else 1)  # clean, gradient passes, corrupt
+        return forward, len(alphas)
+
+    @property
+    def fast(self) -> bool:
+        """At most 3 forward and 2 backward passes (the circuit default's criterion)."""
+        cost = self.passes()
+        return cost is not None and cost[0] <= 3 and cost[1] <= 2
+
+    @property
+    def signed(self) -> bool:
+        """Whether scores carry a sign (an estimate of the patching effect) rather than a
+        magnitude."""
+        return True
+
+    @classmethod
+    def variants(cls, model: Model) -> list[Method]:
+        """The settings of this method the agreement study compares on ``model``."""
+        return [cls()]
 
     def to_dict(self) -> dict:
         return {"name": self.name, **asdict(self)}
@@ -83,9 +117,31 @@ class AtPStar(Method):
     """AtP plus, for every component and every attention layer it writes into (directly,
     through the residual stream), the exact attention block output recomputed with the
     component patched in place of AtP's linear estimate through that block: each query's
-    softmax is recomputed exactly, the QK fix of AtP*. GradDrop is not implemented."""
+    softmax is recomputed exactly, the QK fix of AtP* (also for attention-gate and GLU sites).
+
+    Attributes:
+        grad_drop: also GradDrop: the score is ``1/(L-1) sum_l |score with layer l's writes
+            passing no gradient|`` (a magnitude, against cancellation; L more backward
+            passes).
+    """
 
     name: ClassVar[str] = "atp*"
+    grad_drop: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.grad_drop, bool):
+            raise GatescopeError(f"grad_drop must be true or false, got {self.grad_drop!r}")
+
+    def passes(self) -> None:
+        return None  # one attention-block call per component and downstream layer
+
+    @property
+    def signed(self) -> bool:
+        return not self.grad_drop
+
+    @classmethod
+    def variants(cls, model: Model) -> list[Method]:
+        return [cls(), cls(grad_drop=True)]
 
 
 @dataclass(frozen=True)
@@ -112,6 +168,16 @@ class RelP(Method):
         if not isinstance(self.hold_attention, bool):
             raise GatescopeError(f"hold_attention must be true or false, got {self.hold_attention}")
 
+    @classmethod
+    def variants(cls, model: Model) -> list[Method]:
+        """Both gate rules on gated models, with the AH rule and without, and the GLU
+        product's plain gradient."""
+        gates = GATE_RULES if model.is_gated else ("half",)
+        out: list[Method] = []
+        for gate in gates:
+            out += [cls(gate_rule=gate), cls(gate_rule=gate, hold_attention=False)]
+        return [*out, cls(glu_rule="gradient")]
+
 
 @dataclass(frozen=True)
 class RelPStar(RelP):
@@ -127,6 +193,14 @@ class RelPStar(RelP):
         if not self.hold_attention:
             raise GatescopeError("relp* holds attention constant (its q/k path is exact)")
 
+    def passes(self) -> None:
+        return None
+
+    @classmethod
+    def variants(cls, model: Model) -> list[Method]:
+        gates = GATE_RULES if model.is_gated else ("half",)
+        return [cls(gate_rule=gate) for gate in gates]
+
 
 @dataclass(frozen=True)
 class IG(Method):
@@ -141,6 +215,10 @@ class IG(Method):
 
     def alphas(self) -> list[float]:
         return [k / self.steps for k in range(self.steps)]
+
+    @classmethod
+    def variants(cls, model: Model) -> list[Method]:
+        return [cls(steps=5), cls(steps=2)]
 
 
 @dataclass(frozen=True)
@@ -171,6 +249,17 @@ METHODS: dict[str, type[Method]] = {
     cls.name: cls for cls in (AtP, AtPStar, RelP, RelPStar, IG, EAP, EAPIG)
 }
 NODE_METHODS = tuple(n for n, c in METHODS.items() if not c.edges)
+EDGE_METHODS = tuple(n for n, c in METHODS.items() if c.edges)
+
+#: The method ``gatescope circuit`` (and :func:`circuits.graph.build_graph`) uses when none is
+#: given: the one place to change it. Chosen from ``bench/relp_rules.py``'s table (the best
+#: fast method per site kind, r >= 0.95 and top-10 overlap >= 0.8 with activation patching).
+CIRCUIT_DEFAULT: Method = IG(steps=2)
+
+
+def from_dict(data: dict) -> Method:
+    """The method object recorded by ``Method.to_dict()``."""
+    return make(data["name"], **{k: v for k, v in data.items() if k != "name"})
 
 
 def method_fields(name: str) -> tuple[str, ...]:

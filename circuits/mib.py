@@ -1,15 +1,17 @@
 """Circuit scores as the MIB circuit track reports them (Mueller et al. 2025, MIB).
 
 Edges are those of :func:`circuits.graph.build_graph`: every upstream writer (the embedding,
-each head through its slice of ``o_proj``, each MLP) into every downstream reader block
-(the attention block of a later layer, the MLP of its own or a later layer, the logits).
+each head through its slice of ``o_proj``, a mixer without heads, each MLP) into every
+downstream reader (each head's q / k / v / gate input, a mixer's or an MLP's input, the
+logits; :mod:`circuits.nodes`).
 
-1. Edge patching. A circuit C is a set of edges. In the clean run, the input of each reader
-   block v (the input of its input norm) is the residual stream minus, for every edge
-   u -> v outside C, ``u(this run) - u(corrupt run)``: v reads u's corrupt output along
-   edges outside the circuit, and every other writer's output as this run computes it. The
-   skip stream itself is untouched. With every edge kept the run is the clean run; with
-   none every block reads corrupt inputs, which is the corrupt run.
+1. Edge patching. A circuit C is a set of edges. In the clean run, each reader v reads the
+   residual stream minus, for every edge u -> v outside C, ``u(this run) - u(corrupt run)``:
+   v reads u's corrupt output along edges outside the circuit, and every other writer's
+   output as this run computes it (:class:`circuits.readers.ReaderEdits`; a head's query,
+   key, value and gate each read their own stream). The skip stream itself is untouched.
+   With every edge kept the run is the clean run; with none every reader reads corrupt
+   inputs, which is the corrupt run.
 2. ``f(C) = (m(C) - m(empty)) / (m(full) - m(empty))`` with m the mean logit difference;
    m(full) and m(empty) are the plain clean and corrupt runs (so ``f`` of the full and the
    empty circuit being 1 and 0 checks the patching).
@@ -22,106 +24,95 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
+from circuits.attention import attention
 from circuits.graph import CircuitGraph
+from circuits.methods import from_dict
+from circuits.nodes import Port, graph_ports
 from circuits.projections import o_proj_slices
+from circuits.readers import ReaderEdits
 from probe.errors import GatescopeError
 from probe.hooks import hook_sites
-from probe.model import Model, resolve_path
+from probe.model import Model
 from probe.sites import Site
 from probe.tasks import Task, logit_diff
 
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-EMBED = Site("resid_pre", 0)
+
+EdgeKey = tuple[Port, Port]
 
 
 class EdgePatcher:
     """The corrupt writer outputs and the clean / corrupt metric of one task, computed once;
-    ``metric(kept, edges)`` runs the clean prompts with every edge of ``edges`` outside
-    ``kept`` patched (module docstring, step 1)."""
+    ``faithfulness(kept, edges)`` runs the clean prompts with every edge of ``edges`` outside
+    ``kept`` patched (module docstring, step 1). Edges are (writer, reader) ports or their
+    names."""
 
     @torch.no_grad()
     def __init__(self, model: Model, task: Task) -> None:
         self.model, self.batch = model, task.tokenize(model.tokenizer)
-        n = model.dims.n_layers
-        self.slices = [o_proj_slices(model, i) for i in range(n)]
-        fam = model.family
-        self.readers = {}
-        for i in range(n):
-            self.readers[f"attn.{i}"] = resolve_path(model.layer(i), (fam.attn_input,))
-            self.readers[f"mlp.{i}"] = resolve_path(model.layer(i), (fam.mlp_input,))
-        self.readers["logits"] = resolve_path(model.hf, fam.final_norm)
-        missing = [k for k, v in self.readers.items() if v is None]
-        if missing:
-            raise GatescopeError(f"edge patching needs the input norms; {missing} not found")
-        self.corrupt: dict[str, torch.Tensor] = {}
+        self.writers, _ = graph_ports(model)
+        self.slices = {i: o_proj_slices(model, i) for i in model.layers_with("head_out")}
+        self._cut: dict[Port, list[Port]] = {}
+        self.edits = ReaderEdits(model, self._shift)
+        self.corrupt: dict[Port, torch.Tensor] = {}
         self.m_corrupt = self._run(self.batch.corrupt_ids, self.corrupt, {})
         self.m_clean = self._run(self.batch.clean_ids, {}, {})
         if abs(self.m_clean - self.m_corrupt) < 1e-6:
             raise GatescopeError("clean and corrupt runs give the same logit difference")
 
     def _writer_hooks(self, store: dict):
-        def embed(value, info):
-            store["embed"] = value.detach()
-            return value
+        def whole(port: Port):
+            def fn(value, info):
+                if not self.edits.capturing:
+                    store[port] = value.detach().float()
 
-        def heads(layer):
+            return fn
+
+        def heads(layer: int):
             def fn(value, info):  # (N, T, H, d_head) -> each head's write (N, T, d_model)
+                if self.edits.capturing:
+                    return
                 writes = torch.einsum("nthd,hmd->nthm", value.float(), self.slices[layer])
                 for h in range(writes.shape[2]):
-                    store[f"head.{layer}.{h}"] = writes[:, :, h]
-                return value
+                    store[Port(Site("head_out", layer, h))] = writes[:, :, h]
 
             return fn
 
-        def mlp(layer):
-            def fn(value, info):
-                store[f"mlp.{layer}"] = value.detach().float()
-                return value
-
-            return fn
-
-        entries = [(EMBED, embed)]
-        for i in range(self.model.dims.n_layers):
-            entries += [(Site("head_out", i), heads(i)), (Site("mlp_out", i), mlp(i))]
+        entries = []
+        for layer in self.slices:
+            entries.append((Site("head_out", layer), heads(layer)))
+        for w in self.writers:
+            if w.site.kind != "head_out":
+                entries.append((w.site, whole(w)))
         return entries
 
-    def _run(self, ids, store: dict, cut: dict[str, list[str]]) -> float:
+    def _shift(self, reader: Port, x: torch.Tensor):
+        writers = self._cut.get(reader)
+        if not writers:
+            return None
+        shift = sum(self.corrupt[u] - self._store[u] for u in writers)
+        return frozenset(writers), shift
+
+    def _run(self, ids, store: dict, cut: dict[Port, list[Port]]) -> float:
         """The metric of one run recording writers into ``store``; ``cut[v]``: writers whose
         edge into reader v is patched to the corrupt output."""
-        handles = []
-
-        def reader(block):
-            def pre(module, args, kwargs):
-                x = args[0] if args else kwargs["hidden_states"]
-                shift = sum(store[u].to(x.dtype) - self.corrupt[u].to(x.dtype) for u in cut[block])
-                x = x - shift
-                if args:
-                    return (x, *args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": x}
-
-            return pre
-
-        for block, names in cut.items():
-            if names:
-                handles.append(
-                    self.readers[block].register_forward_pre_hook(reader(block), with_kwargs=True)
-                )
-        try:
-            with hook_sites(self.model, self._writer_hooks(store), write=True):
+        self._store, self._cut = store, cut
+        with attention(self.model), hook_sites(self.model, self._writer_hooks(store), write=True):
+            with self.edits.installed():
                 logits = self.model.forward(ids, self.batch.attention_mask)
-        finally:
-            for h in handles:
-                h.remove()
+        self._cut = {}
         return float(logit_diff(logits, self.batch).float().mean())
 
     @torch.no_grad()
-    def faithfulness(self, kept: set[tuple[str, str]], edges: list[tuple[str, str]]) -> float:
-        cut: dict[str, list[str]] = {}
+    def faithfulness(self, kept, edges) -> float:
+        kept = {(Port.parse(u), Port.parse(v)) for u, v in kept}
+        cut: dict[Port, list[Port]] = {}
         for u, v in edges:
+            u, v = Port.parse(u), Port.parse(v)
             if (u, v) not in kept:
                 cut.setdefault(v, []).append(u)
         m = self._run(self.batch.clean_ids, {}, cut)
@@ -130,7 +121,8 @@ class EdgePatcher:
 
 @dataclass
 class MIBScore:
-    """f(C) per edge fraction and the two areas (module docstring)."""
+    """f(C) per edge fraction and the two areas (module docstring); ``method`` is the
+    method's label and ``method_fields`` the method object (``method.to_dict()``)."""
 
     method: str
     model: str
@@ -141,6 +133,7 @@ class MIBScore:
     faithfulness: list[float]
     cpr: float
     cmd: float
+    method_fields: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -184,4 +177,17 @@ def mib_score(
     xs = list(fractions)
     cpr = _area(xs, values)
     cmd = _area(xs, [abs(1 - v) for v in values])
-    return MIBScore(graph.method, model.name, task.name, len(edges), xs, kept, values, cpr, cmd)
+    method = graph.meta.get("method", {"name": graph.method})
+    label = from_dict(method).label
+    return MIBScore(
+        method=label,
+        model=model.name,
+        task=task.name,
+        n_edges=len(edges),
+        fractions=xs,
+        kept=kept,
+        faithfulness=values,
+        cpr=cpr,
+        cmd=cmd,
+        method_fields=method,
+    )

@@ -26,20 +26,46 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Component:
-    """One patched unit: a site (whole layer), optionally one position and one head;
-    ``effect`` is filled in by the sweep."""
+    """One patched unit: a whole-layer site (with its head, for headed kinds), optionally one
+    position; ``effect`` is filled in by the sweep.
 
-    kind: str
-    layer: int
-    position: int | None
-    head: int | None
+    Attributes:
+        site: the site (``head_out.1.2``, ``mlp_out.0``): kind, layer and head.
+        position: a token position, or ``None`` for all positions at once.
+        effect: the sweep's normalised effect (NaN until scored).
+    """
+
+    site: Site
+    position: int | None = None
     effect: float = float("nan")
 
     @property
+    def kind(self) -> str:
+        return self.site.kind
+
+    @property
+    def layer(self) -> int:
+        return self.site.layer
+
+    @property
+    def head(self) -> int | None:
+        return self.site.head
+
+    @property
     def label(self) -> str:
-        head = "" if self.head is None else f".{self.head}"
         pos = "" if self.position is None else f"@{self.position}"
-        return f"{self.kind}.{self.layer}{head}{pos}"
+        return f"{self.site}{pos}"
+
+    def to_dict(self) -> dict:
+        """Readable JSON: the site's text and its parts, the position and the effect."""
+        return {
+            "site": str(self.site),
+            "kind": self.kind,
+            "layer": self.layer,
+            "head": self.head,
+            "position": self.position,
+            "effect": self.effect,
+        }
 
 
 def value_site(c: Component) -> Site:
@@ -76,7 +102,7 @@ def components(model: Model, sites, positions=None, length: int | None = None) -
         heads = [site.head] if site.head is not None else [None]
         if site.kind in HEADED_KINDS and site.head is None:
             heads = list(range(model.n_heads_of(site.kind)))
-        comps += [Component(site.kind, site.layer, p, h) for p in pos_list for h in heads]
+        comps += [Component(site.with_head(h), p) for p in pos_list for h in heads]
     return comps
 
 

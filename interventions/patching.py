@@ -56,10 +56,6 @@ from probe.resume import shared_prefix
 from probe.tasks import Task
 
 MODES = ("denoise", "noise")
-# Old private names (circuits.attribution imported them before components.py made them
-# public): thin aliases until nothing imports them.
-_components = components
-_prepare = prepare
 
 
 class Grid(NamedTuple):
@@ -146,7 +142,7 @@ class PatchingResult:
         return fig
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "components": [c.to_dict() for c in self.components]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)

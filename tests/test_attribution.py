@@ -1,4 +1,5 @@
 import pytest
+import torch
 from tiny import linear_model as _linear_model
 from tiny import tiny_tokenizer
 from tiny import toy_task as _task
@@ -111,3 +112,50 @@ def test_relp_without_the_ah_rule_differs_only_through_attention():
     f = {c.label: c.effect for c in free.components}
     assert h["mlp_out.1"] == pytest.approx(f["mlp_out.1"], abs=1e-6)
     assert h["resid_pre.0"] != pytest.approx(f["resid_pre.0"], abs=1e-4)
+
+
+def test_attribution_leaves_every_parameters_grad_as_found():
+    # only the probes' gradients are computed (torch.autograd.grad), for every method, the
+    # graph's reader gradients and TCAV's site gradients: a parameter without .grad keeps
+    # None and one with a .grad keeps it unchanged
+    from tiny import tiny_hf
+
+    from circuits.graph import build_graph
+    from probe.concepts.tcav import site_gradients
+
+    model = load_model(tiny_hf("qwen3_next"), tokenizer=tiny_tokenizer())
+    params = list(model.hf.parameters())
+    for i, p in enumerate(params[::2]):
+        p.grad = torch.full_like(p, float(i + 1))
+    before = [None if p.grad is None else p.grad.clone() for p in params]
+    task = _task()
+    for method in (AtP(), RelP(), RelP(hold_attention=False), IG(steps=2), AtPStar(),
+                   AtPStar(grad_drop=True), RelPStar()):  # fmt: skip
+        attribute(model, task, "resid_pre.1,head_out.*,attn_gate.1,mlp_out.0", method)
+    build_graph(model, task, "eap")
+    site_gradients(model, ["w1 w2 w3"], "resid_post.0", lambda logits, lengths: logits[:, -1, 7])
+    for p, b in zip(params, before, strict=True):
+        assert (p.grad is None) == (b is None)
+        if b is not None:
+            assert torch.equal(p.grad, b)
+
+
+def test_registry_drives_costs_variants_and_the_default():
+    from circuits.methods import CIRCUIT_DEFAULT, METHODS, from_dict
+
+    assert AtP().passes() == (2, 1) and RelP().passes() == (2, 1)
+    assert IG(steps=2).passes() == (3, 2) and IG(steps=2).fast and not IG(steps=5).fast
+    assert make_("eap-ig", steps=3).passes() == (5, 3)  # clean, 3 interpolated, corrupt
+    assert AtPStar().passes() is None and not AtPStar().fast and not RelPStar().fast
+    assert AtPStar(grad_drop=True).signed is False and AtPStar().signed
+    assert isinstance(CIRCUIT_DEFAULT, tuple(METHODS.values()))
+    for m in (AtP(), RelP(glu_rule="gradient"), IG(steps=3), AtPStar(grad_drop=True)):
+        assert from_dict(m.to_dict()) == m
+    with pytest.raises(GatescopeError, match="grad_drop must be true or false"):
+        AtPStar(grad_drop="yes")
+
+
+def make_(name, **kw):
+    from circuits.methods import make
+
+    return make(name, **kw)

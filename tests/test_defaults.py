@@ -228,12 +228,9 @@ def test_an_option_left_to_the_library_states_its_defaults(command, flag):
 
 
 def test_circuit_help_states_the_graph_default():
-    from circuits.graph import DEFAULT_METHOD, DEFAULT_STEPS
+    from circuits.methods import CIRCUIT_DEFAULT
 
-    assert (
-        f"default: {DEFAULT_METHOD}, {DEFAULT_STEPS} steps"
-        in cli_option("circuit", "--method").help
-    )
+    assert f"default: {CIRCUIT_DEFAULT.label}" in cli_option("circuit", "--method").help
 
 
 @pytest.mark.parametrize("command", sorted(c for c in COMMANDS if c != "app"))

@@ -6,6 +6,7 @@ from tiny import toy_task as _task
 
 from circuits.graph import _Faithfulness, build_graph
 from circuits.mib import EdgePatcher, mib_score
+from circuits.nodes import LOGITS, Port
 from probe import load_model
 
 
@@ -29,12 +30,33 @@ def test_cutting_every_edge_of_a_node_is_patching_the_node(setup):
     model, task, graph, patcher = setup
     edges = [(e.source, e.target) for e in graph.edges]
     nodes = _Faithfulness(model, task)
-    names = graph.node_names()
+    ports = graph.ports()
     tol = max(1e-5, 2e-7 / abs(patcher.m_clean - patcher.m_corrupt))  # float32 logits
-    for u in ("embed", "head.0.1", "mlp.0", "head.1.3"):
+    for name in ("resid_pre.0", "head_out.0.1", "mlp_out.0", "head_out.1.3"):
+        u = Port.parse(name)
         kept = {(a, b) for a, b in edges if a != u}
-        expected = nodes(names - {u})
+        expected = nodes(ports - {u})
         assert patcher.faithfulness(kept, edges) == pytest.approx(expected, abs=tol)
+
+
+def test_cutting_every_edge_into_a_head_is_patching_the_head(setup):
+    # a head whose q, k, v (and gate) inputs all read the corrupt stream computes its corrupt
+    # output (the patched inputs are substituted head by head inside the attention call), so
+    # cutting its incoming edges equals patching its output node; cutting only its value
+    # input changes the metric by less and differently
+    model, task, graph, patcher = setup
+    edges = [(e.source, e.target) for e in graph.edges]
+    nodes = _Faithfulness(model, task)
+    ports = graph.ports()
+    tol = max(1e-5, 2e-7 / abs(patcher.m_clean - patcher.m_corrupt))
+    for name in ("head_out.1.0", "head_out.1.3", "head_out.0.2"):
+        head = Port.parse(name)
+        kept = {(a, b) for a, b in edges if b.owner() != head}
+        expected = nodes(ports - {head})
+        assert abs(expected - 1.0) > 1e-3  # the head matters on this task
+        assert patcher.faithfulness(kept, edges) == pytest.approx(expected, abs=tol)
+        only_v = {(a, b) for a, b in edges if b != Port(head.site, "v")}
+        assert patcher.faithfulness(only_v, edges) != pytest.approx(expected, abs=1e-4)
 
 
 def test_scores_and_areas(setup):
@@ -46,6 +68,7 @@ def test_scores_and_areas(setup):
     trapezoid = sum((x[i + 1] - x[i]) * (f[i] + f[i + 1]) / 2 for i in range(len(x) - 1))
     assert score.cpr == pytest.approx(trapezoid)
     assert score.cmd >= 0 and len(score.figure().data) == 1
+    assert score.method_fields == graph.meta["method"] == {"name": "eap"}
 
 
 @pytest.mark.parametrize("method", ["eap", "eap-ig"])
@@ -54,6 +77,21 @@ def test_eap_node_score_is_the_sum_of_its_edges(method):
     graph = build_graph(model, _task(), method, **({"steps": 3} if method == "eap-ig" else {}))
     assert graph.meta["method"]["name"] == method
     for node in graph.nodes:
-        if node.name != "logits":
-            out = sum(e.score for e in graph.edges if e.source == node.name)
+        if node.port != LOGITS:
+            out = sum(e.score for e in graph.edges if e.source == node.port)
             assert out == pytest.approx(node.score, abs=1e-4 * max(1.0, abs(node.score)))
+
+
+@pytest.mark.slow
+def test_edge_patching_on_a_hybrid(tiny_model):
+    # DeltaNet mixers and MoE MLPs are whole-block readers and writers
+    model, task = tiny_model("qwen3_next_hybrid"), _task()
+    graph = build_graph(model, task, "eap")
+    patcher = EdgePatcher(model, task)
+    edges = [(e.source, e.target) for e in graph.edges]
+    assert patcher.faithfulness(set(edges), edges) == pytest.approx(1.0, abs=1e-5)
+    assert patcher.faithfulness(set(), edges) == pytest.approx(0.0, abs=1e-5)
+    mixer = Port.parse("attn_out.1")
+    kept = {(a, b) for a, b in edges if a != mixer}
+    expected = _Faithfulness(model, task)(graph.ports() - {mixer})
+    assert patcher.faithfulness(kept, edges) == pytest.approx(expected, abs=1e-5)

@@ -57,6 +57,11 @@ METRICS = {
         "(LD_circuit - LD_corrupt) / (LD_clean - LD_corrupt), nodes outside the circuit "
         "patched from the corrupt run",
     ),
+    "path-patch": (
+        "logit difference",
+        "(LD_path - LD_corrupt) / (LD_clean - LD_corrupt): the corrupt run with one receiver "
+        "reading its input plus the sender's clean - corrupt write",
+    ),
     "agreement": ("correlation", "Pearson / Spearman r of method scores with patching effects"),
     "gates": ("gate statistics", "mean sigmoid gate, fraction below thresholds, sink, max |x|"),
     "steer eval": ("word logit difference", "mean logit(positive words) - mean logit(negative)"),

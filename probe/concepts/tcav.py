@@ -131,13 +131,17 @@ def site_gradients(
             )
         with torch.enable_grad(), hook_sites(model, hooks, write=True):
             logits = model.forward(batch.input_ids, batch.attention_mask)
-            fn(logits, batch.lengths).sum().backward()
+            leaves = [zeros[s] if twins[s] is None else zeros[s][0] for s in sites]
+            # gradients of the probes only: the model's parameters' .grad stay as found
+            got = torch.autograd.grad(fn(logits, batch.lengths).sum(), leaves, allow_unused=True)
         mask = batch.attention_mask.float().cpu().unsqueeze(-1)  # (B, T, 1)
-        for site in sites:
-            zero, slope = (zeros[site], 1.0) if twins[site] is None else zeros[site]
-            if zero.grad is None:
+        for site, g in zip(sites, got, strict=True):
+            if g is None:
                 raise GatescopeError(f"site '{site}': the target's gradient does not reach it")
-            grad = zero.grad.detach().float() / slope
+            if twins[site] is None:
+                grad = g.detach().float()
+            else:
+                grad = g.detach().float() / zeros[site][1]
             grad = grad.cpu().flatten(2)  # (B, T, D)
             if pooling == "last":
                 g = grad[torch.arange(len(grad)), batch.lengths.cpu() - 1]  # (B, D)
