@@ -509,8 +509,11 @@ def test_latent_dashboard(model, tmp_path):
     lat = max(range(32), key=lambda i: ev.feature_frequency[i])
     page = latent_dashboard(model, tr, TEXTS[:30], lat, top=5, window=3, quantiles=4)
     assert page.tokens == ev.tokens and page.firing_rate == pytest.approx(ev.feature_frequency[lat])
-    keys = [tuple(c.tokens) for c in page.top_contexts]
+    keys = [(c.text_index, c.position) for c in page.top_contexts]
     assert len(keys) == len(set(keys)) and 0 < len(keys) <= 5
+    for i, a in enumerate(page.top_contexts):  # no two from overlapping windows of one text
+        for b in page.top_contexts[i + 1 :]:
+            assert a.text_index != b.text_index or abs(a.position - b.position) > 2 * 3
     acts = [c.activation for c in page.top_contexts]
     assert acts == sorted(acts, reverse=True) and acts[0] == pytest.approx(page.max_activation)
     for c in page.top_contexts:
@@ -521,10 +524,12 @@ def test_latent_dashboard(model, tmp_path):
     for q in page.quantile_contexts:
         for c in q["contexts"]:
             assert q["low"] < c.activation <= q["high"] + 1e-6
+    # through the final norm (Qwen3-Next: x / rms(x) * (1 + w)) and the unembedding
     w_u = model.hf.get_output_embeddings().weight.detach()
-    logits = w_u @ tr.sae.W_dec[lat].detach()
-    assert page.top_logits[0][1] == pytest.approx(float(logits.max()), rel=1e-5)
-    assert page.bottom_logits[0][1] == pytest.approx(float(logits.min()), rel=1e-5)
+    gain = 1 + model.hf.model.norm.weight.detach()
+    logits = w_u @ (gain * tr.sae.W_dec[lat].detach())
+    assert page.top_logits[0][1] == pytest.approx(float(logits.max()), rel=1e-4)
+    assert page.bottom_logits[0][1] == pytest.approx(float(logits.min()), rel=1e-4)
     assert tr.meta["spec"]["width"] == 32
     with pytest.raises(GatescopeError, match="--latent 99"):
         latent_dashboard(model, tr, TEXTS[:4], 99)
