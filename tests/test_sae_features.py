@@ -105,7 +105,7 @@ def test_distinct_contexts_drop_overlaps_and_repeated_text():
     assert not keep.add(ctx(0, 13, ["x", " y", " z", " u", " v"]))  # same text, overlapping
     assert keep.add(ctx(0, 15, ["x", " y", " z", " u", " v"]))  # same text, 5 apart
     assert not keep.add(ctx(7, 3, ["a", " b", " c", " d", " e"]))  # the same words elsewhere
-    assert not keep.add(ctx(8, 3, ["a", "  b", " c", " d", "e"]))  # whitespace aside
+    assert not keep.add(ctx(8, 3, ["a", "  b", " c", " d", " e "]))  # whitespace aside
     assert keep.add(ctx(9, 3, ["a", " b", " q", " d", " e"]))
 
 
