@@ -153,6 +153,36 @@ def test_vsae_readings_on_a_known_sparse_dictionary(tmp_path):
     assert t["mean_sigma"] == pytest.approx(1.0)
     assert t["noise_fraction"] > 0.25 and t["mean_abs_mu"] < t["mean_sigma"], t
     assert any("posterior collapse" in w for w in meta["warnings"]), meta["warnings"]
+    assert t["collapse_detected_at_step"] < 400  # warned during training, not only at the end
+
+
+def test_collapse_is_reported_while_training(tmp_path, capsys):
+    """The paper reading with sigma fixed at 1: the running diagnostics reach the callback
+    (and the progress bar) every few steps, and collapse is warned about during training,
+    at the first check after the KL warm-up, not only at the end."""
+    torch.manual_seed(0)
+    d, n, steps = 32, 48, 110
+    dictionary = torch.nn.functional.normalize(torch.randn(n, d), dim=-1)
+    spec = small(
+        "vsae", width=48, k=3, tokens=128 * steps, batch_size=128, lr=3e-3,
+        vsae_reading="paper", learn_variance=False,
+    )  # fmt: skip
+    source = {"model": "synthetic", "site": "resid_post.0", "site_shape": [d]}
+    seen = []
+    out = train_sae(
+        spec, lambda skip: _dictionary_batches(dictionary, 128, 3, seed=1), d,
+        tmp_path / "v", source, progress=False, callback=seen.append,
+    )  # fmt: skip
+    meta = json.loads((out / "gatescope.json").read_text())
+    assert meta["training"]["collapse_detected_at_step"] == 50  # first check: WINDOW steps
+    err = capsys.readouterr().err
+    assert "warning at step 50 of 110: vSAE posterior collapse" in err
+    assert [i["step"] for i in seen] == list(range(1, steps + 1))
+    last = seen[-1]
+    assert last["mean_sigma"] == pytest.approx(1.0) and last["noise_fraction"] > 0.25
+    from probe.sae.train import _describe
+
+    assert "noise" in _describe(last) and "|mu|" in _describe(last)
 
 
 def test_default_spec_follows_the_data():
