@@ -59,8 +59,8 @@ def test_heavy_work_waits_for_run_then_shows_metrics_list_and_page(page):
     assert float(at.metric[0].value) <= 4  # TopK: at most k active latents
     charts = at.get("plotly_chart")
     assert len(charts) == 3  # firing rates, activation histogram, top contexts
-    heat = [c for c in charts if '"heatmap"' in c.proto.spec]
-    assert heat and '"position relative to the peak' in heat[0].proto.spec
+    heat = [c for c in charts if c.key == "contexts"]
+    assert heat and "token position relative to the peak" in heat[0].proto.spec
     assert "context (rank, peak activation)" in heat[0].proto.spec
     downloads = {d.proto.label for d in at.get("download_button")}
     assert downloads == {"feature list (CSV)", "feature page (JSON)", "contexts (CSV)"}
@@ -106,18 +106,18 @@ def test_training_defaults_follow_the_site_as_the_cli_chooses_them(page, tiny_di
     texts = bundled_texts(600)[96:]
     available = sum(len(ids) for ids in model.tokenizer(texts)["input_ids"])
     at = page(press_run=False)
-    for site in ("resid_post.1", "mlp_gate.1"):
+    widths = {}
+    for site in ("resid_post.1", "mlp_gate.1", "resid_post.1"):
         at.selectbox(key="train_site_topk").set_value(site).run()
         d_in, _ = site_width(model, model.sites(site)[0])
         want = default_spec(d_in, available)  # what `gatescope sae train` resolves
-        assert at.selectbox(key=f"width_topk_{site}").value == want.width
+        widths[site] = at.selectbox(key=f"width_topk_{site}").value
+        assert widths[site] == want.width
         assert at.number_input(key=f"k_topk_{site}").value == want.k
         assert at.selectbox(key=f"tokens_topk_{site}").value == want.tokens
+        assert f"{want.width} latents, k = {want.k}" in at.caption[0].value
     assert want.batch_size == 1024  # the CLI's, not a page-only one
-    assert (
-        at.selectbox(key="width_topk_mlp_gate.1").value
-        != at.selectbox(key="width_topk_resid_post.1").value
-    )  # 128-wide gate vs 64-wide residual
+    assert widths["mlp_gate.1"] != widths["resid_post.1"]  # 128-wide gate, 64-wide residual
 
 
 def test_missing_directory_then_training_with_progress(tiny_dir, monkeypatch, tmp_path):

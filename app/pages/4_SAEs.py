@@ -75,17 +75,41 @@ def cached_sae(path: str, mtime: float):
     return load_trained(path)
 
 
-@st.cache_data(show_spinner=False)
-def metrics(name: str, path: str, mtime: float, _progress=None) -> dict:
+@st.cache_resource
+def results() -> dict:
+    """Computed metrics and encoded corpora, shared by every session, keyed by (what, model,
+    SAE path, weights' mtime). A plain dict rather than cached functions: computing them
+    draws a progress bar, which Streamlit's cached functions cannot replay."""
+    return {}
+
+
+def computed(name: str, path: str, mtime: float) -> bool:
+    return ("corpus", name, path, mtime) in results()
+
+
+def compute(name: str, path: str, mtime: float) -> None:
+    """Evaluate on the held-out texts and encode the browsed texts, with a progress bar,
+    unless done before."""
+    cache = results()
     model, trained = cached_model(name), cached_sae(path, mtime)
-    return evaluate_sae(model, trained, eval_texts(), callback=_progress).to_dict()
+    bar = st.progress(0.0, text="evaluating...")
+    if ("metrics", name, path, mtime) not in cache:
+        m = evaluate_sae(model, trained, eval_texts(), callback=_progress(bar, "evaluating"))
+        cache["metrics", name, path, mtime] = m.to_dict()
+    if ("corpus", name, path, mtime) not in cache:
+        texts = bundled_texts(BROWSE_TEXTS)
+        update = _progress(bar, "encoding the browsed texts")
+        cache["corpus", name, path, mtime] = encode_corpus(model, trained, texts, callback=update)
+    bar.empty()
 
 
-@st.cache_resource(show_spinner=False)
-def corpus(name: str, path: str, mtime: float, _progress=None):
+def metrics(name: str, path: str, mtime: float) -> dict:
+    return results()["metrics", name, path, mtime]
+
+
+def corpus(name: str, path: str, mtime: float):
     """Every latent's activations over the browsed texts, encoded once."""
-    model, trained = cached_model(name), cached_sae(path, mtime)
-    return encode_corpus(model, trained, bundled_texts(BROWSE_TEXTS), callback=_progress)
+    return results()["corpus", name, path, mtime]
 
 
 @st.cache_data(show_spinner=False)
@@ -423,15 +447,6 @@ def _progress(bar, what: str):
     return update
 
 
-def compute(name: str, path: str, mtime: float) -> tuple[dict, object]:
-    """Metrics and the encoded browse texts (cached), with progress while computing."""
-    bar = st.progress(0.0, text="evaluating...")
-    m = metrics(name, path, mtime, _progress=_progress(bar, "evaluating on held-out texts"))
-    c = corpus(name, path, mtime, _progress=_progress(bar, "encoding the browsed texts"))
-    bar.empty()
-    return m, c
-
-
 model = pick_model()
 if model is None:
     st.stop()
@@ -464,7 +479,6 @@ def label(path: str) -> str:
 if trained_now:
     saes = sorted({*saes, trained_now})
     st.session_state["sae"] = label(trained_now)
-    st.session_state["computed"] = st.session_state.get("computed", set()) | {trained_now}
 if not saes:
     st.info(f"No SAEs in '{root}' yet: train one above, or with `gatescope sae train`.")
     st.stop()
@@ -489,18 +503,18 @@ try:
     for w in trained.meta.get("warnings", []):
         st.warning(f"at training: {w}")
     key = (name, path, stamp(path))
-    done = st.session_state.setdefault("computed", set())
     run = st.button(
         "Run", key="run", help="evaluate on the held-out texts and encode the browsed texts"
     )
-    if not run and path not in done:
+    if run or (trained_now and path == trained_now):
+        compute(*key)
+    if not computed(*key):
         st.info(
             f"Run evaluates this SAE on {EVAL_TEXTS} held-out texts and encodes "
             f"{BROWSE_TEXTS} texts for the feature pages (once; cached)."
         )
         st.stop()
-    m, _ = compute(*key)
-    done.add(path)
+    m = metrics(*key)
     show_metrics(m)
     st.subheader("Feature browser")
     stats = corpus(*key).stats()
