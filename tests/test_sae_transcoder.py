@@ -153,7 +153,6 @@ def test_transcoder_saves_and_loads_in_saelens_format(tmp_path):
     assert torch.equal(y_hat, sae.decode(sae.encode(x))) and (latents != 0).sum(-1).max() <= K
 
 
-@pytest.mark.slow  # 300 training steps on synthetic pairs
 def test_transcoder_learns_a_sparse_map(tmp_path):
     _, out, held = _train_synthetic(tmp_path, steps=300)
     meta = json.loads((out / "gatescope.json").read_text())
