@@ -131,6 +131,16 @@ def test_transcoder_train_and_eval(trained, tmp_path):
     assert res.exit_code == 0, res.output
     ev = json.loads(res.stdout[res.stdout.index("{") :])
     assert ev["out_site"] == "mlp_out.1" and ev["architecture"] == "topk_transcoder"
+    gate = tmp_path / "gate"  # the gate branch: resid_mid.1 -> act(gate_proj) of layer 1
+    res = runner.invoke(app, [*base, "--out-site", "mlp_gate.1", "--out", str(gate)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["sae", "eval", str(gate), "--text", str(text), "--json"])
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.stdout[res.stdout.index("{") :])
+    assert ev["out_site"] == "mlp_gate.1" and ev["ce_sae"] != ev["ce_orig"]
+    page = runner.invoke(app, ["sae", "features", str(out), "--latent", "2", "--text", str(text)])
+    assert page.exit_code == 0, page.output
+    assert json.loads(page.stdout[page.stdout.index("{") :])["top_logits"]  # mlp_out: residual
     for bad, msg in [("mlp_out.0", "on layer 0"), ("resid_pre.1", "does not follow")]:
         res = runner.invoke(app, [*base, "--out-site", bad, "--out", str(tmp_path / "x")])
         assert res.exit_code == 2 and msg in res.output, res.output

@@ -138,6 +138,9 @@ def test_cli_load_then_eval(registry, tiny_dir, tmp_path):
     res = runner.invoke(app, ["sae", "eval", str(out), "--text", str(text), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout[res.stdout.index("{") :])["site"] == "resid_post.1"
+    res = runner.invoke(app, ["sae", "features", str(out), "--latent", "0", "--text", str(text)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout[res.stdout.index("{") :])["latent"] == 0
     bad = runner.invoke(
         app, ["sae", "load", "no-such-release-xyz", "x", "--out", str(tmp_path / "b")]
     )
