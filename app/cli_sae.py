@@ -1,4 +1,5 @@
-"""``gatescope sae harvest|train|eval|features``: SAEs on any site, gates included."""
+"""``gatescope sae harvest|train|eval|features|load``: SAEs on any site, gates included,
+transcoders of an MLP, and pretrained SAEs from SAELens's registry."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ from app.cli_common import (
 from probe.errors import GatescopeError
 from probe.io import check_out_dir, read_text
 
-sae_app = typer.Typer(help="Sparse autoencoders: harvest activations, train, evaluate, browse.")
+sae_app = typer.Typer(
+    help="Sparse autoencoders and transcoders: harvest activations, train, evaluate, browse, "
+    "load pretrained ones."
+)
 TEXT_HELP = (
     "text file, one document per line; how lines become forward passes: --text-mode; "
     "default: the reference corpus"
@@ -31,11 +35,18 @@ TEXT_MODE_HELP = (
     "lines: each line of --text is its own forward pass (one document per window); "
     "packed: consecutive short lines are joined into windows of up to the model's context"
 )
-TEXT_MODES = ("lines", "packed")
+ARCH_HELP = (
+    "topk, vsae, batchtopk, jumprelu, ... (any SAELens training architecture), or transcoder "
+    "(TopK, from --site to --out-site)"
+)
+OUT_SITE_HELP = (
+    "transcoder output: a later site of the same layer (default: mlp_out of --site's layer; "
+    "e.g. --site resid_mid.1 --out-site mlp_out.1, or mlp_gate.1 for the gate branch)"
+)
 
 
 def _texts(path: Path | None, model, split: str, mode: str = "packed") -> list[str]:
-    from probe.sae.data import fit_texts, read_texts, reference_texts
+    from probe.sae.data import TEXT_MODES, fit_texts, read_texts, reference_texts
 
     if mode not in TEXT_MODES:
         raise GatescopeError(f"--text-mode {mode}: expected one of {', '.join(TEXT_MODES)}")
@@ -56,6 +67,7 @@ def harvest_cmd(
     tokens: int = typer.Option(..., "--tokens", help="tokens to harvest"),
     out: Path = typer.Option(..., "--out", help="store directory (resumed if it exists)"),
     text: Path = typer.Option(None, "--text", help=TEXT_HELP),
+    text_mode: str = typer.Option("packed", "--text-mode", help=TEXT_MODE_HELP),
     shard_tokens: int = typer.Option(65536, "--shard-tokens"),
     batch_size: int = typer.Option(16, "--batch-size", help="texts per forward pass"),
     device: str = typer.Option(None, "--device", help=DEVICE_HELP),
@@ -71,7 +83,7 @@ def harvest_cmd(
         read_text(text, "--text")  # missing, a directory or not UTF-8: before the model loads
     m = load(model, device=device, dtype=dtype)
     where = _one_site(m, site)
-    texts = _texts(text, m, "train")
+    texts = _texts(text, m, "train", text_mode)
     path = harvest(
         m,
         where,
@@ -107,7 +119,14 @@ def train_cmd(
     model: str = typer.Argument(None, help=MODEL_HELP + " (or give --store)"),
     site: str = typer.Option(None, "--site", help="site to train on (with MODEL)"),
     store: Path = typer.Option(None, "--store", help="activation store directory"),
-    arch: str = typer.Option("topk", "--arch", help="topk, vsae, batchtopk, jumprelu, ..."),
+    arch: str = typer.Option("topk", "--arch", help=ARCH_HELP),
+    out_site: str = typer.Option(None, "--out-site", help=OUT_SITE_HELP),
+    out_store: Path = typer.Option(
+        None,
+        "--out-store",
+        help="transcoder from stores: the store of the output site, harvested over the same "
+        "texts as --store (same --text, --text-mode, --tokens, --shard-tokens)",
+    ),
     width: int = typer.Option(
         None, "--width", help="number of latents (default: from the site width and tokens)"
     ),
@@ -124,8 +143,9 @@ def train_cmd(
     reading: str = typer.Option(
         "code",
         "--vsae-reading",
-        help="vSAE: code (released code: z = mu, KL over all latents, no AuxK; reproduces "
-        "the paper's direction) or paper (the text: reparameterised sampling, AuxK)",
+        help="vSAE: code (the authors' released code: z = mu, KL over all latents, no AuxK) "
+        "or paper (the text: reparameterised sampling, AuxK); bench/sae_topk_vs_vsae.py "
+        "measures which reproduces the paper's direction",
     ),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="steps (0: off)"),
     checkpoint_minutes: float = typer.Option(
@@ -138,11 +158,15 @@ def train_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
     device: str = typer.Option(None, "--device", help=DEVICE_HELP),
 ) -> None:
-    """Train an SAE with SAELens's trainer, from the model or from a store."""
+    """Train an SAE (or a transcoder) with SAELens's trainer, from the model or from a store."""
     from probe.sae.train import SAETrainSpec, train_from_model, train_from_store
 
     if (store is None) == (model is None or site is None):
         raise GatescopeError("give MODEL --site SITE, or --store DIR (not both)")
+    if out_store is not None and store is None:
+        raise GatescopeError("--out-store goes with --store (from MODEL, give --out-site)")
+    if out_site is not None and store is not None:
+        raise GatescopeError("from stores, the output site is --out-store's; drop --out-site")
     check_out_dir(out, resume=resume, force=force)
     spec = SAETrainSpec(
         arch=arch,
@@ -166,20 +190,29 @@ def train_cmd(
 
             st = ActivationStore(store)
             st.check(load(model, device=device), st.manifest["site"], force=force)
-        path = train_from_store(store, spec, out, resume=resume, progress=not quiet)
+        path = train_from_store(
+            store, spec, out, resume=resume, progress=not quiet, out_store=out_store
+        )
     else:
         m = load(model, device=device)
         texts = _texts(text, m, "train", text_mode)
         where = _one_site(m, site)
-        path = train_from_model(m, where, spec, out, texts, resume=resume, progress=not quiet)
+        target = None if out_site is None else _one_site(m, out_site)
+        path = train_from_model(
+            m, where, spec, out, texts, resume=resume, progress=not quiet,
+            text_mode=text_mode, out_site=target,
+        )  # fmt: skip
     import json
 
     meta = json.loads((Path(path) / "gatescope.json").read_text())
     used = meta["spec"]
     ev = meta.get("training", {}).get("train_explained_variance")
     ev_text = f", training explained variance {ev:.3f}" if ev is not None else ""
+    what = f"{used['arch']} SAE"
+    if meta.get("out_site"):
+        what = f"transcoder {meta['site']} -> {meta['out_site']}"
     typer.echo(
-        f"saved {arch} SAE ({used['width']} latents, k={used['k']}, {used['tokens']} tokens"
+        f"saved {what} ({used['width']} latents, k={used['k']}, {used['tokens']} tokens"
         f"{ev_text}) to {path}"
     )
 
@@ -227,6 +260,11 @@ def eval_cmd(
     if json_:
         echo_json(result.to_dict())
         return
+    if result.out_site:
+        typer.echo(
+            f"transcoder {result.site} -> {result.out_site} in place of {result.out_site}: "
+            f"reconstruction figures are of {result.out_site}, ablation zeroes it"
+        )
     for group, values in result.saebench().items():
         if group == "feature_density_histogram":
             continue
@@ -307,6 +345,33 @@ def _print_features(report, limit: int = 30) -> None:
             ctx = "".join(words)
         table.add_row(str(f.latent), f"{f.firing_rate:.4f}", f"{f.max_activation:.3f}", ctx)
     Console().print(table)
+
+
+@sae_app.command("load")
+@user_errors
+@model_options
+def load_cmd(
+    release: str = typer.Argument(
+        ..., help="SAELens release, e.g. qwen-scope-3.5-2b-base-w32k-l50"
+    ),
+    sae_id: str = typer.Argument(..., help="SAE id within the release, e.g. layer12"),
+    out: Path = typer.Option(..., "--out", help="gatescope SAE directory to write (new)"),
+    model: str = typer.Option(
+        None, "--model", help="check the sites and widths on this model and record it"
+    ),
+    device: str = typer.Option(None, "--device", help=DEVICE_HELP),
+) -> None:
+    """A pretrained SAE from SAELens's registry, saved where `sae eval` / `sae features` read
+    it (its hook name mapped to a gatescope site)."""
+    from probe.sae.pretrained import load_pretrained
+
+    m = load(model, device=device) if model else None
+    p = load_pretrained(release, sae_id, out=out, model=m, device=device or "cpu")
+    where = str(p.site) if p.out_site is None else f"{p.site} -> {p.out_site}"
+    typer.echo(
+        f"{release} / {sae_id}: {p.architecture}, {p.d_sae} latents on {where} "
+        f"(hook {p.hook_name}) of {m.name if m else p.model}; saved to {p.path}"
+    )
 
 
 def register(app: typer.Typer) -> None:

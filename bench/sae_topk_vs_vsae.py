@@ -14,7 +14,17 @@ sampling with a learned variance, AuxK). The table gives SAEBench's names
 ``model_performance_preservation.ce_loss_score``) and the vSAE collapse diagnostics
 (mean |mu| of the selected latents, mean sigma, fraction of selections decided by noise).
 
+A TopK transcoder of the same layer's MLP (``resid_mid.1 -> mlp_out.1``, from two stores
+harvested over the same texts) gets a row too: its explained variance is of ``mlp_out.1``,
+its CE-loss score with the transcoder in place of the MLP (ablation: the MLP's output
+zeroed).
+
     .venv/bin/python bench/sae_topk_vs_vsae.py [--width 1024] [--k 32] [--tokens 1000000]
+
+A smoke run on a tiny budget (any model directory; minutes on a CPU):
+
+    .venv/bin/python bench/sae_topk_vs_vsae.py --model DIR --tokens 4096 \
+        --store-tokens 4096 --width 64 --k 8 --eval-texts 8
 """
 
 from __future__ import annotations
@@ -29,6 +39,8 @@ import torch
 from probe import load_model
 from probe.sae import SAETrainSpec, evaluate_sae, load_trained, train_from_store
 from probe.sae.data import fit_texts, reference_texts
+from probe.sae.transcoder import default_out_site
+from probe.sites import Site
 from probe.store import harvest
 
 FIELDS = {
@@ -59,52 +71,76 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", default=None, help="folder for stores and SAEs (default: temp)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument(
+        "--transcoder",
+        default="resid_mid.1",
+        help="input site of the transcoder row (output: mlp_out of its layer); '' for none",
+    )
+    parser.add_argument("--batch-size", type=int, default=1024, help="tokens per step")
     parser.add_argument("--json", dest="json_out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(args.work or tempfile.mkdtemp(prefix="sae-compare-"))
     model = load_model(args.model)
-    train = fit_texts(reference_texts("train"), model)
+    train_texts = fit_texts(reference_texts("train"), model)
     held_out = fit_texts(reference_texts("eval"), model)[: args.eval_texts]
     rows = []
+
+    def spec_of(arch: str, reading: str = "code") -> SAETrainSpec:
+        return SAETrainSpec(
+            arch=arch,
+            width=args.width,
+            k=args.k,
+            tokens=args.tokens,
+            batch_size=args.batch_size,
+            beta=args.beta,
+            vsae_reading=reading,
+            checkpoint_every=0,
+            checkpoint_minutes=0,
+        )
+
+    def store_of(site: str) -> Path:
+        return harvest(model, site, train_texts, args.store_tokens, work / f"store-{site}")
+
+    def row(site: str, name: str, out: Path) -> None:
+        result = evaluate_sae(model, load_trained(out), held_out)
+        meta = json.loads((out / "gatescope.json").read_text())
+        training = meta.get("training", {})
+        rows.append(
+            {
+                "site": site,
+                "variant": name,
+                **{f: getattr(result, attr) for f, attr in FIELDS.items()},
+                **{d: training.get(d, float("nan")) for d in DIAG},
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+
     for site in args.sites.split(","):
-        store = harvest(model, site, train, args.store_tokens, work / f"store-{site}")
+        store = store_of(site)
         for name in args.variants.split(","):
             arch, reading = VARIANTS[name]
-            spec = SAETrainSpec(
-                arch=arch,
-                width=args.width,
-                k=args.k,
-                tokens=args.tokens,
-                beta=args.beta,
-                vsae_reading=reading,
-                checkpoint_every=0,
-                checkpoint_minutes=0,
-            )
             out = work / f"{name}-{site}"
             if not (out / "cfg.json").exists():
-                train_from_store(store, spec, out)
-            result = evaluate_sae(model, load_trained(out), held_out)
-            meta = json.loads((out / "gatescope.json").read_text())
-            train = meta.get("training", {})
-            rows.append(
-                {
-                    "site": site,
-                    "variant": name,
-                    **{f: getattr(result, attr) for f, attr in FIELDS.items()},
-                    **{d: train.get(d, float("nan")) for d in DIAG},
-                }
-            )
-            print(json.dumps(rows[-1]), flush=True)
+                train_from_store(store, spec_of(arch, reading), out)
+            row(site, name, out)
+    if args.transcoder:
+        source = Site.parse(args.transcoder)
+        target = default_out_site(source)
+        out = work / f"transcoder-{source}"
+        if not (out / "cfg.json").exists():
+            stores = store_of(str(source)), store_of(str(target))
+            train_from_store(stores[0], spec_of("transcoder"), out, out_store=stores[1])
+        row(f"{source}->{target.kind}", "transcoder", out)
     print(
         f"\n{args.model}: width {args.width}, k {args.k}, {args.tokens:,} training tokens "
         f"from {args.store_tokens:,} harvested, vSAE beta {args.beta}"
     )
     short = [f.split(".")[-1] for f in FIELDS] + list(DIAG)
-    print(f"{'site':14s}{'variant':12s}" + "".join(n[:18].rjust(19) for n in short))
+    print(f"{'site':22s}{'variant':12s}" + "".join(n[:18].rjust(19) for n in short))
     for r in rows:
         vals = [r[f] for f in FIELDS] + [r[d] for d in DIAG]
-        print(f"{r['site']:14s}{r['variant']:12s}" + "".join(f"{v:19.3f}" for v in vals))
+        print(f"{r['site']:22s}{r['variant']:12s}" + "".join(f"{v:19.3f}" for v in vals))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=2))
 

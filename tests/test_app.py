@@ -3,7 +3,7 @@
 import pytest
 from conftest import ROOT, needs_reference
 from streamlit.testing.v1 import AppTest
-from tiny import prompts, save_tiny
+from tiny import save_tiny
 
 HOME = str(ROOT / "app" / "Home.py")
 GATES = str(ROOT / "app" / "pages" / "1_Gates.py")
@@ -190,67 +190,7 @@ def test_feature_pages_on_the_reference_model(monkeypatch, page):
     assert not at.exception and not at.error and at.get("plotly_chart")
 
 
-SAES = str(ROOT / "app" / "pages" / "4_SAEs.py")
-
-
-@pytest.fixture(scope="module")
-def tiny_sae_root(model_dir, tmp_path_factory):
-    from probe import load_model
-    from probe.sae import SAETrainSpec, train_from_model
-
-    root = tmp_path_factory.mktemp("saes")
-    spec = SAETrainSpec(width=32, k=4, tokens=1200, batch_size=200, checkpoint_every=0)
-    texts = prompts(40, 12)
-    train_from_model(load_model(model_dir), "resid_post.1", spec, root / "a", texts, progress=False)
-    return root
-
-
-def test_saes_page_metrics_browser_and_steering(tiny_app, tiny_sae_root, monkeypatch):
-    monkeypatch.setenv("GATESCOPE_SAE_DIR", str(tiny_sae_root))
-    at = _run(SAES)
-    assert not at.error
-    assert [m.label for m in at.metric][:4] == [
-        "L0",
-        "explained variance",
-        "dead fraction",
-        "CE-loss score",
-    ]
-    assert float(at.metric[0].value) <= 4  # TopK: at most k active latents
-    assert at.get("plotly_chart")  # firing rates (and contexts where the latent fires)
-    assert any("steered with latent" in m.value for m in at.markdown)
-    at.number_input(key="latent").set_value(31).run()
-    assert not at.exception and not at.error
-    at.number_input(key="latent").set_value(0).run()
-    at.text_input(key="steer_prompt").set_value("").run()
-    assert not at.exception and "empty" in at.error[0].value
-
-
-def test_saes_page_missing_directory_then_training(tiny_app, tmp_path, monkeypatch):
-    monkeypatch.setenv("GATESCOPE_SAE_DIR", str(tmp_path / "none"))
-    at = _run(SAES)
-    assert "does not exist" in at.warning[0].value and not at.error
-    at.text_input(key="sae_dir").set_value(str(tmp_path / "new")).run()
-    at.selectbox(key="width").set_value(64)
-    at.selectbox(key="tokens").set_value(2000)
-    at.button[0].click().run()
-    assert not at.exception and not at.error, at.error
-    assert len(list((tmp_path / "new").glob("*/sae_weights.safetensors"))) == 1
-    assert at.selectbox(key="sae").value.startswith(str(tmp_path / "new"))
-    assert [m.label for m in at.metric][0] == "L0"
-
-
-@pytest.mark.slow  # trains on 5000 tokens: about 30 s of CPU
-@needs_reference
-def test_saes_page_trains_and_browses_on_the_reference_model(monkeypatch, tmp_path):
-    monkeypatch.delenv("GATESCOPE_MODEL", raising=False)
-    monkeypatch.setenv("GATESCOPE_SAE_DIR", str(tmp_path))
-    at = _run(SAES)
-    at.selectbox(key="tokens").set_value(5000)
-    at.button[0].click().run()
-    assert not at.exception and not at.error, at.error
-    assert len(at.get("plotly_chart")) == 2  # firing rates, top contexts of the busiest latent
-    explained = float(at.metric[1].value)
-    assert 0 < explained <= 1
+# The SAEs page has its own tests: tests/test_sae_page.py.
 
 
 @pytest.mark.slow  # runs the reference model's full computation

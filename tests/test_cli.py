@@ -200,6 +200,7 @@ NO_JSON = {
     "reference bundle": "installs a model into data/models",
     "sae harvest": "--out is the activation store directory",
     "sae train": "--out is the SAE directory",
+    "sae load": "--out is the SAE directory",
 }
 NO_MODEL = {"app", "reference train", "reference tasks", "reference bundle"}
 

@@ -81,3 +81,67 @@ def test_bad_train_inputs(trained, tmp_path):
         res = runner.invoke(app, [*base, "--out", str(tmp_path / "x"), *extra])
         assert res.exit_code == 2 and msg in res.output, res.output
         assert not (tmp_path / "x").exists()
+
+
+def test_text_mode_lines_gives_one_window_per_line(trained, tmp_path):
+    """train and harvest honour --text-mode: lines makes one forward pass per line, packed
+    joins short lines into context-sized windows."""
+    from probe import load_model
+    from probe.store import ActivationStore
+
+    model, text, _, _ = trained
+    lines = text.read_text().splitlines()
+    windows = {}
+    for mode in ("lines", "packed"):
+        out = tmp_path / f"sae-{mode}"
+        res = runner.invoke(
+            app,
+            ["sae", "train", model, "--site", "resid_post.1", "--out", str(out), "--text",
+             str(text), "--text-mode", mode, "--width", "32", "--k", "4", "--tokens", "256",
+             "--batch-size", "128", "--quiet"],
+        )  # fmt: skip
+        assert res.exit_code == 0, res.output
+        meta = json.loads((out / "gatescope.json").read_text())
+        assert meta["text_mode"] == mode
+        windows[mode] = meta["windows"]
+    assert windows["lines"] == len(lines) and windows["packed"] < len(lines)
+    tok = load_model(model).tokenizer
+    total = sum(len(tok(line)["input_ids"]) for line in lines)
+    store = tmp_path / "store"
+    res = runner.invoke(
+        app,
+        ["sae", "harvest", model, "--site", "resid_post.1", "--tokens", str(total), "--out",
+         str(store), "--text", str(text), "--text-mode", "lines"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    manifest = ActivationStore(store).manifest
+    assert manifest["tokens"] == total and manifest["texts_done"] == len(lines)
+
+
+def test_transcoder_train_and_eval(trained, tmp_path):
+    model, text, _, _ = trained
+    out = tmp_path / "tc"
+    base = ["sae", "train", model, "--arch", "transcoder", "--site", "resid_mid.1", "--text",
+            str(text), "--width", "32", "--k", "4", "--tokens", "512", "--batch-size", "128",
+            "--quiet"]  # fmt: skip
+    res = runner.invoke(app, [*base, "--out-site", "mlp_out.1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "transcoder resid_mid.1 -> mlp_out.1" in res.output
+    res = runner.invoke(app, ["sae", "eval", str(out), "--text", str(text), "--json"])
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.stdout[res.stdout.index("{") :])
+    assert ev["out_site"] == "mlp_out.1" and ev["architecture"] == "topk_transcoder"
+    gate = tmp_path / "gate"  # the gate branch: resid_mid.1 -> act(gate_proj) of layer 1
+    res = runner.invoke(app, [*base, "--out-site", "mlp_gate.1", "--out", str(gate)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["sae", "eval", str(gate), "--text", str(text), "--json"])
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.stdout[res.stdout.index("{") :])
+    assert ev["out_site"] == "mlp_gate.1" and ev["ce_sae"] != ev["ce_orig"]
+    page = runner.invoke(app, ["sae", "features", str(out), "--latent", "2", "--text", str(text)])
+    assert page.exit_code == 0, page.output
+    assert json.loads(page.stdout[page.stdout.index("{") :])["top_logits"]  # mlp_out: residual
+    for bad, msg in [("mlp_out.0", "on layer 0"), ("resid_pre.1", "does not follow")]:
+        res = runner.invoke(app, [*base, "--out-site", bad, "--out", str(tmp_path / "x")])
+        assert res.exit_code == 2 and msg in res.output, res.output
+        assert not (tmp_path / "x").exists()

@@ -153,6 +153,36 @@ def test_vsae_readings_on_a_known_sparse_dictionary(tmp_path):
     assert t["mean_sigma"] == pytest.approx(1.0)
     assert t["noise_fraction"] > 0.25 and t["mean_abs_mu"] < t["mean_sigma"], t
     assert any("posterior collapse" in w for w in meta["warnings"]), meta["warnings"]
+    assert t["collapse_detected_at_step"] < 400  # warned during training, not only at the end
+
+
+def test_collapse_is_reported_while_training(tmp_path, capsys):
+    """The paper reading with sigma fixed at 1: the running diagnostics reach the callback
+    (and the progress bar) every few steps, and collapse is warned about during training,
+    at the first check after the KL warm-up, not only at the end."""
+    torch.manual_seed(0)
+    d, n, steps = 32, 48, 110
+    dictionary = torch.nn.functional.normalize(torch.randn(n, d), dim=-1)
+    spec = small(
+        "vsae", width=48, k=3, tokens=128 * steps, batch_size=128, lr=3e-3,
+        vsae_reading="paper", learn_variance=False,
+    )  # fmt: skip
+    source = {"model": "synthetic", "site": "resid_post.0", "site_shape": [d]}
+    seen = []
+    out = train_sae(
+        spec, lambda skip: _dictionary_batches(dictionary, 128, 3, seed=1), d,
+        tmp_path / "v", source, progress=False, callback=seen.append,
+    )  # fmt: skip
+    meta = json.loads((out / "gatescope.json").read_text())
+    assert meta["training"]["collapse_detected_at_step"] == 50  # first check: WINDOW steps
+    err = capsys.readouterr().err
+    assert "warning at step 50 of 110: vSAE posterior collapse" in err
+    assert [i["step"] for i in seen] == list(range(1, steps + 1))
+    last = seen[-1]
+    assert last["mean_sigma"] == pytest.approx(1.0) and last["noise_fraction"] > 0.25
+    from probe.sae.train import _describe
+
+    assert "noise" in _describe(last) and "|mu|" in _describe(last)
 
 
 def test_default_spec_follows_the_data():
@@ -509,8 +539,11 @@ def test_latent_dashboard(model, tmp_path):
     lat = max(range(32), key=lambda i: ev.feature_frequency[i])
     page = latent_dashboard(model, tr, TEXTS[:30], lat, top=5, window=3, quantiles=4)
     assert page.tokens == ev.tokens and page.firing_rate == pytest.approx(ev.feature_frequency[lat])
-    keys = [tuple(c.tokens) for c in page.top_contexts]
+    keys = [(c.text_index, c.position) for c in page.top_contexts]
     assert len(keys) == len(set(keys)) and 0 < len(keys) <= 5
+    for i, a in enumerate(page.top_contexts):  # no two from overlapping windows of one text
+        for b in page.top_contexts[i + 1 :]:
+            assert a.text_index != b.text_index or abs(a.position - b.position) > 2 * 3
     acts = [c.activation for c in page.top_contexts]
     assert acts == sorted(acts, reverse=True) and acts[0] == pytest.approx(page.max_activation)
     for c in page.top_contexts:
@@ -521,10 +554,12 @@ def test_latent_dashboard(model, tmp_path):
     for q in page.quantile_contexts:
         for c in q["contexts"]:
             assert q["low"] < c.activation <= q["high"] + 1e-6
+    # through the final norm (Qwen3-Next: x / rms(x) * (1 + w)) and the unembedding
     w_u = model.hf.get_output_embeddings().weight.detach()
-    logits = w_u @ tr.sae.W_dec[lat].detach()
-    assert page.top_logits[0][1] == pytest.approx(float(logits.max()), rel=1e-5)
-    assert page.bottom_logits[0][1] == pytest.approx(float(logits.min()), rel=1e-5)
+    gain = 1 + model.hf.model.norm.weight.detach()
+    logits = w_u @ (gain * tr.sae.W_dec[lat].detach())
+    assert page.top_logits[0][1] == pytest.approx(float(logits.max()), rel=1e-4)
+    assert page.bottom_logits[0][1] == pytest.approx(float(logits.min()), rel=1e-4)
     assert tr.meta["spec"]["width"] == 32
     with pytest.raises(GatescopeError, match="--latent 99"):
         latent_dashboard(model, tr, TEXTS[:4], 99)

@@ -7,7 +7,13 @@
    into context-sized windows unless ``pack=False``.
 3. ``store_provider`` / ``model_provider``: endless iterators of ``(batch, d_in)`` tensors
    for SAELens's ``SAETrainer`` (its ``DataProvider``), from an :class:`ActivationStore` or
-   straight from the model through ``probe.Tracer`` with a shuffling buffer.
+   straight from the model through ``probe.Tracer`` with a shuffling buffer. For a
+   transcoder, batches are ``[x | y]``: the input and output sites at the same tokens, from
+   one forward pass (``model_provider(..., out_site=...)``) or from two stores harvested
+   over the same texts (``paired_store_provider``: same shards, so the same shuffle).
+   Texts whose activations fit in :data:`CACHE_BYTES` are run through the model once and
+   their activations reshuffled each epoch (``capture_all`` + ``memory_provider``) instead
+   of being recomputed every epoch.
 """
 
 from __future__ import annotations
@@ -21,6 +27,11 @@ from probe.errors import GatescopeError
 from probe.model import Model
 from probe.sites import Site
 from probe.store import ActivationStore, capture_tokens
+
+#: How lines of text become forward passes: each its own window, or packed together.
+TEXT_MODES = ("lines", "packed")
+#: Activations of the training texts up to this size are kept in memory for all epochs.
+CACHE_BYTES = 256 * 2**20
 
 
 def reference_texts(split: str = "train", scale: float = 0.25, seed: int = 0) -> list[str]:
@@ -121,6 +132,105 @@ def store_provider(
         epoch += 1
 
 
+def capture_pair(
+    model: Model, site: Site, out_site: Site, texts: Sequence[str], first: int = 0
+) -> torch.Tensor:
+    """``[x | y]`` (n_tokens, d_in + d_out): two sites at every real token of ``texts``, from
+    one forward pass."""
+    from probe.tracer import Tracer
+
+    batch = model.tokenize(list(texts))
+    with Tracer(model, [site, out_site]) as tr, torch.no_grad():
+        model.forward(batch.input_ids, batch.attention_mask)
+    parts = []
+    for s in (site, out_site):
+        value = tr[s][batch.attention_mask.bool().to(tr[s].device)]  # (n_tokens, ...)
+        parts.append(value.flatten(1).to("cpu", torch.float32))
+    acts = torch.cat(parts, dim=1)
+    if torch.isnan(acts).any():
+        raise GatescopeError(
+            f"NaN activations at {site} or {out_site} in texts {first}-{first + len(texts) - 1};"
+            " check the model's dtype (try float32) and those inputs"
+        )
+    return acts
+
+
+def check_paired_stores(store: ActivationStore, out_store: ActivationStore) -> None:
+    """Refuse two stores that do not hold the same tokens in the same shards (they must be
+    harvested from one model over the same texts with the same --tokens and --shard-tokens)."""
+    a, b = store.manifest, out_store.manifest
+    same = {
+        "model": a["model"] == b["model"],
+        "weights": a.get("model_fingerprint") == b.get("model_fingerprint"),
+        "tokens": a["tokens"] == b["tokens"],
+        "shards": [s["tokens"] for s in a["shards"]] == [s["tokens"] for s in b["shards"]],
+        "texts": a.get("texts_done") == b.get("texts_done"),
+        "tokenizer": a.get("tokenizer") == b.get("tokenizer"),
+    }
+    differ = [name for name, ok in same.items() if not ok]
+    if differ:
+        raise GatescopeError(
+            f"stores {store.path} ({a['site']}) and {out_store.path} ({b['site']}) differ in "
+            f"{', '.join(differ)}: a transcoder needs both sites at the same tokens; harvest "
+            "both from one model with the same --text, --text-mode, --tokens and --shard-tokens"
+        )
+
+
+def paired_store_provider(
+    store: ActivationStore,
+    out_store: ActivationStore,
+    batch_size: int,
+    seed: int = 0,
+    skip: int = 0,
+) -> Iterator[torch.Tensor]:
+    """Endless ``[x | y]`` batches from two aligned stores (the same shuffle of both)."""
+    check_paired_stores(store, out_store)
+    xs = store_provider(store, batch_size, seed, skip)
+    ys = store_provider(out_store, batch_size, seed, skip)
+    for x, y in zip(xs, ys, strict=True):
+        yield torch.cat([x, y], dim=1)
+
+
+@torch.no_grad()
+def capture_all(
+    model: Model,
+    site: Site,
+    texts: Sequence[str],
+    out_site: Site | None = None,
+    text_batch: int = 16,
+) -> torch.Tensor:
+    """(n_tokens, width) activations of every real token of ``texts`` (``[x | y]`` with
+    ``out_site``), in order."""
+    parts = []
+    for i in range(0, len(texts), text_batch):
+        chunk = list(texts[i : i + text_batch])
+        if out_site is None:
+            parts.append(capture_tokens(model, site, chunk, first=i))
+        else:
+            parts.append(capture_pair(model, site, out_site, chunk, first=i))
+    return torch.cat(parts)
+
+
+def memory_provider(
+    acts: torch.Tensor, batch_size: int, seed: int = 0, skip: int = 0
+) -> Iterator[torch.Tensor]:
+    """Endless shuffled ``(batch_size, width)`` batches of ``acts``; epoch e is shuffled with
+    seed ``seed + e``; the last partial batch of an epoch is dropped."""
+    if len(acts) < batch_size:
+        raise GatescopeError(
+            f"the texts hold {len(acts)} tokens, fewer than one batch ({batch_size}); give "
+            "more text or lower --batch-size"
+        )
+    epoch, n = 0, 0
+    while True:
+        order = torch.randperm(len(acts), generator=torch.Generator().manual_seed(seed + epoch))
+        for s in range(0, len(acts) - batch_size + 1, batch_size):
+            n += 1
+            if n > skip:
+                yield acts[order[s : s + batch_size]]
+        epoch += 1
+
+
 def model_provider(
     model: Model,
     site: Site,
@@ -130,9 +240,11 @@ def model_provider(
     skip: int = 0,
     text_batch: int = 16,
     buffer_batches: int = 8,
+    out_site: Site | None = None,
 ) -> Iterator[torch.Tensor]:
     """Endless batches harvested on the fly: fill a buffer of ``buffer_batches`` batches of
-    tokens, shuffle it, yield its full batches, keep the remainder."""
+    tokens, shuffle it, yield its full batches, keep the remainder. With ``out_site`` each
+    row is ``[x | y]`` (a transcoder's input and output at one token)."""
     g = torch.Generator().manual_seed(seed)
     rest = torch.empty(0)
     n, i = 0, 0
@@ -141,7 +253,10 @@ def model_provider(
         have = len(rest)
         while have < buffer_batches * batch_size:
             chunk = [texts[(i + j) % len(texts)] for j in range(text_batch)]
-            acts = capture_tokens(model, site, chunk, first=i % len(texts))  # (n_tok, d_in)
+            if out_site is None:
+                acts = capture_tokens(model, site, chunk, first=i % len(texts))  # (n_tok, d_in)
+            else:
+                acts = capture_pair(model, site, out_site, chunk, first=i % len(texts))
             parts.append(acts)
             have += len(acts)
             i += text_batch

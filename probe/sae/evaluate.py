@@ -10,6 +10,12 @@ For every batch of texts, three forward passes:
    firing counts; the logits give ``CE_sae``.
 2. Clean: ``CE_orig``. 3. Ablated (the site zeroed): ``CE_ablate``.
 
+A transcoder (input site -> output site of one layer) is spliced in place of what it
+replaces: its input site is read and the output site is overwritten by the transcoder's
+output of that input, at every token (e.g. ``mlp_out`` <- T(``resid_mid``): the MLP
+replaced); x / x_hat below are then the output site's value and the transcoder's output,
+and ablating zeroes the output site (the MLP's contribution).
+
 Explained variance = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2; dead fraction = latents
 that never fire over the evaluation tokens; CE-loss score =
 (CE_ablate - CE_sae) / (CE_ablate - CE_orig). CE is next-token cross-entropy over real tokens.
@@ -55,6 +61,9 @@ class SAEEval:
         mse: mean squared error per element; cossim: mean cosine(x, x_hat) per token.
         l1: mean sum |latents| per token; l2_norm_in / l2_norm_out: mean ||x||, ||x_hat||.
         text_mode: ``lines`` (one document per line) or ``packed``.
+        out_site: a transcoder's output site (then explained variance, MSE, cosine and norms
+            are of that site, e.g. the MLP output; the CE / KL scores splice the
+            transcoder in place of it and ablate by zeroing it); None for an SAE.
         feature_frequency: per latent, fraction of tokens on which it fires.
     """
 
@@ -82,6 +91,7 @@ class SAEEval:
     l2_norm_in: float = float("nan")
     l2_norm_out: float = float("nan")
     text_mode: str = "packed"
+    out_site: str | None = None
     feature_frequency: list[float] = field(repr=False, default_factory=list)
 
     def density_histogram(self, bins: int = 20) -> dict:
@@ -199,8 +209,8 @@ def _splice(trained: TrainedSAE, stats: _Stats, clip: bool, where: str):
         x = value.flatten(2)  # (B, T, d_in)
         if torch.isnan(x).any():
             raise GatescopeError(f"NaN activations at {trained.site} in {where}")
-        f = trained.encode(x)  # (B, T, d_sae)
-        x_hat = trained.sae.decode(f).to(value.dtype)  # pyright: ignore[reportCallIssue]
+        x_hat, f = trained.forward_with_latents(x)  # (B, T, d_in), (B, T, d_sae)
+        x_hat = x_hat.to(value.dtype)
         if clip:
             x_hat = x_hat.clamp(0.0, 1.0)
         real = info.attention_mask.bool().to(x.device)  # (B, T)
@@ -208,6 +218,43 @@ def _splice(trained: TrainedSAE, stats: _Stats, clip: bool, where: str):
         return x_hat.view_as(value)
 
     return fn
+
+
+def transcoder_entries(trained: TrainedSAE, on_output=None, clip: bool = False, where: str = ""):
+    """Hook entries (for ``hook_sites(..., write=True)``) that splice a transcoder in place of
+    what it replaces: the input site is read, the output site is replaced by the
+    transcoder's output of that input. ``on_output(y, y_hat, latents, info)`` sees each
+    pass's true output, the transcoder's, and its latents ((B, T, ...) each)."""
+    held: dict[str, torch.Tensor] = {}
+
+    def read_input(value: torch.Tensor, info) -> None:
+        if torch.isnan(value).any():
+            raise GatescopeError(f"NaN activations at {trained.site} in {where}")
+        held["x"] = value.flatten(2)  # (B, T, d_in)
+
+    def write_output(value: torch.Tensor, info) -> torch.Tensor:
+        if "x" not in held:
+            raise GatescopeError(
+                f"{trained.out_site} ran before {trained.site}: the transcoder's input must "
+                "come first in the layer"
+            )
+        y_hat, f = trained.forward_with_latents(held.pop("x"))  # (B, T, d_out), (B, T, d_sae)
+        y_hat = y_hat.to(value.dtype)
+        if clip:
+            y_hat = y_hat.clamp(0.0, 1.0)
+        if on_output is not None:
+            on_output(value.flatten(2), y_hat, f, info)
+        return y_hat.view_as(value)
+
+    return [(trained.site, read_input), (trained.out_site, write_output)]
+
+
+def _transcode(trained: TrainedSAE, stats: _Stats, clip: bool, where: str):
+    def record(y, y_hat, f, info):
+        real = info.attention_mask.bool().to(y.device)  # (B, T)
+        stats.update(y[real], y_hat[real], f[real])
+
+    return transcoder_entries(trained, record, clip, where)
 
 
 def _ce_score(orig: float, sae: float, ablate: float) -> float:
@@ -225,11 +272,13 @@ def evaluate_sae(
     text_mode: str = "packed",
     force: bool = False,
     progress: bool = False,
+    callback=None,
 ) -> SAEEval:
     """Evaluate ``trained`` on ``texts`` (see the module docstring); ``text_mode`` records
-    how the texts were cut (``lines`` or ``packed``)."""
+    how the texts were cut (``lines`` or ``packed``); ``callback(done, total)`` after each
+    batch of texts."""
     check_sae_site(model, trained, force=force)
-    site = trained.site
+    site = trained.decoder_site  # what is replaced: the site, or a transcoder's output
     clip = model.family.taps[site.kind].transform == "sigmoid"
     stats = _Stats(trained.width)
     ce = {"orig": [0.0, 0], "sae": [0.0, 0], "ablate": [0.0, 0]}
@@ -237,16 +286,17 @@ def evaluate_sae(
     kl = {"sae": 0.0, "ablate": 0.0}
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(texts), unit="text", desc=f"sae eval {site}", disable=not progress)
+    what = f"{trained.site}->{site}" if trained.is_transcoder else str(site)
+    bar = tqdm(total=len(texts), unit="text", desc=f"sae eval {what}", disable=not progress)
     for start in range(0, len(texts), batch_size):
         batch = model.tokenize(list(texts[start : start + batch_size]))
         ids, mask = batch.input_ids, batch.attention_mask
         where = f"texts {start}-{start + len(ids) - 1}"
-        runs = {
-            "orig": [],
-            "sae": [(site, _splice(trained, stats, clip, where))],
-            "ablate": zero,
-        }
+        if trained.is_transcoder:
+            spliced = _transcode(trained, stats, clip, where)
+        else:
+            spliced = [(site, _splice(trained, stats, clip, where))]
+        runs = {"orig": [], "sae": spliced, "ablate": zero}
         clean = None
         for name, entries in runs.items():
             with hook_sites(model, entries, write=bool(entries)):
@@ -259,6 +309,8 @@ def evaluate_sae(
             else:
                 kl[name] += _kl(clean, logits, mask)
         bar.update(len(ids))
+        if callback is not None:
+            callback(min(start + batch_size, len(texts)), len(texts))
     bar.close()
     if stats.n == 0:
         raise GatescopeError("no evaluation tokens; give some evaluation text")
@@ -266,7 +318,7 @@ def evaluate_sae(
     live = float((stats.fires > 0).float().mean())
     return SAEEval(
         path=str(trained.path),
-        site=str(site),
+        site=str(trained.site),
         model=model.name,
         architecture=trained.architecture,
         width=trained.width,
@@ -289,5 +341,6 @@ def evaluate_sae(
         l2_norm_in=stats.norm_in / stats.n,
         l2_norm_out=stats.norm_out / stats.n,
         text_mode=text_mode,
+        out_site=None if trained.out_site is None else str(trained.out_site),
         feature_frequency=(stats.fires.double() / stats.n).tolist(),
     )

@@ -7,8 +7,14 @@ direction from a latent's decoder row (as in Bricken et al. 2023 / Templeton et 
 2. Pass 2 over only the texts that hold a kept context: encode again and cut, per context,
    a window of ``window`` tokens either side with the latent's activation at each token.
 3. ``latent_direction``: the decoder row ``W_dec[i]`` (unit norm), reshaped to the site's
-   per-token shape, with provenance, for
+   per-token shape (a transcoder's: its output site's), with provenance, for
    ``interventions.SteeringVector(**d.steering_kwargs())``.
+
+Tokens are shown as text by :func:`token_strings`: a character split over several byte
+tokens is shown whole on the token that completes it (its earlier pieces show as empty),
+never as U+FFFD. Contexts are de-duplicated by :class:`_Distinct`: no two from overlapping
+windows of one text, none whose text around the peak (``CORE`` tokens either side) repeats
+another's, so a sentence that recurs across documents is shown once.
 """
 
 from __future__ import annotations
@@ -24,6 +30,60 @@ from probe.errors import GatescopeError
 from probe.model import Model
 from probe.sae.io import TrainedSAE, check_sae_site
 from probe.store import capture_tokens
+
+REPLACEMENT = "\ufffd"
+CORE = 3  # tokens either side of the peak that make a context's identity
+
+
+def token_strings(tokenizer, ids: Sequence[int]) -> list[str]:
+    """One string per token of ``ids``; their concatenation is ``tokenizer.decode(ids)``
+    where the tokenizer decodes piecewise. Byte tokens that only together make a character
+    (byte-level BPE) are grouped: the character shows on the last of them, the others are
+    empty, so no U+FFFD appears for a character the text holds whole."""
+    ids = [int(i) for i in ids]
+    out: list[str] = []
+    start = 0
+    for i in range(len(ids)):
+        text = tokenizer.decode(ids[start : i + 1])
+        incomplete = text.endswith(REPLACEMENT) and i + 1 < len(ids) and i - start < 3
+        if incomplete:
+            out.append("")
+            continue
+        out.append(text)
+        start = i + 1
+    return out
+
+
+def _byte_decoder() -> dict[str, int]:
+    """The inverse of byte-level BPE's byte-to-character table (GPT-2's)."""
+    bs = list(range(ord("!"), ord("~") + 1))
+    bs += list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), ord("\xff") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+
+
+def token_label(tokenizer, token_id: int) -> str:
+    """A single token as text; a piece of a multi-byte character (which alone decodes to
+    U+FFFD) as its bytes, e.g. ``<0xE2 0x80>``."""
+    text = tokenizer.decode([int(token_id)])
+    if REPLACEMENT not in text:
+        return text
+    raw = tokenizer.convert_ids_to_tokens(int(token_id)) or ""
+    table = _byte_decoder()
+    if raw and all(ch in table for ch in raw):
+        data = bytes(table[ch] for ch in raw)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return "<" + " ".join(f"0x{b:02X}" for b in data) + ">"
+    m = raw.strip("<>")
+    return f"<{m}>" if m else text
 
 
 @dataclass
@@ -119,7 +179,8 @@ def top_contexts(
     bad = [i for i in latents if not 0 <= i < trained.width]
     if bad:
         raise GatescopeError(f"latent {bad[0]}: the SAE has latents 0..{trained.width - 1}")
-    best_v, best_i, fires, offsets, n_tok = _top_tokens(model, trained, texts, top, batch_size)
+    n_best = top * CANDIDATES  # more candidates than shown: duplicates are dropped
+    best_v, best_i, fires, offsets, n_tok = _top_tokens(model, trained, texts, n_best, batch_size)
     wanted: dict[int, list[tuple[int, int, int, float]]] = defaultdict(list)
     for lat in latents:
         for v, g in zip(best_v[:, lat].tolist(), best_i[:, lat].tolist(), strict=True):
@@ -129,7 +190,9 @@ def top_contexts(
     contexts = _windows(model, trained, texts, wanted, window)
     features = []
     for lat in latents:
-        ctx = sorted(contexts.get(lat, []), key=lambda c: -c.activation)
+        ranked = sorted(contexts.get(lat, []), key=lambda c: -c.activation)
+        keep = _Distinct(window)
+        ctx = [c for c in ranked if keep.add(c, texts[c.text_index])][:top]
         top_v = float(best_v[0, lat]) if len(best_v) else 0.0
         features.append(
             LatentFeatures(lat, float(fires[lat]) / max(n_tok, 1), max(top_v, 0.0), ctx)
@@ -137,13 +200,41 @@ def top_contexts(
     return FeatureReport(str(trained.path), str(trained.site), n_tok, features)
 
 
+CANDIDATES = 4  # top contexts considered per context shown
+
+
+class _Distinct:
+    """Accepts a context unless one already accepted comes from an overlapping window of
+    the same document (or of a document with the same tokens), or has the same text within
+    ``CORE`` tokens of its peak (whitespace aside): the same sentence in another document
+    is a repeat."""
+
+    def __init__(self, window: int):
+        self.window = window
+        self.positions: dict = defaultdict(list)
+        self.cores: set[str] = set()
+
+    def add(self, c: LatentContext, doc=None) -> bool:
+        """``doc``: what identifies the document (default: its index), e.g. its tokens."""
+        near = self.positions[c.text_index if doc is None else doc]
+        if any(abs(c.position - p) <= 2 * self.window for p in near):
+            return False
+        lo = max(0, c.center - CORE)
+        core = " ".join("".join(c.tokens[lo : c.center + CORE + 1]).split())
+        if core in self.cores:
+            return False
+        near.append(c.position)
+        self.cores.add(core)
+        return True
+
+
 def _windows(model, trained, texts, wanted, window) -> dict[int, list[LatentContext]]:
     out: dict[int, list[LatentContext]] = defaultdict(list)
-    tok = model.tokenizer
     for t, items in sorted(wanted.items()):
         f, _ = _encode_texts(model, trained, [texts[t]])  # (T, d_sae)
-        ids = model.tokenize([texts[t]]).input_ids[0].tolist()
-        words = [tok.decode([i]) for i in ids]
+        batch = model.tokenize([texts[t]])
+        ids = batch.input_ids[0][batch.attention_mask[0].bool()].tolist()
+        words = token_strings(model.tokenizer, ids)
         for lat, pos, _, v in items:
             lo, hi = max(0, pos - window), min(len(ids), pos + window + 1)
             acts = [round(float(a), 4) for a in f[lo:hi, lat]]
@@ -191,7 +282,8 @@ class LatentDirection:
 
 
 def latent_direction(trained: TrainedSAE, latent: int) -> LatentDirection:
-    """The decoder row of ``latent`` as a unit direction at the SAE's site."""
+    """The decoder row of ``latent`` as a unit direction at the SAE's site (a transcoder's:
+    at its output site, where the decoder writes)."""
     if not 0 <= latent < trained.width:
         raise GatescopeError(f"latent {latent}: the SAE has latents 0..{trained.width - 1}")
     row = trained.sae.W_dec[latent].detach().float().cpu()  # pyright: ignore[reportIndexIssue]  # (d_in,)
@@ -205,8 +297,8 @@ def latent_direction(trained: TrainedSAE, latent: int) -> LatentDirection:
         "model": trained.model,
         "latent": latent,
     }
-    direction = (row / norm).reshape(trained.site_shape)  # (d,) or (H, d)
-    return LatentDirection(direction, str(trained.site), latent, norm, prov)
+    direction = (row / norm).reshape(trained.decoder_shape)  # (d,) or (H, d)
+    return LatentDirection(direction, str(trained.decoder_site), latent, norm, prov)
 
 
 RESIDUAL_KINDS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
@@ -223,7 +315,8 @@ class LatentDashboard:
         histogram: ``{"edges": [...], "counts": [...]}`` of the non-zero activations.
         top_logits / bottom_logits: ``[(token, value)]``, the decoder direction through the
             unembedding (residual-stream sites only, else empty).
-        top_contexts: the highest-activating contexts, no two with the same tokens.
+        top_contexts: the highest-activating contexts, no two from overlapping windows of
+            one text or with the same text around the peak (:class:`_Distinct`).
         quantile_contexts: per activation interval ``(lo, hi]`` of [0, max], a few contexts
             drawn at random (seeded) from the tokens in it, de-duplicated likewise.
     """
@@ -244,24 +337,160 @@ class LatentDashboard:
         return asdict(self)
 
 
+@torch.no_grad()
+def through_final_norm(model: Model, direction: torch.Tensor) -> torch.Tensor:
+    """``direction`` (d_model,) as the model's final norm passes it on: RMSNorm's per-dim
+    weight applied (``g * d``, whatever form the family gives ``g``: Qwen3-Next's
+    ``1 + w`` too), LayerNorm's centring too, its bias left out (it is no part of a
+    direction). Computed with the model's own norm module on ``d`` scaled to unit RMS, then
+    scaled back: ``(norm(c d) - norm(0)) / c`` with ``c = 1 / rms(d)``; for an RMSNorm
+    this is ``g * d`` exactly (up to its epsilon)."""
+    from probe.locate import resolve_path
+
+    norm = resolve_path(model.hf, model.family.final_norm) if model.family.final_norm else None
+    d = direction.float()
+    rms = float(d.pow(2).mean().sqrt())
+    if norm is None or rms == 0:
+        return d
+    p = next(norm.parameters(), None)
+    dtype = p.dtype if p is not None else torch.float32
+    device = p.device if p is not None else model.device
+    x = torch.stack([d / rms, torch.zeros_like(d)]).to(device, dtype)[None]  # (1, 2, d_model)
+    y = norm(x)[0].float().cpu()
+    return (y[0] - y[1]) * rms
+
+
 def decoder_logits(model: Model, trained: TrainedSAE, latent: int, n: int = 10):
-    """(top, bottom) ``[(token, value)]`` of ``W_dec[latent] @ W_U`` (residual sites only:
-    elsewhere the direction is not in the residual basis and both lists are empty)."""
-    if trained.site.kind not in RESIDUAL_KINDS:
+    """(top, bottom) ``[(token, value)]`` of ``W_U @ final_norm(W_dec[latent])``: the
+    decoder direction through the model's own final norm (:func:`through_final_norm`) and
+    unembedding, i.e. the logits a unit of the latent adds when written to the last layer's
+    residual stream, norm scale aside (residual sites only, for a transcoder its output
+    site: elsewhere the direction is not in the residual basis and both lists are empty)."""
+    if trained.decoder_site.kind not in RESIDUAL_KINDS:
         return [], []
     w_u = model.hf.get_output_embeddings().weight.detach().float().cpu()  # pyright: ignore[reportCallIssue]  # (vocab, d_model)
     row = trained.sae.W_dec[latent].detach().float().cpu()  # pyright: ignore[reportIndexIssue]  # (d_model,)
     if row.shape[0] != w_u.shape[1]:
         return [], []
-    logits = w_u @ row  # (vocab,)
+    logits = w_u @ through_final_norm(model, row)  # (vocab,)
     n = min(n, len(logits))
-    dec = model.tokenizer.decode
+    tok = model.tokenizer
     top = logits.topk(n)
     bottom = (-logits).topk(n)
     return (
-        [(dec([int(i)]), float(v)) for v, i in zip(top.values, top.indices, strict=True)],
-        [(dec([int(i)]), -float(v)) for v, i in zip(bottom.values, bottom.indices, strict=True)],
+        [(token_label(tok, i), float(v)) for v, i in zip(top.values, top.indices, strict=True)],
+        [
+            (token_label(tok, i), -float(v))
+            for v, i in zip(bottom.values, bottom.indices, strict=True)
+        ],
     )
+
+
+@dataclass
+class LatentCorpus:
+    """Every non-zero latent activation of an SAE over some texts, grouped by latent (what a
+    browser needs to draw any latent's page without another pass over the model).
+
+    Attributes:
+        path, site, width: the SAE.
+        ids_per_text: each text's real token ids.
+        offsets: the global index of each text's first token.
+        tokens: real tokens in all.
+        ptr: (width + 1,) where each latent's entries start in ``token`` / ``value``.
+        token: (nnz,) global token index of each non-zero activation, grouped by latent.
+        value: (nnz,) the activations.
+    """
+
+    path: str
+    site: str
+    width: int
+    ids_per_text: list[list[int]]
+    offsets: list[int]
+    tokens: int
+    ptr: torch.Tensor
+    token: torch.Tensor
+    value: torch.Tensor
+    words: dict = field(default_factory=dict, repr=False)  # token strings per text, cached
+
+    def column(self, latent: int) -> torch.Tensor:
+        """(tokens,) the latent's activation at every token (0 where it does not fire)."""
+        lo, hi = int(self.ptr[latent]), int(self.ptr[latent + 1])
+        col = torch.zeros(self.tokens)
+        col[self.token[lo:hi]] = self.value[lo:hi]
+        return col
+
+    def stats(self) -> dict[str, list[float]]:
+        """Per latent ``firing_rate`` and ``max_activation`` (the feature list)."""
+        counts = (self.ptr[1:] - self.ptr[:-1]).double()
+        best = torch.zeros(self.width)
+        lat = torch.repeat_interleave(torch.arange(self.width), self.ptr[1:] - self.ptr[:-1])
+        best.scatter_reduce_(0, lat, self.value.clamp(min=0), reduce="amax")
+        return {
+            "firing_rate": (counts / max(self.tokens, 1)).tolist(),
+            "max_activation": best.tolist(),
+        }
+
+    def words_of(self, tokenizer, t: int) -> list[str]:
+        if t not in self.words:
+            self.words[t] = token_strings(tokenizer, self.ids_per_text[t])
+        return self.words[t]
+
+
+@torch.no_grad()
+def encode_corpus(
+    model: Model,
+    trained: TrainedSAE,
+    texts: Sequence[str],
+    batch_size: int = 16,
+    callback=None,
+) -> LatentCorpus:
+    """Encode ``texts`` once and keep the non-zero latents (:class:`LatentCorpus`);
+    ``callback(done, total)`` after each batch of texts."""
+    check_sae_site(model, trained)
+    if not len(texts):
+        raise GatescopeError("no texts to browse; give some text")
+    ids_per_text, offsets = [], []
+    rows, lats, vals = [], [], []
+    seen = 0
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start : start + batch_size])
+        f, lengths = _encode_texts(model, trained, chunk)  # (n_tok, d_sae)
+        batch = model.tokenize(chunk)
+        for row in range(len(chunk)):
+            real = batch.attention_mask[row].bool()
+            ids_per_text.append(batch.input_ids[row][real].tolist())
+        for n in lengths:
+            offsets.append(seen)
+            seen += n
+        nz = torch.nonzero(f).cpu()  # (nnz, 2): token in batch, latent
+        rows.append(nz[:, 0] + (seen - len(f)))
+        lats.append(nz[:, 1])
+        vals.append(f[nz[:, 0], nz[:, 1]].float().cpu())
+        if callback is not None:
+            callback(min(start + batch_size, len(texts)), len(texts))
+    lat = torch.cat(lats)
+    order = torch.sort(lat, stable=True).indices
+    ptr = torch.zeros(trained.width + 1, dtype=torch.long)
+    ptr[1:] = torch.bincount(lat, minlength=trained.width).cumsum(0)
+    return LatentCorpus(
+        path=str(trained.path),
+        site=str(trained.site),
+        width=trained.width,
+        ids_per_text=ids_per_text,
+        offsets=offsets,
+        tokens=seen,
+        ptr=ptr,
+        token=torch.cat(rows)[order],
+        value=torch.cat(vals)[order],
+    )
+
+
+def _check_page_args(trained: TrainedSAE, latent: int, top: int, window: int, quantiles: int):
+    if not 0 <= latent < trained.width:
+        raise GatescopeError(f"--latent {latent}: the SAE has latents 0..{trained.width - 1}")
+    for name, v in (("--top", top), ("--window", window), ("quantiles", quantiles)):
+        if v < (0 if name == "--window" else 1):
+            raise GatescopeError(f"{name} {v}: expected a positive number")
 
 
 @torch.no_grad()
@@ -279,53 +508,49 @@ def latent_dashboard(
     batch_size: int = 16,
     seed: int = 0,
 ) -> LatentDashboard:
-    """The feature page of ``latent`` over ``texts`` (see :class:`LatentDashboard`).
-
-    One pass: the latent's activation at every real token is kept (one float per token),
-    with the token ids; contexts are cut from those, so no second pass is needed.
-    """
+    """The feature page of ``latent`` over ``texts`` (see :class:`LatentDashboard`): one
+    pass (:func:`encode_corpus`), then :func:`corpus_dashboard`."""
     check_sae_site(model, trained)
-    if not 0 <= latent < trained.width:
-        raise GatescopeError(f"--latent {latent}: the SAE has latents 0..{trained.width - 1}")
-    for name, v in (("--top", top), ("--window", window), ("quantiles", quantiles)):
-        if v < (0 if name == "--window" else 1):
-            raise GatescopeError(f"{name} {v}: expected a positive number")
-    ids_per_text, acts_per_text = [], []
-    for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start : start + batch_size])
-        f, lengths = _encode_texts(model, trained, chunk)
-        col = f[:, latent].float().cpu()
-        batch = model.tokenize(chunk)
-        at = 0
-        for row, n in enumerate(lengths):
-            real = batch.attention_mask[row].bool()
-            ids_per_text.append(batch.input_ids[row][real].tolist())
-            acts_per_text.append(col[at : at + n])
-            at += n
-    if not acts_per_text:
-        raise GatescopeError("no texts to browse; give some text")
-    acts = torch.cat(acts_per_text)  # (n_tok,)
-    offsets = [0]
-    for a in acts_per_text[:-1]:
-        offsets.append(offsets[-1] + len(a))
-    words_cache: dict[int, list[str]] = {}
+    _check_page_args(trained, latent, top, window, quantiles)
+    corpus = encode_corpus(model, trained, texts, batch_size)
+    return corpus_dashboard(
+        model, trained, corpus, latent, top, window, quantiles, per_quantile, bins, n_logits, seed
+    )
+
+
+@torch.no_grad()
+def corpus_dashboard(
+    model: Model,
+    trained: TrainedSAE,
+    corpus: LatentCorpus,
+    latent: int,
+    top: int = 10,
+    window: int = 8,
+    quantiles: int = 5,
+    per_quantile: int = 3,
+    bins: int = 30,
+    n_logits: int = 10,
+    seed: int = 0,
+) -> LatentDashboard:
+    """The feature page of ``latent`` from an encoded corpus (no pass over the model)."""
+    _check_page_args(trained, latent, top, window, quantiles)
+    acts = corpus.column(latent)  # (n_tok,)
+    offsets = corpus.offsets
 
     def context(g: int) -> LatentContext:
         t, pos = _locate(g, offsets)
-        if t not in words_cache:
-            words_cache[t] = [model.tokenizer.decode([i]) for i in ids_per_text[t]]
-        lo, hi = max(0, pos - window), min(len(ids_per_text[t]), pos + window + 1)
-        vals = [round(float(a), 4) for a in acts_per_text[t][lo:hi]]
-        return LatentContext(t, pos, float(acts[g]), words_cache[t][lo:hi], vals, pos - lo)
+        n = len(corpus.ids_per_text[t])
+        lo, hi = max(0, pos - window), min(n, pos + window + 1)
+        vals = [round(float(a), 4) for a in acts[offsets[t] + lo : offsets[t] + hi]]
+        words = corpus.words_of(model.tokenizer, t)[lo:hi]
+        return LatentContext(t, pos, float(acts[g]), words, vals, pos - lo)
 
     def distinct(candidates, limit: int) -> list[LatentContext]:
-        seen, out = set(), []
+        keep, out = _Distinct(window), []
         for g in candidates:
             c = context(int(g))
-            key = tuple(c.tokens)
-            if key in seen:
+            if not keep.add(c, tuple(corpus.ids_per_text[c.text_index])):
                 continue
-            seen.add(key)
             out.append(c)
             if len(out) == limit:
                 break
@@ -378,15 +603,4 @@ def latent_stats(
 ) -> dict[str, list[float]]:
     """One pass over ``texts``: per latent ``firing_rate`` and ``max_activation`` (the
     feature list of a browser)."""
-    check_sae_site(model, trained)
-    fires = torch.zeros(trained.width, dtype=torch.long)
-    best = torch.zeros(trained.width)
-    n = 0
-    for start in range(0, len(texts), batch_size):
-        f, _ = _encode_texts(model, trained, texts[start : start + batch_size])
-        fires += (f != 0).sum(0).cpu()
-        best = torch.maximum(best, f.float().max(0).values.cpu().clamp(min=0))
-        n += len(f)
-    if n == 0:
-        raise GatescopeError("no texts to browse; give some text")
-    return {"firing_rate": (fires.double() / n).tolist(), "max_activation": best.tolist()}
+    return encode_corpus(model, trained, texts, batch_size).stats()

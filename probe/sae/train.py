@@ -1,5 +1,6 @@
 """Train an SAE on one site with SAELens's ``SAETrainer`` (TopK: Gao et al., arXiv 2406.04093;
-vSAE: arXiv 2509.22994; any other SAELens training architecture by name).
+vSAE: arXiv 2509.22994; any other SAELens training architecture by name), or a transcoder
+from one site to a later one of the same layer (``transcoder``: :mod:`probe.sae.transcoder`).
 
 1. ``SAETrainSpec`` is resolved (width, k and tokens left as None are chosen from the site's
    width and the tokens available: :func:`default_spec`) and validated (the architecture must
@@ -7,15 +8,21 @@ vSAE: arXiv 2509.22994; any other SAELens training architecture by name).
 2. The SAELens training config is built: ``d_sae = width``, ``k`` where the architecture has
    one, AuxK weight 1/32, for vSAE ``beta`` and a KL warm-up over the first 10% of steps;
    ``metadata.model_name`` / ``hook_name`` record the model and the site.
-3. A data provider streams ``(batch, d_in)`` activations from a store or the model.
+3. A data provider streams ``(batch, d_in)`` activations from a store or the model (for a
+   transcoder ``(batch, d_in + d_out)``: input and output site at the same tokens).
 4. ``SAETrainer.fit`` runs; the explained variance of each batch is reported on the
-   progress bar. Every ``checkpoint_every`` steps, every ``checkpoint_minutes`` of wall time
-   and on Ctrl-C (deferred to the end of the running step, so the state is consistent) the
-   training SAE, optimizer, schedulers, counters, the number of completed steps and every
-   RNG state (torch CPU/CUDA, Python, NumPy) go to ``OUT/checkpoint`` (safetensors + JSON,
-   written to a temporary folder and renamed). ``resume=True`` continues from it: the
-   provider skips exactly the completed batches and the RNGs are restored, so a resumed run
-   equals an uninterrupted one; it says from which step it resumed.
+   progress bar (and to ``callback``, for the app), with a vSAE's collapse diagnostics over
+   the last :data:`WINDOW` steps (mean |mu| of the selected latents, mean sigma, fraction
+   of selections decided by the noise); in the paper reading, once the KL has warmed up,
+   those are checked every :data:`WINDOW` steps and posterior collapse is warned about as
+   soon as it shows (the step is recorded). Every ``checkpoint_every`` steps, every
+   ``checkpoint_minutes`` of wall time and on Ctrl-C (deferred to the end of the running
+   step, so the state is consistent) the training SAE, optimizer, schedulers, counters,
+   the number of completed steps and every RNG state (torch CPU/CUDA, Python, NumPy) go
+   to ``OUT/checkpoint`` (safetensors + JSON, written to a temporary folder and renamed).
+   ``resume=True`` continues from it: the provider skips exactly the completed batches and
+   the RNGs are restored, so a resumed run equals an uninterrupted one; it says from which
+   step it resumed.
 5. The inference SAE (SAELens format: ``cfg.json`` + ``sae_weights.safetensors``) and
    ``gatescope.json`` (site, site shape, source, model fingerprint, throughput, training
    explained variance over the last tenth of the steps, vSAE collapse diagnostics and any
@@ -53,6 +60,10 @@ FORMAT = "gatescope.sae/1"
 EV_WARN = 0.5
 MIN_STEPS = 1000  # default budgets give at least this many optimizer steps
 MAX_DEFAULT_TOKENS = 4_000_000
+WINDOW = 50  # steps over which running diagnostics are averaged and collapse is checked
+#: Other names accepted for an architecture (``--arch transcoder``).
+ARCH_ALIASES = {"transcoder": "topk_transcoder"}
+TRANSCODER_ARCHS = ("topk_transcoder",)
 # spec fields that may change between a run and its resumption
 RESUMABLE_CHANGES = {"checkpoint_every", "checkpoint_minutes", "device"}
 
@@ -91,7 +102,8 @@ class SAETrainSpec:
     """What to train.
 
     Attributes:
-        arch: SAELens training architecture: ``topk``, ``vsae``, ``batchtopk``, ``jumprelu``...
+        arch: SAELens training architecture: ``topk``, ``vsae``, ``batchtopk``, ``jumprelu``...,
+            or ``transcoder`` (stored as ``topk_transcoder``).
         width: number of latents (``d_sae``); None (the default): chosen from the data
             (:func:`default_spec`), as ``gatescope sae train`` and the app do.
         k: active latents per token (TopK-style architectures); None (default): from the data.
@@ -100,9 +112,10 @@ class SAETrainSpec:
         lr: Adam learning rate.
         beta: vSAE KL weight after warm-up.
         learn_variance: vSAE log-variance head (else sigma = 1).
-        vsae_reading: ``code`` (released code: z = mu, KL over all latents, no AuxK; the
-            default, it reproduces the paper's direction) or ``paper`` (the paper's text:
-            reparameterised sampling, AuxK). See :mod:`probe.sae.vsae`.
+        vsae_reading: ``code`` (the authors' released code: z = mu, KL over all latents, no
+            AuxK; the default) or ``paper`` (the paper's text: reparameterised sampling,
+            AuxK). See :mod:`probe.sae.vsae`; ``bench/sae_topk_vs_vsae.py`` measures which
+            reproduces the paper's direction.
         aux_coefficient: AuxK loss weight (1/32 in Gao et al.; 0 for the vSAE code reading).
         checkpoint_every: steps between checkpoints (0: by time and on interruption only).
         checkpoint_minutes: wall-time minutes between checkpoints (0: by steps only).
@@ -125,6 +138,13 @@ class SAETrainSpec:
     seed: int = 0
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        self.arch = ARCH_ALIASES.get(self.arch, self.arch)
+
+    @property
+    def is_transcoder(self) -> bool:
+        return self.arch in TRANSCODER_ARCHS
+
     def resolve(self, d_in: int, available_tokens: int) -> SAETrainSpec:
         """This spec with width, k and tokens left as None chosen from the data."""
         if None not in (self.width, self.k, self.tokens):
@@ -136,7 +156,7 @@ class SAETrainSpec:
         """Range checks (fields left as None are checked once resolved)."""
         from probe.sae.vsae import READINGS
 
-        archs = sorted(SAE_TRAINING_CLASS_REGISTRY)
+        archs = sorted({*SAE_TRAINING_CLASS_REGISTRY, *ARCH_ALIASES})
         if self.arch not in SAE_TRAINING_CLASS_REGISTRY:
             raise GatescopeError(f"--arch {self.arch}: unknown; valid: {', '.join(archs)}")
         if self.vsae_reading not in READINGS:
@@ -165,13 +185,25 @@ class SAETrainSpec:
         return self.tokens // self.batch_size  # pyright: ignore[reportOptionalOperand]
 
 
-def sae_config(spec: SAETrainSpec, d_in: int, model_name: str, site: str):
-    """The SAELens training config of ``spec`` for a site of width ``d_in``."""
+def sae_config(
+    spec: SAETrainSpec,
+    d_in: int,
+    model_name: str,
+    site: str,
+    d_out: int | None = None,
+    out_site: str | None = None,
+):
+    """The SAELens training config of ``spec`` for a site of width ``d_in`` (a transcoder:
+    to ``out_site`` of width ``d_out``)."""
     from sae_lens.saes.sae import SAEMetadata
 
     _, cfg_cls = SAE_TRAINING_CLASS_REGISTRY[spec.arch]
     fields = set(cfg_cls.__dataclass_fields__)
     kw: dict = {"d_in": d_in, "d_sae": spec.width, "device": spec.device}
+    if spec.is_transcoder:
+        if not d_out or not out_site:
+            raise GatescopeError(f"--arch {spec.arch} needs an output site (--out-site)")
+        kw["d_out"] = d_out
     code_reading = spec.arch == "vsae" and spec.vsae_reading == "code"
     extra = {
         "k": spec.k,
@@ -183,6 +215,8 @@ def sae_config(spec: SAETrainSpec, d_in: int, model_name: str, site: str):
     }
     kw.update({name: v for name, v in extra.items() if name in fields})
     meta = SAEMetadata(model_name=model_name, hook_name=site)
+    if out_site:
+        meta.hook_name_out = out_site  # SAELens's name for a transcoder's output hook
     return cfg_cls(**kw, metadata=meta)
 
 
@@ -225,7 +259,9 @@ def _set_rng_state(state: dict) -> None:
 class _Trainer(SAETrainer):
     """SAELens's trainer with exact, atomic safetensors checkpoints (no pickle) in one rolling
     folder, by steps and by wall time; per-batch explained variance on the progress bar and
-    running training diagnostics (explained variance, vSAE collapse metrics)."""
+    running training diagnostics (explained variance, vSAE collapse metrics over the last
+    :data:`WINDOW` steps, on the progress bar, in the log and to ``callback``), with an early
+    posterior-collapse warning when ``collapse_check``."""
 
     DIAGNOSTICS = ("mean_abs_mu", "mean_sigma", "noise_fraction")
 
@@ -236,17 +272,31 @@ class _Trainer(SAETrainer):
         every: int,
         minutes: float = 0.0,
         spec_dict: dict | None = None,
+        collapse_check: bool = False,
+        callback=None,
         **kw,
     ):
+        from collections import deque
+
         self._progress = kw.pop("progress", True)
         super().__init__(*args, **kw)
+        self._collapse_check = collapse_check
+        self._callback = callback
+        self._window: deque = deque(maxlen=WINDOW)  # recent steps' diagnostics
+        self._report_every = max(1, self._total_steps() // 100)
         self._out, self._every, self._minutes = out, every, minutes
         self._spec_dict = spec_dict
         self._last_save = time.monotonic()
         self._stop = False
         self._in_step = False
         self.completed = 0  # optimizer steps fully done (what a checkpoint records)
-        self.sums = {"ev": 0.0, "ev_n": 0, **{n: 0.0 for n in self.DIAGNOSTICS}, "diag_n": 0}
+        self.sums = {
+            "ev": 0.0,
+            "ev_n": 0,
+            **{n: 0.0 for n in self.DIAGNOSTICS},
+            "diag_n": 0,
+            "collapse_step": 0,  # first step at which collapse was detected (0: never)
+        }
         self.last_ev = float("nan")
 
     # --- state --------------------------------------------------------------------------
@@ -318,9 +368,54 @@ class _Trainer(SAETrainer):
             self.sums["ev"] += ev
             self.sums["ev_n"] += 1
         if all(n in out.metrics for n in self.DIAGNOSTICS):
-            for n in self.DIAGNOSTICS:
-                self.sums[n] += float(out.metrics[n])
+            values = {n: float(out.metrics[n]) for n in self.DIAGNOSTICS}
+            for n, v in values.items():
+                self.sums[n] += v
             self.sums["diag_n"] += 1
+            self._window.append(values)
+            self._check_collapse()
+        if self.completed % self._report_every == 0 or self.completed == self._total_steps():
+            self._report()
+
+    def running(self) -> dict:
+        """The last step's explained variance and the vSAE diagnostics averaged over the last
+        :data:`WINDOW` steps (empty for other architectures)."""
+        d = {
+            "step": self.completed,
+            "steps": self._total_steps(),
+            "explained_variance": self.last_ev,
+        }
+        if self._window:
+            d.update(
+                {n: sum(w[n] for w in self._window) / len(self._window) for n in self.DIAGNOSTICS}
+            )
+        return d
+
+    def _check_collapse(self) -> None:
+        """Every WINDOW steps after the KL warm-up: warn once when the recent diagnostics show
+        posterior collapse (:func:`probe.sae.vsae.collapse_warning`)."""
+        from probe.sae.vsae import collapse_warning
+
+        warm = getattr(self.sae.cfg, "kl_warm_up_steps", 0)
+        if (
+            not self._collapse_check
+            or self.sums.get("collapse_step")
+            or self.completed < warm
+            or len(self._window) < self._window.maxlen
+            or self.completed % WINDOW
+        ):
+            return
+        w = collapse_warning(self.running())
+        if w:
+            self.sums["collapse_step"] = self.completed
+            _say(f"warning at step {self.completed} of {self._total_steps()}: {w}")
+
+    def _report(self) -> None:
+        info = self.running()
+        if self._callback is not None:
+            self._callback(info)
+        if not self._progress:
+            log.info("step %d of %d: %s", info["step"], info["steps"], _describe(info))
 
     def _total_steps(self) -> int:
         return self.cfg.total_training_samples // self.cfg.train_batch_size_samples
@@ -333,6 +428,8 @@ class _Trainer(SAETrainer):
             d["train_explained_variance"] = self.sums["ev"] / self.sums["ev_n"]
         if self.sums["diag_n"]:
             d.update({n: self.sums[n] / self.sums["diag_n"] for n in self.DIAGNOSTICS})
+        if self.sums.get("collapse_step"):
+            d["collapse_detected_at_step"] = int(self.sums["collapse_step"])
         return d
 
     def _train_step(self, sae, sae_in: torch.Tensor):
@@ -383,7 +480,7 @@ class _Trainer(SAETrainer):
             return
         pbar.update(self.cfg.train_batch_size_samples)
         if self.completed % 10 == 0 or self.completed == self._total_steps():
-            pbar.set_postfix_str(f"step {self.completed} explained variance {self.last_ev:.3f}")
+            pbar.set_postfix_str(f"step {self.completed} {_describe(self.running())}")
 
     def fit_deferring_interrupts(self):
         """``fit`` with Ctrl-C deferred to the end of the running step (main thread only):
@@ -412,6 +509,17 @@ def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def _describe(info: dict) -> str:
+    """``explained variance 0.812`` and, for a vSAE, ``|mu| 0.09 sigma 1.00 noise 71%``."""
+    text = f"explained variance {info['explained_variance']:.3f}"
+    if "mean_abs_mu" in info:
+        text += (
+            f" |mu| {info['mean_abs_mu']:.3g} sigma {info['mean_sigma']:.3g}"
+            f" noise {info['noise_fraction']:.0%}"
+        )
+    return text
+
+
 def train_sae(
     spec: SAETrainSpec,
     provider_fn,
@@ -421,12 +529,18 @@ def train_sae(
     resume: bool = False,
     progress: bool = True,
     available_tokens: int | None = None,
+    d_out: int | None = None,
+    callback=None,
 ) -> Path:
     """Train per ``spec`` on batches from ``provider_fn(skip)`` and save to ``out``.
 
     ``source`` records where the activations came from: ``model``, ``site``, ``site_shape``
-    and optionally ``store`` and ``model_fingerprint``. ``available_tokens`` (the tokens of
-    the store or texts) sets the defaults of fields of ``spec`` left as None.
+    and optionally ``store``, ``model_fingerprint``, ``text_mode`` and ``windows`` (how
+    many forward-pass windows the texts made); for a transcoder also ``out_site`` and
+    ``out_site_shape``, with batches ``[x | y]`` of width ``d_in + d_out``.
+    ``available_tokens`` (the tokens of the store or texts) sets the defaults of fields of
+    ``spec`` left as None. ``callback(info)``, if given, gets :meth:`_Trainer.running`
+    (step, steps, explained variance, vSAE diagnostics) about a hundred times per run.
     """
     spec.validate()
     spec = spec.resolve(d_in, available_tokens or 0)
@@ -440,7 +554,7 @@ def train_sae(
         )
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
-    cfg = sae_config(spec, d_in, source["model"], source["site"])
+    cfg = sae_config(spec, d_in, source["model"], source["site"], d_out, source.get("out_site"))
     sae = training_class(spec.arch)(cfg)  # pyright: ignore[reportArgumentType]
     trainer_cfg = SAETrainerConfig(
         total_training_samples=spec.steps * spec.batch_size,
@@ -474,8 +588,9 @@ def train_sae(
     provider = provider_fn(done)
     if not done:
         first = next(provider)
+        target = first[:, d_in:] if spec.is_transcoder else first  # what b_dec reconstructs
         with torch.no_grad():  # b_dec starts at the data mean (Gao et al. use the median)
-            sae.b_dec.copy_(first.float().mean(0).to(sae.b_dec))
+            sae.b_dec.copy_(target.float().mean(0).to(sae.b_dec))
         provider = itertools.chain([first], provider)
     trainer = _Trainer(
         trainer_cfg,
@@ -486,6 +601,8 @@ def train_sae(
         minutes=spec.checkpoint_minutes,
         spec_dict=spec_dict,
         progress=progress,
+        collapse_check=spec.arch == "vsae" and spec.vsae_reading == "paper",
+        callback=callback,
     )
     if done:
         trainer.load_trainer_state(ckpt)
@@ -546,15 +663,60 @@ def _save_final(
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _transcoder_sites(spec: SAETrainSpec, site, out_site, model=None):
+    """(site, out_site) as Sites, the output defaulting to the layer's ``mlp_out`` for a
+    transcoder; an output site for any other architecture is refused."""
+    from probe.sae.transcoder import check_transcoder_sites, default_out_site
+    from probe.sites import Site
+
+    site = Site.parse(site) if isinstance(site, str) else site
+    if out_site is not None and not spec.is_transcoder:
+        raise GatescopeError(
+            f"--out-site {out_site} is for --arch transcoder; --arch {spec.arch} reconstructs "
+            "its own site (drop --out-site)"
+        )
+    if not spec.is_transcoder:
+        return site, None
+    if out_site is None:
+        out_site = default_out_site(site)
+    out_site = Site.parse(out_site) if isinstance(out_site, str) else out_site
+    check_transcoder_sites(site, out_site, model)
+    return site, out_site
+
+
 def train_from_store(
-    store, spec: SAETrainSpec, out: str | Path, resume: bool = False, progress: bool = True
+    store,
+    spec: SAETrainSpec,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    out_store=None,
+    callback=None,
 ) -> Path:
-    """Train on an :class:`~probe.store.ActivationStore` (or its directory)."""
-    from probe.sae.data import store_provider
+    """Train on an :class:`~probe.store.ActivationStore` (or its directory); a transcoder
+    reads its input from ``store`` and its output from ``out_store`` (two stores harvested
+    from one model over the same texts, :func:`probe.sae.data.check_paired_stores`)."""
+    from probe.sae.data import check_paired_stores, paired_store_provider, store_provider
     from probe.store import ActivationStore
 
-    store = store if isinstance(store, ActivationStore) else ActivationStore(store)
+    def opened(s):
+        return s if isinstance(s, ActivationStore) else ActivationStore(s)
+
+    store = opened(store)
     m = store.manifest
+    if out_store is not None and not spec.is_transcoder:
+        raise GatescopeError(
+            f"--out-store is for --arch transcoder; --arch {spec.arch} reconstructs its own "
+            "site (drop --out-store)"
+        )
+    if spec.is_transcoder and out_store is None:
+        raise GatescopeError(
+            f"--arch {spec.arch} from stores needs --out-store: a store of the output site "
+            "harvested over the same texts (or train from MODEL --site --out-site)"
+        )
+    out_store = None if out_store is None else opened(out_store)
+    o = None if out_store is None else out_store.manifest
+    _transcoder_sites(spec, m["site"], None if o is None else o["site"])
     source = {
         "model": m["model"],
         "site": m["site"],
@@ -562,11 +724,25 @@ def train_from_store(
         "store": str(store.path),
         "model_fingerprint": m.get("model_fingerprint"),
     }
+    if out_store is not None:
+        check_paired_stores(store, out_store)
+        source.update(
+            out_site=o["site"],
+            out_site_shape=o.get("site_shape") or [o["width"]],
+            out_store=str(out_store.path),
+        )
 
     def provider(skip: int):
+        if out_store is not None:
+            return paired_store_provider(
+                store, out_store, spec.batch_size, seed=spec.seed, skip=skip
+            )
         return store_provider(store, spec.batch_size, seed=spec.seed, skip=skip)
 
-    return train_sae(spec, provider, store.width, out, source, resume, progress, store.tokens)
+    d_out = None if out_store is None else out_store.width
+    return train_sae(
+        spec, provider, store.width, out, source, resume, progress, store.tokens, d_out, callback
+    )
 
 
 def train_from_model(
@@ -577,27 +753,64 @@ def train_from_model(
     texts=None,
     resume: bool = False,
     progress: bool = True,
+    text_mode: str = "packed",
+    out_site=None,
+    callback=None,
 ) -> Path:
     """Train on activations harvested on the fly from ``model`` at ``site`` over ``texts``
-    (default: the reference corpus)."""
-    from probe.sae.data import fit_texts, model_provider, reference_texts
+    (default: the reference corpus). ``text_mode``: ``packed`` (consecutive short texts
+    joined into context-sized windows) or ``lines`` (each text its own forward pass, cut
+    only where it exceeds the context). A transcoder (``spec.arch`` ``transcoder``) maps
+    ``site`` to ``out_site`` (default: ``mlp_out`` of the same layer). Texts whose
+    activations fit in :data:`probe.sae.data.CACHE_BYTES` are run through the model once
+    (the first time a batch is needed) and reshuffled every epoch; larger ones stream
+    through the model with a shuffling buffer."""
+    from probe.sae.data import (
+        CACHE_BYTES,
+        TEXT_MODES,
+        capture_all,
+        fit_texts,
+        memory_provider,
+        model_provider,
+        reference_texts,
+    )
     from probe.sae.io import site_width
-    from probe.sites import Site
     from probe.store import model_fingerprint
 
-    site = Site.parse(site) if isinstance(site, str) else site
+    if text_mode not in TEXT_MODES:
+        raise GatescopeError(f"--text-mode {text_mode}: expected one of {', '.join(TEXT_MODES)}")
+    spec.validate()
+    site, out_site = _transcoder_sites(spec, site, out_site, model)
     model.check_site(site)
-    texts = fit_texts(texts if texts is not None else reference_texts("train"), model)
+    raw = texts if texts is not None else reference_texts("train")
+    texts = fit_texts(raw, model, pack=text_mode == "packed")
+    if not texts:
+        raise GatescopeError("no training text: every text is empty")
     width, shape = site_width(model, site)
     source = {
         "model": model.name,
         "site": str(site),
         "site_shape": shape,
         "model_fingerprint": model_fingerprint(model),
+        "text_mode": text_mode,
+        "windows": len(texts),
     }
+    d_out = None
+    if out_site is not None:
+        d_out, out_shape = site_width(model, out_site)
+        source.update(out_site=str(out_site), out_site_shape=out_shape)
     available = sum(len(ids) for ids in model.tokenizer(list(texts))["input_ids"])
+    cache = available * (width + (d_out or 0)) * 4 <= CACHE_BYTES
+    source["activations"] = "cached" if cache else "streamed"
 
     def provider(skip: int):
-        return model_provider(model, site, texts, spec.batch_size, seed=spec.seed, skip=skip)
+        if cache:
+            acts = capture_all(model, site, texts, out_site)
+            return memory_provider(acts, spec.batch_size, seed=spec.seed, skip=skip)
+        return model_provider(
+            model, site, texts, spec.batch_size, seed=spec.seed, skip=skip, out_site=out_site
+        )
 
-    return train_sae(spec, provider, width, out, source, resume, progress, available)
+    return train_sae(
+        spec, provider, width, out, source, resume, progress, available, d_out, callback
+    )

@@ -8,12 +8,12 @@
 
    - ``"code"`` (default; the authors' released code for their Pythia results): no sampling,
      ``z = mu``; KL(N(mu, sigma^2) || N(0, 1)) weighted by ``beta`` (1) summed over all
-     latents; no AuxK (gatescope sets the AuxK weight to 0 for this reading). This is the
-     reading that reproduces the paper's direction (fewer live latents than TopK at similar
-     reconstruction).
+     latents; no AuxK (gatescope sets the AuxK weight to 0 for this reading). Which reading
+     reproduces the paper's direction (fewer live latents than TopK at similar
+     reconstruction) on ``reference`` is measured by ``bench/sae_topk_vs_vsae.py``.
    - ``"paper"`` (the paper's text): reparameterised sampling ``z = mu + eps * sigma`` with
      a learned (``learn_variance``) or fixed (sigma = 1) variance, plus AuxK. With sigma
-     near 1 the KL term shrinks the means far below sigma and the noise chooses the latents:
+     near 1 the KL term can shrink the means far below sigma and the noise choose the latents:
      posterior collapse (see below).
 
    Then keep the top-k of ``|z|`` with their sign, decode ``x_hat = z_topk @ unit(W_dec) +
@@ -25,8 +25,10 @@
    ``mean_sigma``, ``noise_fraction``): the mean of ``mu`` over the latents the mean alone
    would select, the mean sigma, and the fraction of the k selections that differ from the
    top-k of ``mu`` (chosen by the noise, 0 without sampling). :func:`collapse_warning` turns
-   their training averages into a warning when ``mean_abs_mu < mean_sigma`` or more than a
-   quarter of the selections are decided by noise.
+   averages of them into a warning when ``mean_abs_mu < mean_sigma`` or more than a quarter
+   of the selections are decided by noise: over the last 50 steps during training (the
+   trainer checks every 50 steps after the KL warm-up and warns at once) and over the whole
+   run at the end.
 
 Weights: ``W_enc (d_in, d_sae)``, ``b_enc (d_sae,)``, ``W_dec (d_sae, d_in)``, ``b_dec (d_in,)``,
 and with the variance head ``W_logvar (d_in, d_sae)``, ``b_logvar (d_sae,)``.
