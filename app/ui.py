@@ -103,6 +103,8 @@ OPTION_LABELS = {
     "--trust-remote-code": "'trust remote code'",
 }
 DEVICE_MAPS = ["none", "auto", "balanced", "sequential", "cpu"]
+#: Option values that mean "not given": kept out of the URL.
+URL_DEFAULTS = {"dtype": "default", "device_map": "none", "backend": "hooks"}
 
 
 def app_words(message: str) -> str:
@@ -126,7 +128,7 @@ def remember(name: str, value) -> None:
     st.session_state[f"shared.{name}"] = value
     if name not in SHARED:
         return
-    if value in (None, ""):
+    if value in (None, "") or value == URL_DEFAULTS.get(name):
         if name in st.query_params:
             del st.query_params[name]
     elif st.query_params.get(name) != str(value):
@@ -134,7 +136,11 @@ def remember(name: str, value) -> None:
 
 
 def _mirror_all() -> None:
-    """Put every shared value in the URL (a page change starts from a bare URL)."""
+    """Put every shared value in the URL (a page change starts from a bare URL); drop the
+    session-only options from it."""
+    for name in SESSION_ONLY:
+        if name in st.query_params:
+            del st.query_params[name]
     for name in SHARED:
         value = shared(name)
         if value not in (None, ""):
@@ -341,3 +347,25 @@ def download_csv(where, label: str, rows: list[dict], file_name: str, key: str) 
     where.download_button(
         f"{label} (CSV)", csv_text(rows), file_name=file_name, mime="text/csv", key=key
     )
+
+
+@st.cache_resource
+def _finished() -> set:
+    return set()
+
+
+def run_button(args: tuple, key: str, info: str) -> bool:
+    """Whether the long computation keyed by ``args`` may run now: it finished before in
+    this server (its results are cached, so it draws at once) or its Run button was just
+    pressed. Otherwise shows ``info`` under the button and returns False."""
+    if (key, args) in _finished():
+        return True
+    if st.button("Run", key=key, type="primary"):
+        return True
+    st.info(info)
+    return False
+
+
+def finished(args: tuple, key: str) -> None:
+    """Record that the computation keyed by ``args`` ran to the end (see :func:`run_button`)."""
+    _finished().add((key, args))

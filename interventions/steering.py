@@ -336,9 +336,11 @@ def evaluate_steering(
     coefs: Sequence[float] = (-4, -2, -1, 0, 1, 2, 4),
     n_random: int = 10,
     seed: int = 0,
+    on_step: Callable[[str, int, int], None] | None = None,
 ) -> SteeringEval:
     """The metric on ``prompts`` (steering at every position) per coefficient, for the vector
-    and ``n_random`` random directions of the same norm."""
+    and ``n_random`` random directions of the same norm. ``on_step(what, done, total)`` is
+    told after each vector's curve (a progress bar's hook)."""
     batch = model.tokenize(list(prompts))
     g = torch.Generator().manual_seed(seed)
     norm = vector.direction.norm()
@@ -356,6 +358,13 @@ def evaluate_steering(
                 )
         return scores
 
-    return SteeringEval(
-        [float(c) for c in coefs], curve(vector), [curve(r) for r in randoms], str(vector.site)
-    )
+    total = 1 + n_random
+    own = curve(vector)
+    if on_step is not None:
+        on_step("the steering vector", 1, total)
+    random_curves = []
+    for i, r in enumerate(randoms):
+        random_curves.append(curve(r))
+        if on_step is not None:
+            on_step(f"random vector {i + 1}", i + 2, total)
+    return SteeringEval([float(c) for c in coefs], own, random_curves, str(vector.site))

@@ -1,5 +1,7 @@
 """Every page of the Streamlit app, headless (AppTest), with default and bad inputs."""
 
+import json
+
 import pytest
 from conftest import ROOT, needs_reference
 from streamlit.testing.v1 import AppTest
@@ -43,6 +45,52 @@ def test_home_unknown_model_is_a_message(monkeypatch, tmp_path):
     monkeypatch.setenv("GATESCOPE_MODEL", str(tmp_path / "no-such-model"))
     at = _run(HOME)
     assert at.error and "not a model directory" in at.error[0].value
+
+
+def test_model_options_are_checked_before_loading_and_kept_in_the_url(tiny_app):
+    at = _run(HOME)
+    at.text_input(key="opt_device").set_value("nosuchdevice").run()
+    assert not at.exception and "'device' nosuchdevice: not a torch device" in at.error[0].value
+    assert "--" not in at.error[0].value  # the sidebar's names, not the CLI's flags
+    at.text_input(key="opt_device").set_value("cpu").run()
+    at.selectbox(key="opt_map").set_value("auto").run()
+    assert not at.exception and "not both" in at.error[0].value
+    at.selectbox(key="opt_map").set_value("none").run()
+    at.checkbox(key="opt_remote").check().run()
+    assert not at.exception and "needs 'backend' nnsight" in at.error[0].value
+    at.checkbox(key="opt_remote").uncheck().run()
+    at.selectbox(key="opt_dtype").set_value("bfloat16").run()
+    assert not at.exception and not at.error
+    assert at.query_params["dtype"] in ("bfloat16", ["bfloat16"])
+    assert at.query_params["device"] in ("cpu", ["cpu"])
+    ref = at.session_state["model_ref"]
+    assert dict(ref.options) == {"device": "cpu", "dtype": "bfloat16"}
+    import torch
+
+    assert next(ref.load().hf.parameters()).dtype == torch.bfloat16
+    # the next page opens with the same options, read from the URL
+    gates = AppTest.from_file(GATES, default_timeout=180)
+    for key in ("dtype", "device"):
+        gates.query_params[key] = at.query_params[key]
+    gates.run()
+    assert not gates.exception and not gates.error
+    assert gates.selectbox(key="opt_dtype").value == "bfloat16"
+
+
+def test_trust_remote_code_is_a_checkbox_never_implied_nor_taken_from_the_url(
+    tmp_path, monkeypatch
+):
+    from tiny_gated import save_gated_attention
+
+    path = save_gated_attention(tmp_path / "paper")
+    monkeypatch.setenv("GATESCOPE_MODEL", str(path))
+    at = _run(HOME, {"trust_remote_code": "True"})
+    assert at.checkbox(key="opt_trust").value is False
+    assert "own modelling code" in at.error[0].value and "'trust remote code'" in at.error[0].value
+    at.checkbox(key="opt_trust").check().run()
+    assert not at.exception and not at.error
+    assert [m.value for m in at.metric][:2] == ["gated_attention", "2"]
+    assert "trust_remote_code" not in at.query_params
 
 
 def test_gates_page_charts_and_bad_prompts(tiny_app):
@@ -118,18 +166,67 @@ def test_patching_a_custom_pair_and_its_bad_inputs(tiny_app):
     at.text_input(key="answer").set_value("w5").run()
     at.text_input(key="wrong").set_value("w6").run()
     assert not at.exception and not at.error, at.error
+    assert not at.get("plotly_chart")  # a new sweep waits for its Run button
+    at.button(key="patching_run").click().run()
     assert at.get("plotly_chart") and at.dataframe[0].value["component"].tolist()
     assert any("all 1 prompts used" in c.value for c in at.caption)
     at.checkbox(key="each_head_out").check().run()  # per position over the pair
+    at.button(key="patching_run").click().run()
     assert not at.exception and not at.error
     assert all("@" in c for c in at.dataframe[0].value["component"])
     at.selectbox(key="kind").set_value("resid_pre").run()  # its own default: each position
     assert at.checkbox(key="each_resid_pre").value is True
+    at.checkbox(key="each_resid_pre").uncheck().run()
+    at.button(key="patching_run").click().run()
+    assert not at.exception and not at.error
+    xaxis = json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]["xaxis"]
+    assert "all at once" in xaxis["title"]["text"]  # one column: what it is, in words
     at.text_input(key="answer").set_value("w5 w6").run()
     assert not at.exception and "token" in at.error[0].value
     at.text_input(key="answer").set_value("w5").run()
     at.text_input(key="corrupt").set_value("w1 w9 w3").run()  # lengths differ
     assert not at.exception and at.error
+
+
+def test_patching_noise_mode_and_whole_token_labels(tiny_app):
+    at = _run(PAGES["2_Patching"], {"task": "your own pair"})
+    for key, value in (("clean", "w1 w2 w3 w4"), ("corrupt", "w1 w9 w3 w4"), ("answer", "w5")):
+        at.text_input(key=key).set_value(value).run()
+    at.text_input(key="wrong").set_value("w6").run()
+    at.selectbox(key="mode").set_value("noise").run()
+    at.checkbox(key="each_head_out").check().run()
+    at.button(key="patching_run").click().run()
+    assert not at.exception and not at.error, at.error
+    captions = " ".join(c.value for c in at.caption)
+    assert "-1 = clean behaviour destroyed" in captions and "restored" not in captions
+    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert spec["data"][0]["zmin"] == -1 and spec["data"][0]["zmax"] == 1  # a fixed range
+    ticks = spec["layout"]["xaxis"]["ticktext"]
+    assert ticks[1:5] == ["1:w1", "2: w2", "3: w3", "4: w4"] or ticks[:4] == [
+        "0:w1",
+        "1: w2",
+        "2: w3",
+        "3: w4",
+    ], ticks
+    assert "noise" in spec["layout"]["title"]["text"]
+
+
+@needs_reference
+def test_whole_token_labels_keep_multi_byte_characters():
+    from transformers import AutoTokenizer
+
+    from app.ui import token_labels
+
+    tok = AutoTokenizer.from_pretrained(str(ROOT / "data" / "models" / "reference-gated"))
+    text = "caf\u00e9 \u2014 na\u00efve \U0001f600 ok"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    singles = [tok.decode([i]) for i in ids]
+    assert any("\ufffd" in t for t in singles)  # the per-token decode breaks characters
+    labels = token_labels(tok, ids)
+    assert len(labels) == len(ids)
+    assert not any("\ufffd" in label for label in labels)
+    for char in ("\u00e9", "\u2014", "\u00ef", "\U0001f600"):  # each shown whole, once
+        assert sum(char in label for label in labels) == 1, (char, labels)
 
 
 @pytest.mark.slow  # builds a RelP graph on the reference model

@@ -9,14 +9,17 @@ import streamlit as st
 from app.ui import (
     CUSTOM,
     cached_model,
+    download_csv,
+    finished,
     make_task,
     model_name,
     pair_inputs,
     pick_model,
+    run_button,
     shared_choice,
 )
 from circuits.agreement import agreement
-from circuits.graph import build_graph, faithfulness, faithfulness_curve
+from circuits.graph import FaithfulnessCurve, build_graph, faithfulness, faithfulness_curve
 from circuits.inspect import inspect_node
 from probe.errors import GatescopeError
 from probe.tasks import BUNDLED_TASKS
@@ -26,20 +29,43 @@ st.title("Circuits")
 
 
 @st.cache_data(show_spinner=False)
-def agree(name: str, spec: tuple, kind: str):
-    return agreement(cached_model(name), make_task(spec), (kind,), progress=False)
+def agree(name, spec: tuple, kind: str, _on_step=None):
+    """Patching vs every attribution method on ``kind``; ``_on_step`` (not part of the cache
+    key) hears of each finished step."""
+    return agreement(cached_model(name), make_task(spec), (kind,), progress=False, on_step=_on_step)
 
 
 @st.cache_data(show_spinner=False)
-def graph_and_curve(name: str, spec: tuple, method: str):
+def graph_of(name, spec: tuple, method: str):
+    return build_graph(cached_model(name), make_task(spec), method)
+
+
+CURVE_CHUNKS = 5
+
+
+@st.cache_data(show_spinner=False)
+def curve_part(name, spec: tuple, method: str, sizes: tuple):
     model, task = cached_model(name), make_task(spec)
-    graph = build_graph(model, task, method)
-    return graph, faithfulness_curve(model, task, graph)
+    return faithfulness_curve(model, task, graph_of(name, spec, method), list(sizes)).values
+
+
+def curve_of(name, spec: tuple, method: str, on_part=None) -> FaithfulnessCurve:
+    """The faithfulness curve over every circuit size, in a few cached parts (a progress bar
+    moves between them)."""
+    graph = graph_of(name, spec, method)
+    sizes = list(range(len(graph.nodes)))
+    parts = [tuple(sizes[i::CURVE_CHUNKS]) for i in range(CURVE_CHUNKS) if sizes[i::CURVE_CHUNKS]]
+    values = {}
+    for i, part in enumerate(parts):
+        values.update(zip(part, curve_part(name, spec, method, part), strict=True))
+        if on_part is not None:
+            on_part(i + 1, len(parts))
+    return FaithfulnessCurve(graph.method, graph.task, sizes, [values[n] for n in sizes])
 
 
 @st.cache_data(show_spinner=False)
 def inspected(name: str, spec: tuple, size: int, node: str):
-    graph, _ = graph_and_curve(name, spec, "relp")
+    graph = graph_of(name, spec, "relp")
     return inspect_node(cached_model(name), make_task(spec), graph.prune(size), node)
 
 
@@ -58,40 +84,73 @@ if task == CUSTOM:
 else:
     spec = ("bundled", task, cols[2].slider("prompts", 4, 48, 16, key="n"))
 args = (name, spec, kind)
-if st.session_state.get("circuits_done") != args:
-    if not st.button("Run", key="circuits_run", type="primary"):
-        st.info(
-            "Activation patching of every component, AtP, RelP and IG, then the RelP circuit "
-            "graph and its faithfulness curve (5-30 s): press Run."
-        )
-        st.stop()
-bar = st.progress(0.0, text="patching and attributing...")
+if not run_button(
+    args,
+    "circuits_run",
+    "Activation patching of every component, AtP, RelP and IG, then the RelP circuit graph "
+    "and its faithfulness curve (10 s to a few minutes): press Run.",
+):
+    st.stop()
+bar = st.progress(0.0, text="patching every component...")
+
+
+def agreement_step(what: str, done: int, total: int) -> None:
+    # the agreement is the first 70 % of the bar, the graph 5 %, the curve the rest
+    bar.progress(0.7 * done / total, text=f"{what} done ({done} of {total} steps)")
+
+
+def curve_step(done: int, total: int) -> None:
+    bar.progress(0.75 + 0.25 * done / total, text=f"faithfulness curve: part {done} of {total}")
+
+
 try:
-    result = agree(name, spec, kind)
-    bar.progress(0.5, text="building the circuit graph and its faithfulness curve...")
-    graph, curve = graph_and_curve(name, spec, "relp")
+    result = agree(name, spec, kind, _on_step=agreement_step)
+    bar.progress(0.7, text="building the RelP circuit graph...")
+    graph = graph_of(name, spec, "relp")
+    bar.progress(0.75, text="faithfulness of every circuit size...")
+    curve = curve_of(name, spec, "relp", on_part=curve_step)
 except GatescopeError as exc:
     bar.empty()
     st.error(str(exc))
     st.stop()
 bar.empty()
-st.session_state["circuits_done"] = args
+finished(args, "circuits_run")
 
 st.subheader("Attribution vs activation patching")
-left, right = st.columns([2, 1])
 scatter = result.figure(kind)
-scatter.update_layout(xaxis_title="activation patching effect", yaxis_title="attribution score")
-left.plotly_chart(scatter, width="stretch", key="agreement_scatter")
-right.dataframe(
+scatter.update_layout(
+    xaxis_title="activation patching effect (normalised)",
+    yaxis_title="attribution score (normalised)",
+    legend={"orientation": "h", "y": -0.25},
+)
+st.plotly_chart(scatter, width="stretch", key="agreement_scatter")
+# full width under the chart: at 800 px a side column cut the Spearman column off
+st.dataframe(
     [
         {
             "method": m,
             "Pearson r": round(result.pearson[kind][m], 3),
             "Spearman r": round(result.spearman[kind][m], 3),
+            "top-10 overlap": round(result.stats[kind][m]["top10"], 2),
         }
         for m in result.pearson[kind]
     ],
     hide_index=True,
+    width="stretch",
+)
+download_csv(
+    st,
+    "patching effect and attribution per component",
+    [
+        {
+            "component": label,
+            "patching": x,
+            **{m: result.scores[kind][m][i] for m in result.scores[kind]},
+        }
+        for i, (label, x) in enumerate(zip(result.labels[kind], result.patching[kind], strict=True))
+    ],
+    f"agreement_{kind}.csv",
+    "agreement_csv",
 )
 
 st.subheader("RelP circuit")
@@ -113,6 +172,11 @@ st.metric(
 )
 left, right = st.columns([3, 2])
 graph_fig = small.figure()
+top = max((abs(n.score) for n in small.nodes), default=1.0) or 1.0
+graph_fig.update_traces(  # the node markers: one symmetric scale, with its colour bar
+    selector=-1,
+    marker={"showscale": True, "cmin": -top, "cmax": top, "colorbar": {"title": "node score"}},
+)
 picked = left.plotly_chart(
     graph_fig,
     width="stretch",
@@ -120,7 +184,15 @@ picked = left.plotly_chart(
     on_select="rerun",
     selection_mode="points",
 )
+left.caption("Edges: red adds to the logit difference, blue takes from it; width is |score|.")
 right.plotly_chart(curve.figure(), width="stretch", key="faithfulness_curve")
+download_csv(
+    right,
+    "faithfulness per circuit size",
+    [{"nodes": n, "faithfulness": f} for n, f in zip(curve.sizes, curve.values, strict=True)],
+    "faithfulness_curve.csv",
+    "curve_csv",
+)
 st.download_button(
     "circuit graph (JSON)", small.to_json(), file_name="circuit.json", key="circuit_json"
 )
