@@ -9,6 +9,13 @@ The model (a typed directory or hub id included), the prompt and the task are on
 the whole app: kept in ``st.session_state`` under ``shared.*`` keys (widget keys are dropped
 when a page that lacks the widget runs, these are not) and mirrored in the URL's query
 parameters (``?model=...&prompt=...&task=...``), so a view can be bookmarked and shared.
+
+The sidebar's model options are the CLI's (``--device``, ``--dtype``, ``--device-map``,
+``--backend``, ``--remote``, ``--trust-remote-code``), checked by the same function before
+anything is read, and app-wide like the model; device, dtype, device map and backend are in
+the URL too, while "trust remote code" and "run remotely" are kept for the session only: a
+shared link never runs a checkpoint's code or sends prompts away without the user's own tick.
+Cached results are keyed by :class:`ModelRef` (name and options).
 """
 
 from __future__ import annotations

@@ -105,6 +105,23 @@ def test_gates_page_charts_and_bad_prompts(tiny_app):
     assert not at.exception and not at.error
 
 
+def test_gates_page_head_choice_redraws_the_text_and_the_pattern(tiny_app):
+    at = _run(GATES)
+    titles = lambda: [  # noqa: E731
+        json.loads(c.proto.spec)["layout"].get("title", {}).get("text", "")
+        for c in at.get("plotly_chart")
+    ]
+    assert any("layer 0 head 0" in t for t in titles())
+    text_before = at.get("html")[0].proto.body
+    at.selectbox(key="head").set_value(1).run()
+    assert not at.exception and not at.error
+    assert any("layer 0 head 1" in t for t in titles())
+    assert at.get("html")[0].proto.body != text_before  # the gate of head 1 over the text
+    assert "Head 1" in at.markdown[0].value or any("head 1" in m.value for m in at.markdown)
+    at.slider(key="layer").set_value(1).run()  # another layer keeps the head
+    assert not at.exception and any("layer 1 head 1" in t for t in titles())
+
+
 def test_gates_page_on_a_hybrid_moe_model_shows_every_gate_type(tmp_path, monkeypatch):
     path = save_tiny(tmp_path / "hybrid", "qwen3_next_hybrid")
     monkeypatch.setenv("GATESCOPE_MODEL", str(path))
@@ -268,6 +285,84 @@ def test_steering_page_bad_pairs(tiny_app):
     at = _run(PAGES["5_Steering"])
     at.text_area(key="pairs").set_value("only one side").run()
     assert not at.exception and "positive text | negative text" in at.error[0].value
+
+
+def test_steering_page_prompt_method_site_and_strength(tiny_app):
+    at = _run(PAGES["5_Steering"])
+    at.text_area(key="pairs").set_value("w1 w2 w3 | w4 w5 w6\nw7 w8 w9 | w10 w11 w12").run()
+    at.text_input(key="prompt").set_value("w3 w4 w5").run()
+    assert not at.exception and not at.error, at.error
+    texts = lambda: [t.value for t in at.text]  # noqa: E731
+    assert len(texts()) == 3 and all(t.startswith("w3 w4 w5") for t in texts())
+    first = texts()
+    at.select_slider(key="strength").set_value(1.0).run()
+    assert not at.exception and not at.error
+    assert "strength +1 adds" in at.caption[0].value
+    assert [m.value for m in at.markdown if m.value.startswith("**strength")][0].startswith(
+        "**strength -1"
+    )
+    assert texts()[1] == first[1]  # the unsteered column does not change with the strength
+    for method in ("actadd", "pca"):
+        at.selectbox(key="method").set_value(method).run()
+        assert not at.exception and not at.error, (method, at.error)
+    at.selectbox(key="site").set_value("resid_post.0").run()
+    assert not at.exception and not at.error and "|resid_post.0|" in at.caption[0].value
+    at.text_input(key="prompt").set_value("").run()
+    assert not at.exception and "empty" in at.error[0].value
+    at.text_input(key="prompt").set_value("w3 w4 w5").run()
+    at.text_area(key="pairs").set_value("w1 w2 | w3 w4").run()
+    assert not at.exception and "PCA needs at least 2 contrast pairs" in at.error[0].value
+    at.text_area(key="pairs").set_value("w1 | w1\nw2 | w2").run()  # no contrast at all
+    assert not at.exception and "zero or not finite" in at.error[0].value
+
+
+def _degenerate(tokenizer, text: str) -> str:
+    """Why a continuation reads as junk ("" when it does not): few distinct tokens, or one
+    token repeated three times in a row ("so so so", "ssss")."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    run = longest = 1
+    for a, b in zip(ids, ids[1:], strict=False):
+        run = run + 1 if a == b else 1
+        longest = max(longest, run)
+    distinct = len(set(ids)) / max(1, len(ids))
+    if distinct < 0.6:
+        return f"{distinct:.2f} distinct tokens"
+    return f"a token {longest} times in a row" if longest >= 3 else ""
+
+
+@pytest.mark.slow  # generates with the reference model
+@needs_reference
+def test_steering_default_is_readable_and_steered_on_the_reference_model(monkeypatch):
+    monkeypatch.delenv("GATESCOPE_MODEL", raising=False)
+    at = _run(PAGES["5_Steering"])
+    assert not at.exception and not at.error
+    assert at.select_slider(key="strength").value > 0  # the page opens steered
+    prompt = at.text_input(key="prompt").value
+    minus, plain, plus = (t.value.removeprefix(prompt) for t in at.text)
+    from probe import load_model
+
+    tokenizer = load_model("reference").tokenizer
+    assert not _degenerate(tokenizer, plain), plain  # the measure passes unsteered text
+    assert _degenerate(tokenizer, " nice, so so so so so so so Vera sent a toy")  # and flags junk
+    for steered in (minus, plus):
+        assert steered != plain  # the steering shows in the text
+        assert not _degenerate(tokenizer, steered), (steered, _degenerate(tokenizer, steered))
+
+
+def test_concepts_page_bad_inputs_on_a_tiny_model(tiny_app):
+    at = _run(PAGES["6_Concepts"], press_run=False)
+    assert not at.exception and not at.error and not at.get("plotly_chart")  # waits for Run
+    for bad in ("", "w5|", "w5|w6|w7", " | w6"):
+        at.text_input(key="target").set_value(bad).run()
+        assert not at.exception and "expected a word or 'word|other word'" in at.error[0].value
+        assert not any(b.label == "Run" for b in at.button)  # nothing can run
+    at.text_input(key="target").set_value("w5 w6|w7").run()
+    assert not at.exception and "single token" in at.error[0].value
+    at.text_input(key="target").set_value("w5|w6").run()
+    assert not at.exception and not at.error
+    assert at.button(key="concepts_run")  # a good target: the Run button is back
+    kinds = at.selectbox(key="kind").options
+    assert "attn_gate" in kinds and "resid_post" in kinds
 
 
 @pytest.mark.slow  # runs the reference model's full computation
