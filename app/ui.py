@@ -97,6 +97,7 @@ def cached_model(name: str | ModelRef, **opts):
     return _load(name, **asdict(options))
 
 
+OPTIONS = ("device", "dtype", "device_map", "backend", "remote", "trust_remote_code")
 SHARED = ("model", "prompt", "task", "device", "dtype", "device_map", "backend")
 #: Options kept for the session but never read from the URL: a shared link must not run a
 #: checkpoint's own code or send prompts to a remote server without the user's own tick.
@@ -174,7 +175,8 @@ def shared_choice(where, name: str, label: str, options: list, key: str, **kw):
 def _option_widgets() -> dict:
     """The sidebar's model options (as the CLI's --device, --dtype, --device-map, --backend,
     --remote, --trust-remote-code), each app-wide; returns the non-default ones."""
-    box = st.sidebar.expander("Model options", expanded=False)
+    given = any(shared(k) not in (None, "", False, URL_DEFAULTS.get(k)) for k in OPTIONS)
+    box = st.sidebar.expander("Model options", expanded=given)
     device = box.text_input(
         "device", shared("device", ""), key="opt_device", placeholder="default (cpu, cuda:1...)"
     ).strip()
@@ -376,3 +378,18 @@ def run_button(args: tuple, key: str, info: str) -> bool:
 def finished(args: tuple, key: str) -> None:
     """Record that the computation keyed by ``args`` ran to the end (see :func:`run_button`)."""
     _finished().add((key, args))
+
+
+@st.cache_resource
+def _memo_store() -> dict:
+    return {}
+
+
+def memo(key: tuple, compute):
+    """``compute()``'s value for ``key``, computed once per server: a cache for work that
+    moves a progress bar drawn outside it (``st.cache_data`` replays the elements a cached
+    function touches and refuses ones made outside it). ``key`` names the work in full."""
+    store = _memo_store()
+    if key not in store:
+        store[key] = compute()
+    return store[key]

@@ -22,7 +22,7 @@ def tiny_app(tiny_dir, monkeypatch):
 
 
 def _run(path, query=None, press_run=True):
-    at = AppTest.from_file(path, default_timeout=180)
+    at = AppTest.from_file(path, default_timeout=600)
     for key, value in (query or {}).items():
         at.query_params[key] = value
     at.run()
@@ -69,7 +69,7 @@ def test_model_options_are_checked_before_loading_and_kept_in_the_url(tiny_app):
 
     assert next(ref.load().hf.parameters()).dtype == torch.bfloat16
     # the next page opens with the same options, read from the URL
-    gates = AppTest.from_file(GATES, default_timeout=180)
+    gates = AppTest.from_file(GATES, default_timeout=600)
     for key in ("dtype", "device"):
         gates.query_params[key] = at.query_params[key]
     gates.run()
@@ -168,7 +168,7 @@ def test_model_and_prompt_carry_across_pages_and_into_the_url(tiny_dir, monkeypa
     assert at.query_params["prompt"] in ("w4 w5", ["w4 w5"])
     assert at.query_params["model"] in (tiny_dir, [tiny_dir])
     # the next page reads the same state: the typed model and the new prompt
-    steer = AppTest.from_file(PAGES["5_Steering"], default_timeout=180)
+    steer = AppTest.from_file(PAGES["5_Steering"], default_timeout=600)
     steer.session_state["shared.model"] = at.session_state["shared.model"]
     steer.session_state["shared.prompt"] = at.session_state["shared.prompt"]
     steer.run()

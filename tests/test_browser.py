@@ -6,7 +6,8 @@ Checks the targets of the app: with warm caches each page's first full render ta
 model, prompt and task chosen on one page are still chosen on the next and in the URL; no
 request leaves for a host other than this machine; no "Deploy" button. With
 ``GATESCOPE_SCREENSHOTS=DIR`` a screenshot of every page at each width is saved there
-(``docs/`` holds them: ``GATESCOPE_SCREENSHOTS=docs pytest -m slow tests/test_browser.py``).
+(``docs/`` holds them, ``gates.png`` at 1400 px and ``gates_800.png`` at 800 px:
+``GATESCOPE_SCREENSHOTS=docs pytest -m slow tests/test_browser.py``).
 """
 
 import os
@@ -211,7 +212,8 @@ def test_every_page_in_chromium(server, width):
             times = {}
             for name in PAGES:  # then a fresh load of each page, timed
                 times[name or "Home"] = _render(page, url, name, press_run=False)
-                _shot(page, f"{(name or 'home').lower()}_{width}")
+                shot = (name or "home").lower()
+                _shot(page, shot if width == 1400 else f"{shot}_{width}")
                 assert page.get_by_role("button", name="Deploy").count() == 0
                 assert "Deploy" not in page.locator("header").inner_text()
             change = _time_widget_change(page, url)

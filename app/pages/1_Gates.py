@@ -48,6 +48,12 @@ def gate_values(model_name: str) -> list[float]:
     return values[::step].tolist()
 
 
+@st.cache_data(show_spinner=False)
+def prompt_gates(model_name, prompt: str):
+    """Gate values per token of one prompt (a layer or head change redraws from these)."""
+    return token_gates(cached_model(model_name), prompt)
+
+
 def prompt_set() -> list[str]:
     try:
         from probe.tasks import load_task, load_texts
@@ -67,7 +73,7 @@ st.subheader("Per-token gate values")
 prompt = shared_text("prompt", DEFAULT_PROMPT, key="prompt", area=True)
 layer = st.slider("layer", 0, model.dims.n_layers - 1, 0, key="layer")
 try:
-    tg = token_gates(model, prompt)
+    tg = prompt_gates(name, prompt)
 except GatescopeError as exc:
     st.error(str(exc))
     tg = None

@@ -12,6 +12,7 @@ from app.ui import (
     download_csv,
     finished,
     make_task,
+    memo,
     model_name,
     pair_inputs,
     pick_model,
@@ -28,11 +29,15 @@ st.set_page_config(page_title="gatescope: circuits", layout="wide")
 st.title("Circuits")
 
 
-@st.cache_data(show_spinner=False)
-def agree(name, spec: tuple, kind: str, _on_step=None):
-    """Patching vs every attribution method on ``kind``; ``_on_step`` (not part of the cache
-    key) hears of each finished step."""
-    return agreement(cached_model(name), make_task(spec), (kind,), progress=False, on_step=_on_step)
+def agree(name, spec: tuple, kind: str, on_step=None):
+    """Patching vs every attribution method on ``kind``, once per server; ``on_step`` hears
+    of each finished step."""
+    return memo(
+        ("agreement", name, spec, kind),
+        lambda: agreement(
+            cached_model(name), make_task(spec), (kind,), progress=False, on_step=on_step
+        ),
+    )
 
 
 @st.cache_data(show_spinner=False)
@@ -61,6 +66,12 @@ def curve_of(name, spec: tuple, method: str, on_part=None) -> FaithfulnessCurve:
         if on_part is not None:
             on_part(i + 1, len(parts))
     return FaithfulnessCurve(graph.method, graph.task, sizes, [values[n] for n in sizes])
+
+
+@st.cache_data(show_spinner=False)
+def faithfulness_of(name, spec: tuple, size: int) -> float:
+    keep = graph_of(name, spec, "relp").prune(size).node_names()
+    return faithfulness(cached_model(name), make_task(spec), keep)
 
 
 @st.cache_data(show_spinner=False)
@@ -104,7 +115,7 @@ def curve_step(done: int, total: int) -> None:
 
 
 try:
-    result = agree(name, spec, kind, _on_step=agreement_step)
+    result = agree(name, spec, kind, on_step=agreement_step)
     bar.progress(0.7, text="building the RelP circuit graph...")
     graph = graph_of(name, spec, "relp")
     bar.progress(0.75, text="faithfulness of every circuit size...")
@@ -164,7 +175,7 @@ size = st.slider(
     key=f"size_{name}_{spec}",
 )
 small = graph.prune(size)
-small.faithfulness = faithfulness(cached_model(name), make_task(spec), small.node_names())
+small.faithfulness = faithfulness_of(name, spec, size)
 st.metric(
     "faithfulness",
     f"{small.faithfulness:.3f}",

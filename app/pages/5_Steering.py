@@ -8,7 +8,7 @@ import json
 import streamlit as st
 import torch
 
-from app.ui import cached_model, model_name, pick_model, shared_text
+from app.ui import cached_model, memo, model_name, pick_model, shared_text
 from interventions.steering import build_vector, evaluate_steering, generate, word_logit_metric
 from probe.errors import GatescopeError
 from probe.tasks import TASKS_DIR, load_texts
@@ -71,21 +71,31 @@ def typical_norm(name: str, site: str) -> float:
 
 
 @st.cache_data(show_spinner=False)
-def evaluation(name, pairs_text: str, method: str, site: str, coefs: tuple, _on_step=None):
-    """The word-logit metric per strength for the vector and 10 random vectors of its norm;
-    ``_on_step`` (not part of the cache key) hears of each finished vector."""
-    model = cached_model(name)
-    words = json.loads((TASKS_DIR / "sentiment_words.json").read_text())
-    metric = word_logit_metric(model, words["positive"], words["negative"])
-    return evaluate_steering(
-        model,
-        vector(name, pairs_text, method, site),
-        load_texts("sentiment_prompts"),
-        metric,
-        coefs=coefs,
-        n_random=10,
-        on_step=_on_step,
-    )
+def continuation(name, pairs_text: str, method: str, site: str, prompt: str, coef):
+    """16 greedy tokens after ``prompt``, steered with ``coef`` times the vector (None:
+    unsteered)."""
+    vec = vector(name, pairs_text, method, site) if coef is not None else None
+    return generate(cached_model(name), prompt, vec, coef, max_new_tokens=16)
+
+
+def evaluation(name, pairs_text: str, method: str, site: str, coefs: tuple, on_step=None):
+    """The word-logit metric per strength for the vector and 10 random vectors of its norm,
+    once per server; ``on_step`` hears of each finished vector."""
+
+    def compute():
+        model = cached_model(name)
+        words = json.loads((TASKS_DIR / "sentiment_words.json").read_text())
+        return evaluate_steering(
+            model,
+            vector(name, pairs_text, method, site),
+            load_texts("sentiment_prompts"),
+            word_logit_metric(model, words["positive"], words["negative"]),
+            coefs=coefs,
+            n_random=10,
+            on_step=on_step,
+        )
+
+    return memo(("steering control", name, pairs_text, method, site, coefs), compute)
 
 
 model = pick_model()
@@ -121,7 +131,8 @@ try:
     shown = [-strength, 0.0, strength] if strength else [0.0]
     for col, s_ in zip(st.columns(len(shown)), shown, strict=True):
         c = coefs[STRENGTHS.index(s_)] if s_ in STRENGTHS else -coef
-        text = generate(model, prompt, vec if s_ else None, c, max_new_tokens=16)
+        vec_args = (pairs_text, method, site) if s_ else ("", "", "")  # unsteered: one entry
+        text = continuation(name, *vec_args, prompt, c if s_ else None)
         col.markdown(f"**strength {s_:+g}**" + ("" if s_ else " (unsteered)"))
         col.text(prompt + text)
     if (TASKS_DIR / "sentiment_words.json").is_file():
@@ -135,7 +146,7 @@ try:
                 method,
                 site,
                 coefs,
-                _on_step=lambda what, i, n: bar.progress(i / n, text=f"{what} done ({i} of {n})"),
+                on_step=lambda what, i, n: bar.progress(i / n, text=f"{what} done ({i} of {n})"),
             )
             bar.empty()
             st.session_state["steer_done"] = key

@@ -5,7 +5,15 @@ import json
 import plotly.graph_objects as go
 import streamlit as st
 
-from app.ui import cached_model, download_csv, finished, model_name, pick_model, run_button
+from app.ui import (
+    cached_model,
+    download_csv,
+    finished,
+    memo,
+    model_name,
+    pick_model,
+    run_button,
+)
 from probe.concepts import cross_layer
 from probe.concepts.tcav import target_function
 from probe.errors import GatescopeError
@@ -15,19 +23,21 @@ st.set_page_config(page_title="gatescope: concepts", layout="wide")
 st.title("Concepts")
 
 
-@st.cache_data(show_spinner=False)
-def layers(name, concept: str, kind: str, target: str, n_random: int, _on_step=None):
-    """TCAV on every layer of ``kind``; ``_on_step`` (not part of the cache key) hears of
-    each finished step."""
+def layers(name, concept: str, kind: str, target: str, n_random: int, on_step=None):
+    """TCAV on every layer of ``kind``, once per server; ``on_step`` hears of each finished
+    step."""
     randoms = [load_texts(f"random_{i}") for i in range(n_random)]
-    return cross_layer(
-        cached_model(name),
-        load_texts(concept),
-        randoms,
-        kind,
-        target,
-        load_texts("sentiment_prompts"),
-        on_step=_on_step,
+    return memo(
+        ("tcav", name, concept, kind, target, n_random),
+        lambda: cross_layer(
+            cached_model(name),
+            load_texts(concept),
+            randoms,
+            kind,
+            target,
+            load_texts("sentiment_prompts"),
+            on_step=on_step,
+        ),
     )
 
 
@@ -66,7 +76,7 @@ if not run_button(
 bar = st.progress(0.0, text="activations of the concept set...")
 try:
     result = layers(
-        *args, _on_step=lambda what, i, n: bar.progress(i / n, text=f"{what} ({i} of {n})")
+        *args, on_step=lambda what, i, n: bar.progress(i / n, text=f"{what} ({i} of {n})")
     )
 except GatescopeError as exc:
     bar.empty()
