@@ -240,17 +240,19 @@ def test_every_page_in_chromium(server, width):
             assert "prompt=" in page.url
             # the task chosen on Patching is the task on Circuits, and in the URL
             page.locator("[data-testid=stSidebarNav] a", has_text="Patching").click()
+            task = page.get_by_role("combobox", name="task")
+            task.wait_for(timeout=60000)
             _settled(page)
-            page.get_by_text("task", exact=True).first.wait_for(timeout=60000)
-            task_box = page.locator("[data-testid=stSelectbox]").filter(has_text="task").first
-            task_box.click()
+            task.click()
             page.get_by_role("option", name="induction", exact=True).click()
+            page.wait_for_url("**task=induction**", timeout=60000)
             _settled(page)
             page.locator("[data-testid=stSidebarNav] a", has_text="Circuits").click()
+            page.get_by_role("button", name="Run", exact=True).wait_for(timeout=60000)
             _settled(page)
-            task_box = page.locator("[data-testid=stSelectbox]").filter(has_text="task").first
-            assert "induction" in task_box.inner_text()
+            assert page.get_by_role("combobox", name="task").input_value() == "induction"
             assert parse_qs(urlparse(page.url).query)["task"] == ["induction"]
+            assert parse_qs(urlparse(page.url).query)["prompt"] == [prompt]
             _no_exception(page)
         finally:
             browser.close()

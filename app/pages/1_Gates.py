@@ -69,15 +69,6 @@ if model is None:
     st.stop()
 name = model_name(model)
 
-st.subheader("Per-token gate values")
-prompt = shared_text("prompt", DEFAULT_PROMPT, key="prompt", area=True)
-layer = st.slider("layer", 0, model.dims.n_layers - 1, 0, key="layer")
-try:
-    tg = prompt_gates(name, prompt)
-except GatescopeError as exc:
-    st.error(str(exc))
-    tg = None
-
 
 @st.cache_data(show_spinner="Reading attention patterns...")
 def patterns(name: str, prompt: str, layer: int) -> list:
@@ -115,7 +106,7 @@ def gate_over_text(labels: list[str], values: list[float]) -> str:
     )
 
 
-def section_attn_gate(model, tg, labels: list[str], layer: int) -> None:
+def section_attn_gate(model, name, prompt: str, tg, labels: list[str], layer: int) -> None:
     """The attention output gate: per token and head, over the text, with the pattern."""
     heads = [f"head {h}" for h in range(model.dims.n_heads)]
     fig = px.imshow(
@@ -167,7 +158,7 @@ def section_attn_gate(model, tg, labels: list[str], layer: int) -> None:
     download_csv(st, "attention pattern", rows, f"pattern_L{layer}H{head}.csv", "dl_pattern")
 
 
-def section_mlp_gate(model, tg, labels: list[str], layer: int) -> None:
+def section_mlp_gate(model, name, prompt: str, tg, labels: list[str], layer: int) -> None:
     """The GLU gate: fraction of active gate units per token and layer."""
     n_tok = len(labels)
     z = [r if r is not None else [float("nan")] * n_tok for r in tg.glu_active]
@@ -202,7 +193,19 @@ SECTIONS = {
     ),
 }
 
-if tg is not None:
+
+@st.fragment
+def per_token_section(model, name) -> None:
+    """The prompt's gates per token: a fragment, so a new prompt, layer or head redraws this
+    section alone (the prompt-set figures below stay as they are)."""
+    st.subheader("Per-token gate values")
+    prompt = shared_text("prompt", DEFAULT_PROMPT, key="prompt", area=True)
+    layer = st.slider("layer", 0, model.dims.n_layers - 1, 0, key="layer")
+    try:
+        tg = prompt_gates(name, prompt)
+    except GatescopeError as exc:
+        st.error(str(exc))
+        return
     labels = prompt_labels(model, prompt)
     if len(labels) != len(tg.tokens):
         labels = [f"{i}:{t}" for i, t in enumerate(tg.tokens)]
@@ -211,12 +214,15 @@ if tg is not None:
     info = model.layer_map()[layer]
     for kind, (present, draw) in SECTIONS.items():
         if kind in model.kinds and present(tg, layer):
-            draw(model, tg, labels, layer)
+            draw(model, name, prompt, tg, labels, layer)
         elif kind in model.kinds:
             st.info(
                 f"layer {layer} ({info.mixer}, {info.mlp} MLP) has no {kind}; layers with it: "
                 f"{', '.join(map(str, model.layers_with(kind)))}"
             )
+
+
+per_token_section(model, name)
 
 
 def per_head(table: list, n_heads: int) -> list:
