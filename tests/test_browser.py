@@ -137,10 +137,21 @@ def _no_exception(page) -> None:
 
 
 def _shot(page, name: str) -> None:
+    """The whole page (the window grown to the height of Streamlit's scrolling main area)."""
     where = os.environ.get("GATESCOPE_SCREENSHOTS")
-    if where:
-        Path(where).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(where) / f"{name}.png"), full_page=True)
+    if not where:
+        return
+    Path(where).mkdir(parents=True, exist_ok=True)
+    size = page.viewport_size
+    height = page.evaluate(
+        "() => Math.max(...[...document.querySelectorAll('[data-testid=stMain], "
+        "[data-testid=stSidebarContent]')].map(e => e.scrollHeight))"
+    )
+    page.set_viewport_size({"width": size["width"], "height": min(int(height) + 40, 8000)})
+    page.wait_for_timeout(1500)  # charts redraw at the new size
+    _settled(page)
+    page.screenshot(path=str(Path(where) / f"{name}.png"))
+    page.set_viewport_size(size)
 
 
 def _render(page, url: str, name: str, press_run: bool) -> float:
@@ -279,11 +290,14 @@ def test_patching_each_position_and_a_custom_pair_in_chromium(server, width):
             page.get_by_text("each position").wait_for(timeout=240000)
             _settled(page)
             page.get_by_text("each position").click()
-            _settled(page)
+            # the new sweep waits for Run, unless this server has run it before; either way
+            # its map has positions along x (the map drawn before has heads there)
             run = page.get_by_role("button", name="Run", exact=True)
+            per_position = page.get_by_text("position: token")
+            run.or_(per_position).first.wait_for(timeout=240000)
             if run.count():
                 run.click()
-            page.locator(".js-plotly-plot").first.wait_for(timeout=240000)
+            per_position.wait_for(timeout=240000)
             _settled(page)
             _no_exception(page)
             body = page.locator("[data-testid=stMain]").inner_text()

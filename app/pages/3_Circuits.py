@@ -132,7 +132,9 @@ scatter = result.figure(kind)
 scatter.update_layout(
     xaxis_title="activation patching effect (normalised)",
     yaxis_title="attribution score (normalised)",
-    legend={"orientation": "h", "y": -0.25},
+    legend={"orientation": "h", "yanchor": "top", "y": -0.2},
+    height=720,  # eleven methods in the legend under the chart: room for the points above it
+    margin={"b": 260},
 )
 st.plotly_chart(scatter, width="stretch", key="agreement_scatter")
 # full width under the chart: at 800 px a side column cut the Spearman column off
