@@ -464,3 +464,61 @@ def test_concepts_page_bad_target_is_a_message(monkeypatch):
     assert not at.exception and not at.error and at.get("plotly_chart")
     table = at.dataframe[0].value
     assert len(table) == 4 and table["TCAV"].notna().all()
+
+
+def test_progress_hooks_report_every_step_in_order(tiny_model):
+    """The hooks the pages' progress bars hang on: each step once, counted up to the total."""
+    from circuits.agreement import agreement
+    from circuits.methods import AtP
+    from interventions.steering import build_vector, evaluate_steering
+    from probe.concepts import cross_layer
+    from probe.tasks import Task
+
+    model = tiny_model()
+    seen = []
+    hook = lambda what, done, total: seen.append((what, done, total))  # noqa: E731
+    task = Task("t", ["w1 w2 w3 w4"], ["w1 w9 w3 w4"], ["w5"], ["w6"])
+    methods = {"atp": AtP(), "atp again": AtP()}
+    result = agreement(model, task, ("mlp_out",), False, methods, on_step=hook)
+    assert [s[1:] for s in seen] == [(1, 3), (2, 3), (3, 3)]
+    assert [s[0] for s in seen] == ["patched mlp_out", "atp on mlp_out", "atp again on mlp_out"]
+    assert set(result.stats["mlp_out"]) == set(methods)
+
+    seen.clear()
+    vec = build_vector(model, "caa", ["w1 w2", "w3 w4"], ["w5 w6", "w7 w8"], "resid_post.1")
+    ev = evaluate_steering(
+        model, vec, ["w1 w2 w3"], lambda logits, lengths: 0.0, (0, 1), 2, on_step=hook
+    )
+    assert [s[1:] for s in seen] == [(1, 3), (2, 3), (3, 3)] and len(ev.random) == 2
+
+    seen.clear()
+    sets = [prompts(6, 5, seed=i) for i in range(11)]
+    result = cross_layer(
+        model, sets[0], sets[1:], "resid_post", "w5|w6", prompts(4, 6), on_step=hook
+    )
+    n_layers = model.dims.n_layers
+    total = 1 + 10 + 1 + n_layers  # concept set, random sets, gradients, CAVs per layer
+    assert [s[1:] for s in seen] == [(i, total) for i in range(1, total + 1)]
+    assert seen[-1][0] == f"CAVs at resid_post.{n_layers - 1}" and len(result.layers) == n_layers
+
+
+def test_gatescope_app_passes_the_server_settings_as_flags(monkeypatch):
+    """Streamlit reads .streamlit/config.toml only when started in the repository root: the
+    command passes the same settings (the browser test runs it from elsewhere)."""
+    import tomllib
+
+    from typer.testing import CliRunner
+
+    import app.cli
+
+    calls = []
+    monkeypatch.setattr(app.cli.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    result = CliRunner().invoke(app.cli.app, ["app", "--port", "8600"])
+    assert result.exit_code == 0, result.output
+    flags = dict(a.removeprefix("--").split("=", 1) for a in calls[0] if a.startswith("--"))
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    for section, values in config.items():
+        for name, value in values.items():
+            want = str(value).lower() if isinstance(value, bool) else str(value)
+            assert flags.get(f"{section}.{name}") == want, (section, name)
+    assert flags["server.port"] == "8600" and flags["server.address"] == "localhost"

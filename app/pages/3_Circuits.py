@@ -183,7 +183,8 @@ st.metric(
     f"{small.faithfulness:.3f}",
     help="logit difference with only these nodes kept, as a fraction of the full model's",
 )
-left, right = st.columns([3, 2])
+# one chart above the other: side by side, both were cut off at 800 px
+left = right = st.container()
 graph_fig = small.figure()
 top = max((abs(n.score) for n in small.nodes), default=1.0) or 1.0
 graph_fig.update_traces(  # the node markers: one symmetric scale, with its colour bar
@@ -222,7 +223,7 @@ for p in points:  # a click on a node in the graph selects it here
             st.session_state[key] = clicked
 node = st.selectbox("node (or click one in the graph)", nodes, key=key)
 report = inspected(name, spec, size, node)
-c = st.columns(3)
+c = [*st.columns(2), st.container()]  # the long logit-lens label gets a row of its own
 c[0].metric("RelP score", f"{report.score:+.3f}")
 c[1].metric(
     "direct logit attribution",
