@@ -447,6 +447,8 @@ def test_patching_page_layer_by_head_and_by_position(monkeypatch):
     heads = at.dataframe[0].value["component"].tolist()
     assert heads and all("@" not in c and c.startswith("head_out.") for c in heads)
     at.checkbox(key="each_head_out").check().run()
+    if any(b.label == "Run" for b in at.button):  # not yet computed in this process
+        at.button(key="patching_run").click().run()
     assert not at.exception and not at.error
     assert all("@" in c for c in at.dataframe[0].value["component"])
 
@@ -459,6 +461,7 @@ def test_concepts_page_bad_target_is_a_message(monkeypatch):
     at.text_input(key="target").set_value("wonderfulness|terrible").run()
     assert not at.exception and "not a single token" in at.error[0].value
     at.text_input(key="target").set_value("wonderful|terrible").run()  # the page recovers
+    at.slider(key="n_random").set_value(11).run()  # a computation no other test has run
     assert not at.exception and not at.error and not at.get("plotly_chart")  # waits for Run
     at.button(key="concepts_run").click().run()
     assert not at.exception and not at.error and at.get("plotly_chart")
