@@ -36,16 +36,24 @@ def prompt_set_report(model_name: str) -> dict:
     ).to_dict()
 
 
+BINS = 50
+
+
 @st.cache_data(show_spinner="Collecting gate values...")
-def gate_values(model_name: str) -> list[float]:
+def gate_histogram(model_name) -> list[int]:
+    """Counts of attention-gate values in 50 equal bins over [0, 1]: every gate value at every
+    real (unpadded) token of the first 24 prompts of the prompt set."""
     model = cached_model(model_name)
-    with Tracer(model, "attn_gate.*", reducers=[], keep=True) as tr, torch.no_grad():
+    counts = torch.zeros(BINS, dtype=torch.long)
+    with torch.no_grad():
         for batch in model.batches(prompt_set()[:24], 8):
-            model.forward(batch.input_ids, batch.attention_mask)
-            values = torch.cat([v.flatten() for v in tr.activations.values()])
-            break
-    step = max(1, values.numel() // 40000)
-    return values[::step].tolist()
+            with Tracer(model, "attn_gate.*", reducers=[], keep=True) as tr:
+                model.forward(batch.input_ids, batch.attention_mask)
+            mask = batch.attention_mask.bool().cpu()  # (B, T)
+            for value in tr.activations.values():  # (B, T, ...)
+                real = value.float().cpu()[mask].flatten()
+                counts += torch.histc(real, bins=BINS, min=0.0, max=1.0).long()
+    return counts.tolist()
 
 
 @st.cache_data(show_spinner=False)
@@ -249,22 +257,25 @@ if report["mean_gate"] is not None:
     cols[0].plotly_chart(heat, width="stretch", key="mean_gate")
     rows = grid_rows(z, list(range(n_heads)), list(range(len(z))), "head", "layer", "mean gate")
     download_csv(cols[0], "mean gate", rows, "mean_gate.csv", "dl_mean_gate")
-    values = gate_values(name)
-    hist = px.histogram(
-        x=values,
-        nbins=50,
-        range_x=[0, 1],
-        log_y=True,
-        title="distribution of gate values",
-        labels={"x": "gate value"},
+    counts = gate_histogram(name)
+    edges = [i / BINS for i in range(BINS + 1)]
+    hist = go.Figure(
+        go.Bar(
+            x=[(a + b) / 2 for a, b in zip(edges, edges[1:], strict=False)],
+            y=counts,
+            width=1 / BINS,
+            hovertemplate="gate %{x:.2f} ± 0.01: %{y} values<extra></extra>",
+        )
     )
-    hist.update_traces(xbins={"start": 0.0, "end": 1.0, "size": 0.02})
-    hist.update_yaxes(title_text="count (log)")
+    hist.update_layout(
+        title="distribution of gate values",
+        xaxis_title="gate value",
+        xaxis_range=[0, 1],
+        yaxis_title="count (log)",
+        yaxis_type="log",
+        bargap=0,
+    )
     cols[1].plotly_chart(hist, width="stretch", key="gate_hist")
-    edges = [i / 50 for i in range(51)]
-    counts = [0] * 50
-    for v in values:
-        counts[min(49, max(0, int(v * 50)))] += 1
     rows = [
         {"bin_start": a, "bin_end": b, "count": c}
         for a, b, c in zip(edges, edges[1:], counts, strict=False)
