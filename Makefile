@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 app: setup
-	$(VENV)/bin/streamlit run app/Home.py --server.headless true --server.port $(PORT)
+	$(PY) -m app.cli app --port $(PORT)  # localhost only, no usage statistics (app/cli.py)
 
 # Debian's Chromium for the real-browser test (never `playwright install`).
 browser:

@@ -12,13 +12,14 @@ st.caption("Gates, circuits and steering for gated transformers")
 model = pick_model()
 if model is not None:
     d = model.dims
-    cols = st.columns(5)
-    cols[0].metric("family", model.family.name)
-    cols[1].metric("layers", d.n_layers)
-    cols[2].metric("heads", f"{d.n_heads} x {d.d_head}")
-    cols[3].metric("d_model", d.d_model)
-    cols[4].metric("attention gate", "yes" if model.is_gated else "no")
-    st.write(model.family.description)
+    st.markdown(f"**Family `{model.family.name}`**: {model.family.description}")
+    # two rows of short metrics: five in one row truncated their values at 800 px
+    cols = st.columns(3) + st.columns(3)
+    cols[0].metric("layers", d.n_layers)
+    cols[1].metric("heads", f"{d.n_heads} x {d.d_head}")
+    cols[2].metric("d_model", d.d_model)
+    cols[3].metric("attention gate", "yes" if model.is_gated else "no")
+    cols[4].metric("parameters", f"{sum(p.numel() for p in model.hf.parameters()) / 1e6:.2f} M")
     rows = []
     for kind, meaning in SITE_KINDS.items():
         rows.append(

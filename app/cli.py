@@ -267,12 +267,23 @@ def _print_attention_table(report) -> None:
     Console().print(table)
 
 
+#: The app's server settings as flags (as in .streamlit/config.toml, which Streamlit reads only
+#: when started in the repository root): no usage statistics, no deploy button, localhost only.
+APP_FLAGS = (
+    "--browser.gatherUsageStats=false",
+    "--browser.serverAddress=localhost",
+    "--server.address=localhost",
+    "--server.headless=true",
+    "--client.toolbarMode=minimal",
+)
+
+
 @app.command("app")
 def run_app(port: int = typer.Option(8501, "--port")) -> None:
-    """Start the web app (Streamlit) on the bundled reference model."""
+    """Start the web app (Streamlit) on the bundled reference model, on localhost only."""
     home = Path(__file__).with_name("Home.py")
-    cmd = [sys.executable, "-m", "streamlit", "run", str(home), "--server.port", str(port)]
-    raise typer.Exit(subprocess.call(cmd))
+    cmd = [sys.executable, "-m", "streamlit", "run", str(home), *APP_FLAGS]
+    raise typer.Exit(subprocess.call([*cmd, f"--server.port={port}"]))
 
 
 def _mount_commands() -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -231,14 +232,24 @@ def agreement(
     kinds=("resid_pre", "attn_out", "mlp_out", "head_out"),
     progress: bool = True,
     methods: dict[str, Method | dict] | None = None,
+    on_step: Callable[[str, int, int], None] | None = None,
 ) -> AgreementResult:
     """Every figure of the module docstring per site kind and method.
 
     ``methods`` maps a column name to a method object (or to ``attribute()`` keyword
     arguments, e.g. ``{"relp glu=grad": {"method": "relp", "glu_rule": "gradient"}}``);
-    default :func:`methods_for`."""
+    default :func:`methods_for`. ``on_step(what, done, total)`` is told after the patching
+    sweep and after each method (a progress bar's hook)."""
     methods = methods_for(model) if methods is None else methods
     objects = {name: m if isinstance(m, Method) else make(**dict(m)) for name, m in methods.items()}
+    total, done = len(kinds) * (1 + len(methods)), 0
+
+    def step(what: str) -> None:
+        nonlocal done
+        done += 1
+        if on_step is not None:
+            on_step(what, done, total)
+
     stats, patched_all, scores_all, labels, seconds = {}, {}, {}, {}, {}
     for kind in kinds:
         sites = f"{kind}.*"
@@ -246,6 +257,7 @@ def agreement(
         start = time.perf_counter()
         truth = activation_patching(model, task, sites, positions=positions, progress=progress)
         seconds[kind] = {"patching": time.perf_counter() - start}
+        step(f"patched {kind}")
         keep = [
             i
             for i, c in enumerate(truth.components)
@@ -262,6 +274,7 @@ def agreement(
             y = [result.components[i].effect for i in keep]
             scores_all[kind][name] = y
             stats[kind][name] = compare(x if m.signed else [abs(v) for v in x], y)
+            step(f"{name} on {kind}")
     return AgreementResult(
         model=model.name,
         task=task.name,

@@ -335,10 +335,12 @@ def evaluate_steering(
     n_random: int = 10,
     seed: int = 0,
     progress: bool = False,
+    on_step: Callable[[str, int, int], None] | None = None,
 ) -> SteeringEval:
     """The metric on ``prompts`` (steering at every position) per coefficient, for the vector
     and ``n_random`` random directions of the same norm; ``progress``: a bar on stderr over
-    the (1 + n_random) x coefficients passes."""
+    the (1 + n_random) x coefficients passes; ``on_step(what, done, total)`` is told after
+    each vector's curve (a progress bar's hook)."""
     batch = model.tokenize(list(prompts))
     g = torch.Generator().manual_seed(seed)
     norm = vector.direction.norm()
@@ -363,11 +365,20 @@ def evaluate_steering(
             bar.update(1)
         return scores
 
+    total = 1 + n_random
     try:
+        own = curve(vector)
+        if on_step is not None:
+            on_step("the steering vector", 1, total)
+        random_curves = []
+        for i, r in enumerate(randoms):
+            random_curves.append(curve(r))
+            if on_step is not None:
+                on_step(f"random vector {i + 1}", i + 2, total)
         return SteeringEval(
             coefs=[float(c) for c in coefs],
-            vector=curve(vector),
-            random=[curve(r) for r in randoms],
+            vector=own,
+            random=random_curves,
             site=str(vector.site),
         )
     finally:

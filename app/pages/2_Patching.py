@@ -9,12 +9,17 @@ import streamlit as st
 from app.ui import (
     CUSTOM,
     cached_model,
+    download_csv,
+    finished,
     make_task,
     model_name,
     pair_inputs,
     pick_model,
+    run_button,
     shared_choice,
+    token_labels,
 )
+from interventions.components import prepare
 from interventions.patching import PatchingResult, activation_patching
 from probe.errors import GatescopeError
 from probe.tasks import BUNDLED_TASKS
@@ -40,6 +45,13 @@ def sweep_layer(name: str, spec: tuple, kind: str, mode: str, each: bool, layer:
         mode=mode,
         progress=False,
     )
+
+
+@st.cache_data(show_spinner=False)
+def position_labels(name, spec: tuple) -> list[str]:
+    """Whole-token labels of the first prompt a per-position sweep uses."""
+    batch = prepare(cached_model(name), make_task(spec), "each")
+    return token_labels(cached_model(name).tokenizer, batch.clean_ids[0][: int(batch.lengths[0])])
 
 
 def sweep(name: str, spec: tuple, kind: str, mode: str, each: bool) -> PatchingResult:
@@ -75,11 +87,20 @@ if task == CUSTOM:
 else:
     n = row2[0].slider("prompts", 4, 64, 16, key="n")
     spec = ("bundled", task, n)
+args = (model_name(model), spec, kind, mode, each)
+what = "each position" if each else "all positions at once"
+if not run_button(
+    args,
+    "patching_run",
+    f"Patch every {kind} component of every layer ({mode}, {what}): press Run.",
+):
+    st.stop()
 try:
-    result = sweep(model_name(model), spec, kind, mode, each)
+    result = sweep(*args)
 except GatescopeError as exc:
     st.error(str(exc))
     st.stop()
+finished(args, "patching_run")
 if result.n_prompts < n:
     st.warning(
         f"{n - result.n_prompts} of {n} prompts left out: patching each position needs prompts "
@@ -96,20 +117,41 @@ fig = result.figure(kind)
 fig.update_traces(zmin=-1, zmax=1, colorbar={"title": "normalised effect"})
 fig.update_layout(yaxis_title="layer" if not (headed and each) else "layer.head")
 if result.tokens and each:
+    labels = position_labels(model_name(model), spec)
+    if len(labels) != len(result.tokens):
+        labels = [f"{i}:{t}" for i, t in enumerate(result.tokens)]
     fig.update_xaxes(
         title_text="position: token",
         tickmode="array",
-        ticktext=[f"{i}:{t}" for i, t in enumerate(result.tokens)],
-        tickvals=[f"pos {i}" for i in range(len(result.tokens))],
+        ticktext=labels,
+        tickvals=[f"pos {i}" for i in range(len(labels))],
     )
+elif headed:
+    fig.update_xaxes(title_text="head")
 else:
-    fig.update_xaxes(title_text="head" if headed else "")
+    fig.update_xaxes(title_text="positions patched (all at once; tick 'each position' for each)")
 st.plotly_chart(fig, width="stretch", key="patching_heatmap")
 st.download_button(
     "effects (JSON)",
     json.dumps([{"component": c.label, "effect": c.effect} for c in result.components]),
     file_name=f"patching_{kind}.json",
     key="patching_json",
+)
+download_csv(
+    st,
+    "effects",
+    [
+        {
+            "component": c.label,
+            "layer": c.layer,
+            "head": c.head,
+            "position": c.position,
+            "effect": c.effect,
+        }
+        for c in result.components
+    ],
+    f"patching_{kind}.csv",
+    "patching_csv",
 )
 st.subheader("Top components")
 st.dataframe(

@@ -5,7 +5,15 @@ import json
 import plotly.graph_objects as go
 import streamlit as st
 
-from app.ui import cached_model, model_name, pick_model
+from app.ui import (
+    cached_model,
+    download_csv,
+    finished,
+    memo,
+    model_name,
+    pick_model,
+    run_button,
+)
 from probe.concepts import cross_layer
 from probe.concepts.tcav import target_function
 from probe.errors import GatescopeError
@@ -15,16 +23,21 @@ st.set_page_config(page_title="gatescope: concepts", layout="wide")
 st.title("Concepts")
 
 
-@st.cache_data(show_spinner="Training CAVs and computing TCAV per layer (10-60 s)...")
-def layers(name: str, concept: str, kind: str, target: str, n_random: int):
+def layers(name, concept: str, kind: str, target: str, n_random: int, on_step=None):
+    """TCAV on every layer of ``kind``, once per server; ``on_step`` hears of each finished
+    step."""
     randoms = [load_texts(f"random_{i}") for i in range(n_random)]
-    return cross_layer(
-        cached_model(name),
-        load_texts(concept),
-        randoms,
-        kind,
-        target,
-        load_texts("sentiment_prompts"),
+    return memo(
+        ("tcav", name, concept, kind, target, n_random),
+        lambda: cross_layer(
+            cached_model(name),
+            load_texts(concept),
+            randoms,
+            kind,
+            target,
+            load_texts("sentiment_prompts"),
+            on_step=on_step,
+        ),
     )
 
 
@@ -54,16 +67,23 @@ except GatescopeError as exc:
     st.error(str(exc))
     st.stop()
 args = (model_name(model), concept, kind, target, n_random)
-if st.session_state.get("concepts_done") != args:
-    if not st.button("Run", key="concepts_run", type="primary"):
-        st.info("TCAV trains CAVs against every random set on every layer (10-60 s): press Run.")
-        st.stop()
+if not run_button(
+    args,
+    "concepts_run",
+    "TCAV trains CAVs against every random set on every layer (10-60 s): press Run.",
+):
+    st.stop()
+bar = st.progress(0.0, text="activations of the concept set...")
 try:
-    result = layers(*args)
+    result = layers(
+        *args, on_step=lambda what, i, n: bar.progress(i / n, text=f"{what} ({i} of {n})")
+    )
 except GatescopeError as exc:
+    bar.empty()
     st.error(str(exc))
     st.stop()
-st.session_state["concepts_done"] = args
+bar.empty()
+finished(args, "concepts_run")
 fig = go.Figure()
 fig.add_trace(go.Bar(x=[f"L{i}" for i in result.layers], y=result.accuracy, name="CAV accuracy"))
 fig.add_trace(
@@ -89,27 +109,26 @@ fig.update_layout(
     yaxis_title="accuracy / fraction of inputs",
 )
 st.plotly_chart(fig, width="stretch", key="concept_layers")
-st.dataframe(
-    [
-        {
-            "layer": i,
-            "CAV accuracy": round(a, 3),
-            "TCAV": round(t, 3),
-            "p": p,
-            "significant": p < 0.05,
-            "all or none": r.all_or_none,
-        }
-        for i, a, t, p, r in zip(
-            result.layers,
-            result.accuracy,
-            result.tcav,
-            result.p_values,
-            result.results,
-            strict=True,
-        )
-    ],
-    hide_index=True,
-)
+table = [
+    {
+        "layer": i,
+        "CAV accuracy": round(a, 3),
+        "TCAV": round(t, 3),
+        "p": p,
+        "significant": p < 0.05,
+        "all or none": r.all_or_none,
+    }
+    for i, a, t, p, r in zip(
+        result.layers,
+        result.accuracy,
+        result.tcav,
+        result.p_values,
+        result.results,
+        strict=True,
+    )
+]
+st.dataframe(table, hide_index=True)
+download_csv(st, "per-layer numbers", table, f"tcav_{kind}.csv", "concepts_csv")
 st.caption(
     f"variance of TCAV across layers: {result.tcav_variance:.3f}; cosine of CAVs "
     f"between adjacent layers: {[round(c, 2) for c in result.adjacent_cosine]}"

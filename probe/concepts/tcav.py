@@ -358,13 +358,29 @@ def cross_layer(
     target: Target,
     inputs: Sequence[str],
     pooling: str = "last",
+    on_step: Callable[[str, int, int], None] | None = None,
 ) -> CrossLayerResult:
-    """TCAV at every layer of ``kind`` side by side (the GCAV paper's concern)."""
+    """TCAV at every layer of ``kind`` side by side (the GCAV paper's concern).
+    ``on_step(what, done, total)`` is told after each activation set, the gradients and each
+    layer's CAVs (a progress bar's hook)."""
     _check_tcav_args(model, random_sets, target)
     sites = model.sites(f"{kind}.*")
+    total, done = len(random_sets) + 2 + len(sites), 0
+
+    def step(what: str) -> None:
+        nonlocal done
+        done += 1
+        if on_step is not None:
+            on_step(what, done, total)
+
     xc = pooled_activations(model, concept, sites, pooling)
-    xr = [pooled_activations(model, r, sites, pooling) for r in random_sets]
+    step("concept activations")
+    xr = []
+    for i, r in enumerate(random_sets):
+        xr.append(pooled_activations(model, r, sites, pooling))
+        step(f"random set {i + 1} activations")
     grads = site_gradients(model, inputs, sites, target, pooling)
+    step("gradients of the target")
     results, means = [], []
     for site in sites:
         res, cavs = _tcav_from_arrays(
@@ -373,6 +389,7 @@ def cross_layer(
         mean = np.mean([c.array() for c in cavs], 0)  # (D,)
         means.append(mean / np.linalg.norm(mean))
         results.append(res)
+        step(f"CAVs at {site}")
     scores = [r.score for r in results]
     return CrossLayerResult(
         kind=kind,
