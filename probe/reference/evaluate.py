@@ -75,6 +75,8 @@ class ReferenceEval:
     # documents do use, and the mean logit gain of the copied token on its second occurrence
     induction_accuracy_seen_words: float | None = None
     induction_logit_gain: dict | None = None
+    # the held-out figure with the prompts' document-start token left out
+    induction_accuracy_no_document_start: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,20 +115,44 @@ def ioi_figures(model: Model, limit: int | None = None) -> dict:
     }
 
 
+def _copy_hits(model: Model, texts: list[str], document_start: bool = True) -> tuple[int, int]:
+    """(tokens predicted, tokens) over the second half of each text (a word sequence said
+    twice, one token per word), from its second token on: the first token of the repeat
+    cannot be known before it is read. ``document_start=False`` leaves out the token the
+    tokenizer puts before a prompt (the end-of-text token that starts every training
+    document)."""
+    if document_start:
+        batch = model.tokenize(texts)
+        ids, mask, lengths = batch.input_ids, batch.attention_mask, batch.lengths
+    else:
+        rows = [model.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        width = max(map(len, rows))
+        ids = torch.zeros((len(rows), width), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
+        lengths = mask.sum(1)
+    logits = _batched_logits(model, ids, mask)
+    hits = total = 0
+    for row, (text, n) in enumerate(zip(texts, lengths.tolist(), strict=True)):
+        start = n - len(text.split()) // 2  # the repeat: the last half of the tokens
+        pred = logits[row, start : n - 1].argmax(-1).cpu()  # predicts tokens start+1 .. n-1
+        target = ids[row, start + 1 : n]
+        hits += int((pred == target).sum())
+        total += target.numel()
+    return hits, total
+
+
 @torch.no_grad()
-def induction_accuracy(model: Model, limit: int | None = None) -> tuple[float, int]:
+def induction_accuracy(
+    model: Model, limit: int | None = None, document_start: bool = True
+) -> tuple[float, int]:
+    """Accuracy on the repeated half of the held-out induction sequences (words never in an
+    induction document); see :func:`_copy_hits` for ``document_start``."""
     task = load_task("induction")
     task = task.subset(limit) if limit else task
     texts = [c + a for c, a in zip(task.clean, task.answers, strict=True)]
-    batch = model.tokenize(texts)
-    logits = _batched_logits(model, batch.input_ids, batch.attention_mask)
-    hits, total = 0, 0
-    for row, n in enumerate(batch.lengths.tolist()):
-        half = n // 2
-        pred = logits[row, half : n - 1].argmax(-1).cpu()  # predicts tokens half+1 .. n-1
-        target = batch.input_ids[row, half + 1 : n]
-        hits += int((pred == target).sum())
-        total += target.numel()
+    hits, total = _copy_hits(model, texts, document_start)
     return hits / total, len(task)
 
 
@@ -179,7 +205,9 @@ def facts_accuracy(model: Model) -> tuple[float, int]:
 def _prose_rows(model: Model, window: int = 128) -> torch.Tensor:
     _, held = prose_paragraphs()
     eos = model.tokenizer.eos_token_id
-    ids = [t for p in held for t in (*model.tokenizer(p)["input_ids"], eos)]
+    # joined by end-of-text as in training (no document-start token of the tokenizer's own)
+    enc = lambda p: model.tokenizer(p, add_special_tokens=False)["input_ids"]  # noqa: E731
+    ids = [t for p in held for t in (*enc(p), eos)]
     return torch.tensor(ids[: len(ids) // window * window]).view(-1, window)  # (N, window)
 
 
@@ -475,6 +503,7 @@ def evaluate_reference(
         model = load_model(model, tokenizer=tokenizer)
     ioi = ioi_figures(model, limit)
     ind_acc, n_ind = induction_accuracy(model, limit)
+    ind_bare, _ = induction_accuracy(model, limit, document_start=False)
     facts_acc, n_facts = facts_accuracy(model)
     ppl = prose_perplexity(model)
     prompts = load_task("ioi").clean[: limit or 200]
@@ -491,6 +520,7 @@ def evaluate_reference(
     return ReferenceEval(
         induction_accuracy_seen_words=seen_acc,
         induction_logit_gain=gains,
+        induction_accuracy_no_document_start=ind_bare,
         model=model.name,
         induction_accuracy=ind_acc,
         facts_accuracy=facts_acc,

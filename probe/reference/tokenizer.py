@@ -2,6 +2,11 @@
 
 Every task word (names, fact answers, sentiment words) must be a single token with its
 leading space; :func:`check_single_tokens` refuses a tokenizer where one is not.
+
+Training joins documents with the end-of-text token, so every document a model learns from
+starts right after one. :func:`mark_document_start` makes the tokenizer put that token
+before every prompt it encodes with special tokens (as a BOS token), so prompts look like
+the documents the models were trained on; ``add_special_tokens=False`` leaves it out.
 """
 
 from __future__ import annotations
@@ -29,9 +34,26 @@ def train_tokenizer(documents: Iterable[str], vocab_size: int = 4096):
         show_progress=False,
     )
     tok.train_from_iterator(documents, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=EOS, pad_token=PAD, bos_token=None, unk_token=None
+    return mark_document_start(
+        PreTrainedTokenizerFast(
+            tokenizer_object=tok, eos_token=EOS, pad_token=PAD, bos_token=None, unk_token=None
+        )
     )
+
+
+def mark_document_start(tokenizer):
+    """``tokenizer`` (changed in place, and returned) with the end-of-text token as its BOS:
+    an encoding with special tokens starts with it, as every training document does."""
+    from tokenizers import processors
+
+    eos, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
+    if eos is None or eos_id is None:
+        raise GatescopeError("the tokenizer has no end-of-text token to mark a document start")
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{eos} $A", pair=f"{eos} $A {eos} $B", special_tokens=[(eos, eos_id)]
+    )
+    tokenizer.bos_token = eos
+    return tokenizer
 
 
 def single_token_id(tokenizer, word: str) -> int:

@@ -29,7 +29,7 @@ import torch
 
 from probe.errors import GatescopeError
 from probe.reference.corpus import build_corpus, iter_task_words
-from probe.reference.tokenizer import check_single_tokens, train_tokenizer
+from probe.reference.tokenizer import check_single_tokens, mark_document_start, train_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -366,7 +366,7 @@ def train_reference(cfg: TrainConfig, out: Path, resume: bool = False, progress:
     model.eval()
     final = out / "model"
     model.save_pretrained(final, safe_serialization=True)
-    tokenizer.save_pretrained(final)
+    mark_document_start(tokenizer).save_pretrained(final)  # prompts start as documents do
     info = {
         "config": asdict(cfg),
         "corpus_sha256": corpus.sha256(),
