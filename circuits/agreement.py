@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -195,7 +195,7 @@ def _ranks(v: np.ndarray) -> np.ndarray:
     return ranks
 
 
-def pearson(x: list[float], y: list[float]) -> float:
+def pearson(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
     """Pearson's r (NaN where either is constant or there are fewer than two points)."""
     a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(a) < 2:
@@ -231,7 +231,7 @@ def agreement(
     task: Task,
     kinds=("resid_pre", "attn_out", "mlp_out", "head_out"),
     progress: bool = True,
-    methods: dict[str, Method | dict] | None = None,
+    methods: Mapping[str, Method | dict] | None = None,
     on_step: Callable[[str, int, int], None] | None = None,
 ) -> AgreementResult:
     """Every figure of the module docstring per site kind and method.

@@ -251,17 +251,17 @@ def component_write(model: Model, c, run, grad_sets: list[dict]) -> Write | None
 
 def attention_corrections(
     model: Model, batch: TaskBatch, comps, run, method, grad_sets: list[dict]
-) -> list[list[float] | None]:
+) -> list[list[tuple[float | None, float]] | None]:
     """Per component, per gradient set in ``grad_sets``: the (unnormalised) score replacing
     the plain ``(clean - corrupt) . gradient`` product's correction, as
-    ``[own or None, correction]`` lists; ``None`` for components not corrected (module
+    ``(own or None, correction)`` pairs; ``None`` for components not corrected (module
     docstring). ``grad_sets[k]`` maps sites to gradients (the plain pass, then GradDrop's)."""
     star_relp = method.name == "relp*"
     layers = attention_layers(model)
     blocks = _Blocks(model, batch) if layers else None
     x = {i: run.corrupt[Site("resid_pre", i)] for i in layers}
     base = {i: blocks(i, x[i]) for i in layers} if blocks else {}
-    out: list = []
+    out: list[list[tuple[float | None, float]] | None] = []
     for c in comps:
         written = component_write(model, c, run, grad_sets)
         if written is None:
@@ -270,6 +270,7 @@ def attention_corrections(
         totals = [0.0] * len(grad_sets)
         if bool(written.delta.abs().amax() > 0):
             for layer in (i for i in layers if i >= written.first):
+                assert blocks is not None  # layers is not empty
                 moved = x[layer] + written.delta
                 exact = blocks(layer, moved)
                 diff = exact - (blocks(layer, moved, True) if star_relp else base[layer])

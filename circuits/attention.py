@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 
@@ -127,7 +128,8 @@ def attention(model: Model, **fields) -> Iterator[AttentionState]:
     _register()
     state = replace(_STACK[-1] if _STACK else AttentionState(), **fields)
     outermost = not _STACK
-    configs, before = [], []
+    configs: list[Any] = []  # the modules' transformers configs
+    before: list[Any] = []
     if outermost:
         configs = list(
             {id(m.config): m.config for m in model.hf.modules() if hasattr(m, "config")}.values()

@@ -39,7 +39,7 @@ import torch
 
 from circuits.atp_star import attention_corrections, correction_sites
 from circuits.lrp import lrp_rules
-from circuits.methods import NODE_METHODS, AtPStar, Method, RelPStar, make
+from circuits.methods import NODE_METHODS, AtPStar, Method, RelP, RelPStar, make
 from interventions.components import Component, components, prepare, value_site
 from interventions.patching import Grid, PatchingResult
 from probe.errors import GatescopeError
@@ -292,6 +292,7 @@ def gradient_pass(
         with ExitStack() as stack:
             stack.enter_context(torch.enable_grad())
             if method.rules:
+                assert isinstance(method, RelP)  # the methods with LRP rules
                 stack.enter_context(
                     lrp_rules(model, method.gate_rule, method.glu_rule, method.hold_attention)
                 )

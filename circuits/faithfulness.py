@@ -53,7 +53,7 @@ class _Faithfulness:
         self.model, self.batch = model, task.tokenize(model.tokenizer)
         b: TaskBatch = self.batch
         writers, _ = graph_ports(model)
-        whole = sorted({Site(w.site.kind, w.site.layer) for w in writers})
+        whole = sorted({Site(w.writer_site.kind, w.writer_site.layer) for w in writers})
         with Tracer(model, whole) as tr:
             self.m_corrupt = self._metric(b.corrupt_ids)
         self.m_clean = self._metric(b.clean_ids)
@@ -61,10 +61,11 @@ class _Faithfulness:
             raise GatescopeError("clean and corrupt runs give the same logit difference")
         self.patches: dict[Port, Patch] = {}
         for w in writers:
-            value = tr[Site(w.site.kind, w.site.layer)]
+            site = w.writer_site
+            value = tr[Site(site.kind, site.layer)]
             if w.head is not None:
                 value = value[:, :, w.head]  # (N, T, d_head)
-            self.patches[w] = Patch(w.site, source=value)
+            self.patches[w] = Patch(site, source=value)
 
     def _metric(self, ids) -> float:
         logits = self.model.forward(ids, self.batch.attention_mask)

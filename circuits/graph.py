@@ -164,8 +164,9 @@ class CircuitGraph:
         if port == LOGITS:
             return float(self.n_layers), -1.0
         owner = port.owner()
-        x = -1.0 if owner.site.kind == "resid_pre" else float(owner.layer)
-        x += 0.5 if owner.site.kind == "mlp_out" else 0.0
+        kind = owner.writer_site.kind
+        x = -1.0 if kind == "resid_pre" else float(owner.layer)
+        x += 0.5 if kind == "mlp_out" else 0.0
         y = float(owner.head) if owner.head is not None else -1.0
         if port.channel in ("q", "k", "v", "g"):  # a head's inputs: just left of the head
             x, y = x - 0.2, y + 0.3 - 0.2 * "qkvg".index(port.channel)
@@ -225,7 +226,7 @@ class CircuitGraph:
 def writer_delta(model: Model, port: Port, clean: dict, corrupt: dict) -> torch.Tensor:
     """(N, T, d_model): the writer's clean - corrupt output in the residual stream (a head's
     through its slice of ``o_proj``)."""
-    site = port.site
+    site = port.writer_site
     if site.kind == "head_out":
         whole = Site("head_out", site.layer)
         dz = (clean[whole] - corrupt[whole])[:, :, site.head]  # (N, T, d_head)
@@ -239,7 +240,7 @@ def graph_sites(model: Model) -> list[Site]:
     writers, _ = graph_ports(model)
     sites = {Site(k, i) for i in range(model.dims.n_layers) for k in ("resid_pre", "resid_mid")}
     sites |= {Site("resid_post", i) for i in range(model.dims.n_layers)}
-    sites |= {Site(w.site.kind, w.site.layer) for w in writers}
+    sites |= {Site(w.writer_site.kind, w.writer_site.layer) for w in writers}
     return sorted(sites)
 
 
@@ -252,12 +253,13 @@ def reader_gradients(model: Model, run) -> dict[Port, torch.Tensor]:
         if r == LOGITS:
             out[r] = g[Site("resid_post", n - 1)]
             continue
-        layer = r.site.layer
+        site = r.writer_site
+        layer = site.layer
         pre, mid, post = (Site(k, layer) for k in ("resid_pre", "resid_mid", "resid_post"))
         if r.channel == "in":
-            out[r] = g[mid] - g[post] if r.site.kind == "mlp_out" else g[pre] - g[mid]
-        elif (layer, r.site.head, r.channel) in run.readers:
-            out[r] = run.readers[(layer, r.site.head, r.channel)]
+            out[r] = g[mid] - g[post] if site.kind == "mlp_out" else g[pre] - g[mid]
+        elif (layer, site.head, r.channel) in run.readers:
+            out[r] = run.readers[(layer, site.head, r.channel)]
         else:
             raise GatescopeError(
                 f"layer {layer}'s attention does not run through transformers' attention "
@@ -294,12 +296,13 @@ def build_graph(
     nodes, edges = [], []
     for w in writers:
         delta = writer_delta(model, w, run.clean, run.corrupt)  # (N, T, d_model)
-        if w.site.kind == "head_out":
-            whole = Site("head_out", w.site.layer)
+        site = w.writer_site
+        if site.kind == "head_out":
+            whole = Site("head_out", site.layer)
             dz = (run.clean[whole] - run.corrupt[whole])[:, :, w.head]
             score = float((dz * run.grads[whole][:, :, w.head]).sum()) / span
         else:
-            score = float((delta * run.grads[w.site]).sum()) / span
+            score = float((delta * run.grads[site]).sum()) / span
         nodes.append(Node(w, score))
         for r, grad in reads.items():
             if feeds(w, r):
@@ -328,8 +331,8 @@ def _correct_nodes(model, task, method, nodes: list[Node]) -> None:
     from circuits.attribution import attribute
 
     writers = [n.port for n in nodes if n.port != LOGITS]
-    scores = attribute(model, task, [w.site for w in writers], method)
+    scores = attribute(model, task, [w.writer_site for w in writers], method)
     by_site = {c.site: c.effect for c in scores.components}
     for node in nodes:
         if node.port != LOGITS:
-            node.score = by_site[node.port.site]
+            node.score = by_site[node.port.writer_site]

@@ -49,7 +49,7 @@ class NodeReport:
 
 def _output_site(port: Port) -> tuple[Site | None, Site]:
     """(the site whose value is the node's own output, the residual site after its block)."""
-    site = port.site
+    site = port.writer_site
     if site.kind == "resid_pre":
         return site, site
     if site.kind == "head_out":

@@ -86,8 +86,8 @@ class EdgePatcher:
         for layer in self.slices:
             entries.append((Site("head_out", layer), heads(layer)))
         for w in self.writers:
-            if w.site.kind != "head_out":
-                entries.append((w.site, whole(w)))
+            if w.writer_site.kind != "head_out":
+                entries.append((w.writer_site, whole(w)))
         return entries
 
     def _shift(self, reader: Port, x: torch.Tensor):
@@ -95,9 +95,10 @@ class EdgePatcher:
         if not writers:
             return None
         shift = sum(self.corrupt[u] - self._store[u] for u in writers)
+        assert isinstance(shift, torch.Tensor)  # writers is not empty
         return frozenset(writers), shift
 
-    def _run(self, ids, store: dict, cut: dict[Port, list[Port]]) -> float:
+    def _run(self, ids, store: dict[Port, torch.Tensor], cut: dict[Port, list[Port]]) -> float:
         """The metric of one run recording writers into ``store``; ``cut[v]``: writers whose
         edge into reader v is patched to the corrupt output."""
         self._store, self._cut = store, cut

@@ -110,6 +110,14 @@ class Port:
         return self.site is not None and self.channel is None
 
     @property
+    def writer_site(self) -> Site:
+        """``site`` of a port that is not the logits: a writer's output site, or the site of
+        the writer a reader feeds (the logits have none: an error)."""
+        if self.site is None:
+            raise GatescopeError("the logits are no writer and feed none; they have no site")
+        return self.site
+
+    @property
     def layer(self) -> int:
         """The layer (-1 for the embedding; a large number for the logits)."""
         if self.site is None:

@@ -93,7 +93,7 @@ def path_patching(model: Model, task: Task, senders, receivers=None) -> PathPatc
     batch = task.tokenize(model.tokenizer)
     send = _ports(model, senders, True)
     take = graph_ports(model)[1] if receivers is None else _ports(model, receivers, False)
-    sites = sorted({Site(p.site.kind, p.site.layer) for p in send})
+    sites = sorted({Site(p.writer_site.kind, p.writer_site.layer) for p in send})
     with attention(model):
         runs = {}
         for name, ids in (("clean", batch.clean_ids), ("corrupt", batch.corrupt_ids)):

@@ -61,20 +61,23 @@ class ReaderEdits:
         fam = model.family
         _, readers = graph_ports(model)
         self.heads: dict[int, list[Port]] = {}
-        self.blocks: list[tuple[torch.nn.Module, Port]] = []
+        blocks: list[tuple[torch.nn.Module | None, Port]] = []
         for r in readers:
             if r == LOGITS:
-                self.blocks.append((resolve_path(model.hf, fam.final_norm), r))
+                blocks.append((resolve_path(model.hf, fam.final_norm), r))
             elif r.channel == "in":
-                path = fam.mlp_input if r.site.kind == "mlp_out" else fam.attn_input
-                self.blocks.append((resolve_path(model.layer(r.site.layer), (path,)), r))
+                site = r.writer_site
+                path = fam.mlp_input if site.kind == "mlp_out" else fam.attn_input
+                blocks.append((resolve_path(model.layer(site.layer), (path,)), r))
             else:
-                self.heads.setdefault(r.site.layer, []).append(r)
-        self.norms = {i: resolve_path(model.layer(i), (fam.attn_input,)) for i in self.heads}
-        missing = [str(r) for m, r in self.blocks if m is None]
-        missing += [f"attention input of layer {i}" for i, m in self.norms.items() if m is None]
+                self.heads.setdefault(r.writer_site.layer, []).append(r)
+        norms = {i: resolve_path(model.layer(i), (fam.attn_input,)) for i in self.heads}
+        missing = [str(r) for m, r in blocks if m is None]
+        missing += [f"attention input of layer {i}" for i, m in norms.items() if m is None]
         if missing:
             raise GatescopeError(f"reader edits need the input norms; not found: {missing}")
+        self.blocks = [(m, r) for m, r in blocks if m is not None]
+        self.norms = {i: m for i, m in norms.items() if m is not None}
         self.modules = {i: attention_module(model, i) for i in self.heads}
         self.capturing = False
         self._x: dict[int, torch.Tensor] = {}
@@ -99,7 +102,9 @@ class ReaderEdits:
 
         return pre
 
-    def _capture(self, layer: int, module, args, kwargs, x: torch.Tensor) -> tuple[dict, object]:
+    def _capture(
+        self, layer: int, module, args, kwargs, x: torch.Tensor
+    ) -> tuple[dict, torch.Tensor | None]:
         """q / k / v (per query head) and gate logits of the block on residual input ``x``."""
         h = self.norms[layer](x)
         kw = {k: v for k, v in kwargs.items() if k not in _DROP}
@@ -137,21 +142,19 @@ class ReaderEdits:
             for s, readers in groups.values():
                 qkv, gate = self._capture(layer, module, args, kwargs, x + s.to(x.dtype))
                 for r in readers:
-                    h = r.site.head
-                    if r.channel == "g":
+                    h, c = r.writer_site.head, r.channel
+                    assert c is not None  # a head's reader: q / k / v / g
+                    if c == "g":
                         if gate is None:
                             raise GatescopeError(f"{r}: no gate logits recorded at layer {layer}")
                         gate_tensor = gate.clone() if gate_tensor is None else gate_tensor
                         gate_tensor[:, :, h] = gate[:, :, h]
                         gate_mask[h] = True
                         continue
-                    if r.channel not in subs:
-                        subs[r.channel] = [
-                            qkv[r.channel].clone(),
-                            torch.zeros(n_heads, dtype=torch.bool),
-                        ]
-                    subs[r.channel][0][:, h] = qkv[r.channel][:, h]
-                    subs[r.channel][1][h] = True
+                    if c not in subs:
+                        subs[c] = [qkv[c].clone(), torch.zeros(n_heads, dtype=torch.bool)]
+                    subs[c][0][:, h] = qkv[c][:, h]
+                    subs[c][1][h] = True
             self._subs[layer] = {c: (t, m) for c, (t, m) in subs.items()}
             if gate_tensor is not None:
                 self._gates[layer] = (gate_tensor, gate_mask)

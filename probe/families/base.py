@@ -76,6 +76,7 @@ class Tap:
         with negative eigenvalues, ``(-inf, 0]`` for a log decay; unbounded without one)."""
         if self.transform is None:
             return (-math.inf, math.inf)
+        assert not isinstance(self.transform, str)  # __post_init__ resolved the name
         return self.transform.range(config)
 
 

@@ -16,6 +16,8 @@ the chosen scores over their sum plus 1e-6 (when ``norm_topk_prob``), times
 ``routed_scaling_factor``.
 """
 
+from typing import Any
+
 from probe.families.base import Family, Tap
 from probe.families.layouts import Router, SigmoidTopK
 from probe.families.lfm3 import Chunk
@@ -55,7 +57,7 @@ TAPS = {
     "conv_out_gate": Tap("conv.in_proj", "output", layout=Chunk(1, 3)),
 }
 
-_COMMON = dict(
+_COMMON: dict[str, Any] = dict(  # the Family fields FAMILY and MOE share
     layers=("model.layers",),
     final_norm=("model.embedding_norm",),
     norms=("operator_norm", "ffn_norm"),

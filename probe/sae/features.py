@@ -286,7 +286,7 @@ def latent_direction(trained: TrainedSAE, latent: int) -> LatentDirection:
     at its output site, where the decoder writes)."""
     if not 0 <= latent < trained.width:
         raise GatescopeError(f"latent {latent}: the SAE has latents 0..{trained.width - 1}")
-    row = trained.sae.W_dec[latent].detach().float().cpu()  # pyright: ignore[reportIndexIssue]  # (d_in,)
+    row = trained.sae.W_dec[latent].detach().float().cpu()  # (d_in,)
     norm = float(row.norm())
     if norm == 0:
         raise GatescopeError(f"latent {latent} has a zero decoder row; pick another latent")
@@ -369,7 +369,7 @@ def decoder_logits(model: Model, trained: TrainedSAE, latent: int, n: int = 10):
     if trained.decoder_site.kind not in RESIDUAL_KINDS:
         return [], []
     w_u = model.hf.get_output_embeddings().weight.detach().float().cpu()  # pyright: ignore[reportCallIssue]  # (vocab, d_model)
-    row = trained.sae.W_dec[latent].detach().float().cpu()  # pyright: ignore[reportIndexIssue]  # (d_model,)
+    row = trained.sae.W_dec[latent].detach().float().cpu()  # (d_model,)
     if row.shape[0] != w_u.shape[1]:
         return [], []
     logits = w_u @ through_final_norm(model, row)  # (vocab,)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,6 +24,9 @@ from probe.errors import GatescopeError
 from probe.model import Model
 from probe.sites import Site
 from probe.store import site_width
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
 
 META_FILE = "gatescope.json"
 
@@ -42,7 +46,7 @@ class TrainedSAE:
         out_shape: the per-token shape of ``out_site`` (for an SAE: ``site_shape``).
     """
 
-    sae: torch.nn.Module
+    sae: SAE[Any]
     path: Path
     site: Site
     model: str
@@ -66,22 +70,23 @@ class TrainedSAE:
 
     @property
     def width(self) -> int:
-        return int(self.sae.cfg.d_sae)  # pyright: ignore[reportArgumentType, reportAttributeAccessIssue]
+        return int(self.sae.cfg.d_sae)
 
     @property
     def architecture(self) -> str:
-        return self.sae.cfg.architecture()  # pyright: ignore[reportAttributeAccessIssue, reportCallIssue]
+        return self.sae.cfg.architecture()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """(..., d_in) activations to (..., d_sae) latents."""
-        return self.sae.encode(x.to(self.sae.W_dec.dtype))  # pyright: ignore[reportArgumentType, reportCallIssue]
+        return self.sae.encode(x.to(self.sae.W_dec.dtype))
 
     def forward_with_latents(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(reconstruction or transcoder output (..., d_out), latents (..., d_sae)) of x;
         SAELens's own forward for transcoders (a skip transcoder adds its skip term)."""
         x = x.to(self.sae.W_dec.dtype)
-        if self.is_transcoder and hasattr(self.sae, "forward_with_activations"):
-            return self.sae.forward_with_activations(x)
+        forward = getattr(self.sae, "forward_with_activations", None)
+        if self.is_transcoder and forward is not None:
+            return forward(x)
         f = self.sae.encode(x)
         return self.sae.decode(f), f
 
@@ -140,9 +145,9 @@ def check_sae_site(model: Model, trained: TrainedSAE, force: bool = False) -> No
 
     model.check_site(trained.site)
     width, shape = site_width(model, trained.site)
-    if width != trained.sae.cfg.d_in:  # pyright: ignore[reportAttributeAccessIssue]
+    if width != trained.sae.cfg.d_in:
         raise GatescopeError(
-            f"SAE {trained.path} has d_in {trained.sae.cfg.d_in}, but {trained.site} of "  # pyright: ignore[reportAttributeAccessIssue]
+            f"SAE {trained.path} has d_in {trained.sae.cfg.d_in}, but {trained.site} of "
             f"{model.name} is {width} wide (shape {shape}); use the model and site it was "
             f"trained on ({trained.model}, {trained.site})"
         )

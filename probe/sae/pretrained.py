@@ -32,9 +32,13 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from probe.errors import GatescopeError
 from probe.sites import Site
+
+if TYPE_CHECKING:
+    from sae_lens import SAE
 
 FORMAT = "gatescope.sae/1"
 _TL_KINDS = {
@@ -118,7 +122,7 @@ class PretrainedSAE:
     architecture: str
     d_in: int
     d_sae: int
-    sae: object
+    sae: SAE[Any]
     path: Path | None = None
 
 

@@ -401,7 +401,7 @@ class _Trainer(SAETrainer):
             not self._collapse_check
             or self.sums.get("collapse_step")
             or self.completed < warm
-            or len(self._window) < self._window.maxlen
+            or len(self._window) < WINDOW
             or self.completed % WINDOW
         ):
             return
@@ -725,6 +725,7 @@ def train_from_store(
         "model_fingerprint": m.get("model_fingerprint"),
     }
     if out_store is not None:
+        assert o is not None  # out_store's manifest
         check_paired_stores(store, out_store)
         source.update(
             out_site=o["site"],
