@@ -179,6 +179,7 @@ def path_patch_cmd(
     positive(top, "--top")
     t = _task(task, limit)  # the task is read before the model loads
     split = lambda text: [p.strip() for p in text.split(",") if p.strip()]  # noqa: E731
+    note(sites=f"senders {senders}; receivers {receivers or 'every reader downstream'}")
     result = path_patching(load(model), t, split(senders), split(receivers) if receivers else None)
     if emit(result.to_dict(), json_, out):
         return

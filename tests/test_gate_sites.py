@@ -376,7 +376,7 @@ def test_patching_sweeps_new_sites_resumed_as_full_passes(hybrid, spec, heads):
     """Clean and corrupt prompts share a prefix, so the sweep resumes its passes after it: the
     effects equal those of full passes (``resume=False``) for every new gate kind, with value
     heads or experts as components."""
-    from test_patching import _late_task
+    from tiny import late_task as _late_task
 
     from interventions import activation_patching
 

@@ -49,6 +49,7 @@ CASES = {
     "attribute": ["attribute", M, "--task", T, "--sites", "resid_pre.0", "--method", "atp"],
     "circuit": ["circuit", M, "--task", T, "--method", "atp", "--top-n", "2"],
     "agreement": ["agreement", M, "--task", T, "--sites", "mlp_out"],
+    "path-patch": ["path-patch", M, "--task", T, "--senders", "resid_pre.0,head_out.0.1"],
     "steer build": ["steer", "build", M, "--pairs", "{r}/pairs.jsonl", "--site", "resid_post.0",
                     "--out", "{out}/v"],
     "steer generate": ["steer", "generate", M, "--vector", "{r}/vec.safetensors", "--coef", "1",
@@ -81,7 +82,7 @@ def test_every_command_records_its_provenance(command, inputs, model_dir, tmp_pa
 
 
 #: Commands that write files or train rather than compute a result with a metric.
-NO_METRIC = {"app", "reference train", "reference tasks", "reference bundle", "sae harvest",
+NO_METRIC = {"app", "reference train", "reference tasks", "reference bundle", "sae harvest", "sae load",
              "sae train"}  # fmt: skip
 
 
