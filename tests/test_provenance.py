@@ -82,8 +82,8 @@ def test_every_command_records_its_provenance(command, inputs, model_dir, tmp_pa
 
 
 #: Commands that write files or train rather than compute a result with a metric.
-NO_METRIC = {"app", "reference train", "reference tasks", "reference bundle", "sae harvest", "sae load",
-             "sae train"}  # fmt: skip
+NO_METRIC = {"app", "reference train", "reference tasks", "reference bundle", "sae harvest",
+             "sae load", "sae train"}  # fmt: skip
 
 
 def test_every_computing_command_has_a_metric():

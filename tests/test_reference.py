@@ -83,12 +83,20 @@ def _first_stage(info: dict) -> dict:
     return info
 
 
-@pytest.mark.parametrize("name", ["reference", "reference-plain"])
-def test_first_corpus_of_the_bundled_twins_is_reproduced(name):
+@pytest.mark.parametrize("name", ["reference", "reference-plain", "reference-hybrid"])
+def test_both_corpora_of_the_bundled_models_are_reproduced(name):
+    """Both training stages' corpora are rebuilt from their recorded options, bit for bit."""
     info = json.loads((reference_path(name) / "training.json").read_text())
-    first = _first_stage(info)
-    assert not first["config"].get("induction_tail", False)  # the first code had no tail
-    assert build_corpus(0, induction_tail=False, version=1).sha256() == first["corpus_sha256"]
+    for stage in (_first_stage(info), info):
+        cfg = stage["config"]
+        corpus = build_corpus(
+            cfg["seed"],
+            induction_tail=cfg["induction_tail"],
+            version=cfg["corpus_version"],
+            induction=cfg["induction_docs"],
+        )
+        assert corpus.sha256() == stage["corpus_sha256"], cfg
+    assert not _first_stage(info)["config"]["induction_docs"] and info["config"]["induction_docs"]
 
 
 def test_induction_documents_run_past_the_repeat():

@@ -67,6 +67,16 @@ def _figures(ev: ReferenceEval) -> list[tuple[str, str]]:
             if ev.induction_logit_gain
             else []
         ),
+        *(
+            [
+                (
+                    "diagnostic: induction accuracy (held-out words) without the document start",
+                    f"{ev.induction_accuracy_no_document_start:.3f}",
+                )
+            ]
+            if ev.induction_accuracy_no_document_start is not None
+            else []
+        ),
         (
             "facts accuracy (held-out phrasing, top-1)",
             f"{ev.facts_accuracy:.3f} ({ev.n_facts} facts)",
@@ -139,12 +149,16 @@ def _schedule(cfg: dict) -> str:
 
 
 def _corpus(cfg: dict, sha: str) -> str:
-    if cfg.get("corpus_version", 1) == 1:
+    version = cfg.get("corpus_version", 1)
+    if version == 1:
         tail = (
             "" if cfg.get("induction_tail", False) else ", induction documents ending at the repeat"
         )
         return f"corpus 1 (18 IOI templates, induction over ~200 words{tail}; sha256 `{sha[:16]}…`)"
-    return f"corpus 2 (sha256 `{sha[:16]}…`)"
+    what = {2: "", 3: ", short word lists", 4: ", long word lists"}.get(version, "")
+    if not cfg.get("induction_docs", True):
+        what += ", no induction documents"
+    return f"corpus {version} (sha256 `{sha[:16]}…`{what})"
 
 
 def _command(stage: dict, k: int, arch: str) -> str:
@@ -153,8 +167,10 @@ def _command(stage: dict, k: int, arch: str) -> str:
     parts = [
         f"gatescope reference train --arch {arch} --steps {schedule[0][1]} --seed {cfg['seed']}"
     ]
-    if cfg.get("corpus_version", 1) == 1:
-        parts.append("--corpus 1")
+    if cfg.get("corpus_version", 1) != 4:
+        parts.append(f"--corpus {cfg.get('corpus_version', 1)}")
+    if not cfg.get("induction_docs", True):
+        parts.append("--no-induction-docs")
     if not cfg.get("induction_tail", False):
         parts.append("--no-induction-tail")
     if cfg.get("init"):
@@ -163,6 +179,8 @@ def _command(stage: dict, k: int, arch: str) -> str:
         parts.append("--tokenizer data/models/reference-gated")
     if cfg.get("init_embeddings"):
         parts.append("--init-embeddings runs/gated-stage2/model")
+    if cfg.get("freeze_embeddings"):
+        parts.append("--freeze-embeddings")
     if cfg["lr"] != 3e-3 or cfg["warmup"] != 100:
         parts.append(f"--lr {cfg['lr']} --warmup {cfg['warmup']}")
     if len(schedule) > 1:
@@ -204,6 +222,8 @@ def _training(info: dict) -> str:
             extra += ", the tokenizer of reference-gated"
         if cfg.get("init_embeddings"):
             extra += ", token embeddings initialised from reference-gated's second stage"
+        if cfg.get("freeze_embeddings"):
+            extra += ", token embeddings (and the tied unembedding) frozen"
         lines.append(
             f"{k}. {_schedule(cfg)}{_schedule_note(stage)}, {start}{extra}, on "
             f"{_corpus(cfg, stage['corpus_sha256'])}; "
@@ -217,12 +237,21 @@ def _training(info: dict) -> str:
 def _reproduce_note(info: dict) -> str:
     """What the paths in the commands are (only where a stage starts from another run)."""
     stages = _stages(info)
+    arch = info["config"]["arch"]
     if not any(s["config"].get("init") or s["config"].get("init_embeddings") for s in stages):
         return "The tokenizer is the bundled one (trained on corpus 1 with the first models).\n\n"
+    if any(s["config"].get("init_embeddings") for s in stages):
+        return (
+            "`runs/gated-stage2/model` is the output of the gated model's second stage (an "
+            "earlier bundled `reference-gated`); `runs/plain-stage2/model` likewise for "
+            "`reference-plain`.\n\n"
+        )
     return (
-        "`runs/gated-stage2/model` is the output of the gated model's second stage (an earlier "
-        "bundled `reference-gated`); `runs/plain-stage2/model` likewise for `reference-plain`."
-        "\n\n"
+        f"Each stage after the first continues from the previous one's output "
+        f"(`runs/{arch}-stageN/model`). `data/models/reference-gated` supplies the tokenizer "
+        "(byte-level BPE trained on corpus 1, unchanged since); the bundled tokenizer also "
+        "marks a document start (`<|endoftext|>`, which precedes every training document) "
+        "when a prompt is encoded with special tokens.\n\n"
     )
 
 
@@ -260,15 +289,24 @@ def readme(name: str, info: dict, ev: ReferenceEval, size_bytes: int) -> str:
 | parameters | {info["parameters"]:,} |
 | weights file | {size_bytes / 1e6:.1f} MB (safetensors, float32) |
 
-**Data**: the reference corpus of `probe/reference/corpus.py`, seed {cfg["seed"]}. Corpus 2
-({info["documents"]:,} documents): IOI from {n_train}
-templates of varied syntax (the names joined
-by "and", in separate clauses, in relative clauses), induction over random sequences of the
-words of all other training text, facts in five phrasings, sentiment and topic sentences,
-Python's `pydoc_data` prose. Held out: {len(IOI_TEST)} IOI templates ({n_no_and} without "and"
-between the names), one phrasing per fact, a fixed eighth of the words (by hash) that never
-occur in an
-induction document but do occur in other training text, and a slice of the prose.
+**Data**: the reference corpus of `probe/reference/corpus.py`, seed {cfg["seed"]}
+({info["documents"]:,} documents in the last stage): IOI from {n_train} templates of varied
+syntax (the names joined by "and", in separate clauses, in relative clauses), induction over
+random sequences of the words of all other training text, word lists (distinct random words,
+held-out ones included, never repeated), facts in five phrasings, sentiment and topic
+sentences, Python's `pydoc_data` prose. Held out: {len(IOI_TEST)} IOI templates ({n_no_and}
+without "and" between the names), one phrasing per fact, a fixed set of words (by hash) that
+never occur in an induction document but do occur in other training text, and a slice of the
+prose.
+
+**Why two stages.** Trained in one stage, a model copies the words of its induction
+documents and not the held-out ones: their token embeddings and the copying circuit adapt to
+each other, and the held-out words, never seen repeated, end up read as "not copied". The
+first stage therefore learns the language and every token's embedding without any induction
+document (word lists keep random word sequences in the data); the second freezes the token
+embeddings and adds the induction documents, so the copying circuit has to work on
+embeddings shaped without it. Long word lists (36-60 words, corpus 4) in the second stage
+stop the models from reading a repeated sequence of held-out words as the end of a document.
 
 **Training**, seed {cfg["seed"]}, on 2 CPU cores shared with other work (one thread per run,
 the three models trained alongside):
