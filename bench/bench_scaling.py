@@ -11,7 +11,8 @@ layers, sequence length and batch it times:
   (ratio traced / plain);
 - a head-patching sweep (every head of every attention layer, all positions, denoising;
   prompts that differ at 3 tokens before the end), resumed and in full passes, and checks
-  that both agree within 1e-3; its estimated peak memory (``PatchingResult.peak_memory``).
+  that both agree within 1e-3; its estimated peak memory (``PatchingResult.peak_memory``);
+- AtP and RelP (constant gate rule) over the same heads, as ratios to the full sweep.
 
 TransformerLens's bridge is tried on the same weights for the head sweep (it has no
 Qwen3-Next adapter in the installed version; the reason is printed when it cannot run).
@@ -32,6 +33,7 @@ from pathlib import Path
 import torch
 import transformers as tf
 
+from circuits.attribution import attribute
 from interventions.patching import activation_patching
 from probe import Tracer, load_model
 from probe.tasks import Task
@@ -96,7 +98,8 @@ def timed(fn, repeats: int) -> float:
 
 
 def tl_bridge(hf) -> str:
-    """Why TransformerLens's bridge cannot run this model, or ``""`` if it boots."""
+    """Why TransformerLens's bridge cannot run this model, or ``""`` if it boots and runs a
+    forward pass."""
     import tempfile
 
     try:
@@ -106,7 +109,9 @@ def tl_bridge(hf) -> str:
     folder = tempfile.mkdtemp()
     hf.save_pretrained(folder)
     try:
-        TransformerBridge.boot_transformers(folder, device="cpu")
+        bridge = TransformerBridge.boot_transformers(folder, device="cpu")
+        with torch.no_grad():  # booting is not enough: the head sweep needs its forward
+            bridge(torch.tensor([[5, 6, 7, 8]]))
     except Exception as exc:  # noqa: BLE001 -- the anchor's own refusal, reported as is
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
     return ""
@@ -137,6 +142,9 @@ def point(layers: int, length: int, batch: int, dtype, repeats: int) -> dict:
     full = timed(lambda: sweep(False), repeats)
     a, f = out[True], out[False]
     diff = max(abs(x.effect - y.effect) for x, y in zip(a.components, f.components, strict=True))
+    # the same heads scored by the gradient methods (one forward + backward each)
+    atp = timed(lambda: attribute(model, t, heads, "atp"), repeats)
+    relp = timed(lambda: attribute(model, t, heads, "relp", gate_rule="constant"), repeats)
     return {
         "layers": layers,
         "length": length,
@@ -147,6 +155,8 @@ def point(layers: int, length: int, batch: int, dtype, repeats: int) -> dict:
         "sweep_resumed_s": fast,
         "sweep_full_s": full,
         "speedup": full / fast,
+        "atp_ratio": atp / full,
+        "relp_ratio": relp / full,
         "resumed": a.resumed,
         "max_diff": diff,
         "peak_mb": a.peak_memory / 2**20,
@@ -176,7 +186,7 @@ def main() -> None:
     for r in rows:
         lines.append("  ".join(f"{v:>15.4g}" if isinstance(v, float) else f"{v!s:>15}"
                                for v in r.values()))  # fmt: skip
-    lines.append(f"TransformerLens bridge: {'boots' if not why else 'cannot run: ' + why}")
+    lines.append(f"TransformerLens bridge: {'runs' if not why else 'cannot run: ' + why}")
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines.append(f"process peak RSS: {peak_rss:.0f} MB; dtype {args.dtype}; CPU threads 1")
     text = "\n".join(lines)

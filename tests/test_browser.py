@@ -44,7 +44,7 @@ PAGES = {
     "Gates": (".js-plotly-plot", False),
     "Patching": (".js-plotly-plot", True),
     "Circuits": (".js-plotly-plot", True),
-    "SAEs": (".js-plotly-plot", False),
+    "SAEs": (".js-plotly-plot", True),  # evaluation waits for its Run button
     "Steering": ("[data-testid=stText]", False),  # the generations; its chart waits for a button
     "Concepts": (".js-plotly-plot", True),
 }
