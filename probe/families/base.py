@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from probe.families.layouts import LAYOUTS, TRANSFORMS, Layout, Transform
+from probe.families.layouts import LAYOUTS, TRANSFORMS, Layout, Router, Transform
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,16 @@ class Tap:
             return (-math.inf, math.inf)
         assert not isinstance(self.transform, str)  # __post_init__ resolved the name
         return self.transform.range(config)
+
+
+def router_taps(module: str, rule: Callable) -> dict[str, Tap]:
+    """The three router sites of an MoE layer whose router module ``module`` returns the
+    logits; ``rule(config)`` is the family's routing rule (how logits become the selection
+    and weights)."""
+    return {
+        f"router_{part}": Tap(module, "output", layout=Router(part, rule))
+        for part in ("logit", "prob", "weight")
+    }
 
 
 @dataclass(frozen=True)

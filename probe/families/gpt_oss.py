@@ -8,8 +8,8 @@ of each key with the sink's share left out, so rows sum to less than 1. The expe
 3-D parameters with a clamped SwiGLU inside: no GLU site is exposed.
 """
 
-from probe.families.base import PRE_NORM_TAPS, Family, Tap
-from probe.families.layouts import Router, TopKSoftmax
+from probe.families.base import PRE_NORM_TAPS, Family, router_taps
+from probe.families.layouts import TopKSoftmax
 
 
 def rule(config) -> TopKSoftmax:
@@ -22,9 +22,7 @@ FAMILY = Family(
     layers=("model.layers",),
     taps={
         **PRE_NORM_TAPS,
-        "router_logit": Tap("mlp.router", "output", layout=Router("logit", rule)),
-        "router_prob": Tap("mlp.router", "output", layout=Router("prob", rule)),
-        "router_weight": Tap("mlp.router", "output", layout=Router("weight", rule)),
+        **router_taps("mlp.router", rule),
     },
     mlp_act=None,
     moe="mlp.router",

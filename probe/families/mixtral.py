@@ -6,8 +6,8 @@ float32), top-k of the probabilities, always renormalised, and the weights stay 
 fused 3-D parameters (no GLU site is exposed). Router jitter noise applies in training only.
 """
 
-from probe.families.base import PRE_NORM_TAPS, Family, Tap
-from probe.families.layouts import Router, SoftmaxTopK
+from probe.families.base import PRE_NORM_TAPS, Family, router_taps
+from probe.families.layouts import SoftmaxTopK
 
 
 def rule(config) -> SoftmaxTopK:
@@ -20,9 +20,7 @@ FAMILY = Family(
     layers=("model.layers",),
     taps={
         **PRE_NORM_TAPS,
-        "router_logit": Tap("mlp.gate", "output", layout=Router("logit", rule)),
-        "router_prob": Tap("mlp.gate", "output", layout=Router("prob", rule)),
-        "router_weight": Tap("mlp.gate", "output", layout=Router("weight", rule)),
+        **router_taps("mlp.gate", rule),
     },
     mlp_act=None,
     moe="mlp.gate",

@@ -8,8 +8,8 @@ flattened to ``(B*T, d)``: the same gates as Qwen3-Next's MoE layers. The routed
 fused 3-D parameters, so the GLU sites exist on dense layers only.
 """
 
-from probe.families.base import GLU_TAPS, PRE_NORM_TAPS, Family, Tap
-from probe.families.layouts import Router, SoftmaxTopK, Tokens
+from probe.families.base import GLU_TAPS, PRE_NORM_TAPS, Family, Tap, router_taps
+from probe.families.layouts import SoftmaxTopK, Tokens
 
 
 def rule(config) -> SoftmaxTopK:
@@ -23,9 +23,7 @@ FAMILY = Family(
     taps={
         **PRE_NORM_TAPS,
         **GLU_TAPS,
-        "router_logit": Tap("mlp.gate", "output", layout=Router("logit", rule)),
-        "router_prob": Tap("mlp.gate", "output", layout=Router("prob", rule)),
-        "router_weight": Tap("mlp.gate", "output", layout=Router("weight", rule)),
+        **router_taps("mlp.gate", rule),
         "shared_gate": Tap(
             "mlp.shared_expert_gate", "output", layout=Tokens(), transform="sigmoid"
         ),

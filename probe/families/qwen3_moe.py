@@ -7,8 +7,8 @@ sites exist on dense layers only (``mlp_only_layers``, ``decoder_sparse_step``).
 shared expert.
 """
 
-from probe.families.base import GLU_TAPS, PRE_NORM_TAPS, Family, Tap
-from probe.families.layouts import Router, SoftmaxTopK
+from probe.families.base import GLU_TAPS, PRE_NORM_TAPS, Family, router_taps
+from probe.families.layouts import SoftmaxTopK
 
 
 def rule(config) -> SoftmaxTopK:
@@ -22,9 +22,7 @@ FAMILY = Family(
     taps={
         **PRE_NORM_TAPS,
         **GLU_TAPS,
-        "router_logit": Tap("mlp.gate", "output", layout=Router("logit", rule)),
-        "router_prob": Tap("mlp.gate", "output", layout=Router("prob", rule)),
-        "router_weight": Tap("mlp.gate", "output", layout=Router("weight", rule)),
+        **router_taps("mlp.gate", rule),
     },
     moe="mlp.gate",
     description="Qwen3-MoE: softmax top-k router, GLU experts, ungated attention",

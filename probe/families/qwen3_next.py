@@ -16,12 +16,11 @@ weights, indices)``; the shared expert's output is scaled by ``sigmoid(shared_ex
 A site whose module a layer lacks is refused for that layer, naming the layers that have it.
 """
 
-from probe.families.base import GLU_TAPS, PRE_NORM_TAPS, Family, Tap
+from probe.families.base import GLU_TAPS, PRE_NORM_TAPS, Family, Tap, router_taps
 from probe.families.layouts import (
     DeltaDecay,
     GroupedSlice,
     PerHead,
-    Router,
     SoftmaxTopK,
     Tokens,
 )
@@ -77,9 +76,7 @@ _SHARED = {
     "delta_out": Tap(
         "linear_attn.norm", "input", layout=Tokens("n_v_heads", "d_v", heads="n_v_heads")
     ),
-    "router_logit": Tap("mlp.gate", "output", layout=Router("logit", _rule)),
-    "router_prob": Tap("mlp.gate", "output", layout=Router("prob", _rule)),
-    "router_weight": Tap("mlp.gate", "output", layout=Router("weight", _rule)),
+    **router_taps("mlp.gate", _rule),
     "shared_gate": Tap("mlp.shared_expert_gate", "output", layout=Tokens(), transform="sigmoid"),
 }
 
