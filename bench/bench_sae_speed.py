@@ -1,6 +1,8 @@
 """SAE training and harvesting speed (issue: SAEs).
 
-In one run, on ``reference`` (reference-gated) at ``resid_post.1``:
+In one run, on ``reference`` (reference-gated) at ``resid_post.1`` (``--model`` and
+``--site`` take another model directory and site, e.g. a d_model 1024 model for SAEs at
+d_in 1024):
 
 1. Harvest throughput: ``probe.store.harvest`` (forward pass, capture, sharded safetensors
    writes) vs a plain forward pass over the same texts in the same batches, tokens/s.
@@ -66,8 +68,8 @@ def harvest_rate(model, texts, n_tokens: int, batch_size: int, out: Path) -> flo
     return ActivationStore(out).tokens / (time.perf_counter() - start)
 
 
-def memory_child(n_tokens: int) -> None:
-    model = load_model("reference")
+def memory_child(n_tokens: int, name: str) -> None:
+    model = load_model(name)
     texts = _texts(model, n_tokens)
     with torch.no_grad():
         model.run(texts[:16])
@@ -86,8 +88,9 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def memory(n_tokens: int) -> float:
-    cmd = [sys.executable, __file__, "--memory-child", str(n_tokens)]
+def memory(n_tokens: int, name: str, site: str) -> float:
+    cmd = [sys.executable, __file__, "--memory-child", str(n_tokens), "--model", name]
+    cmd += ["--site", site]
     res = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(res.stdout.strip().splitlines()[-1])["extra_peak_mib"]
 
@@ -168,6 +171,7 @@ def gatescope_runner(store: Path, width: int, k: int, batch: int, steps: int, lr
 
 
 def main() -> None:
+    global SITE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=200_000, help="harvested tokens")
     parser.add_argument("--width", type=int, default=1024)
@@ -178,12 +182,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-child", type=int, default=None)
+    parser.add_argument("--model", default="reference", help="bundled name or model directory")
+    parser.add_argument("--site", default=SITE)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    SITE = args.site
     if args.memory_child:
-        memory_child(args.memory_child)
+        memory_child(args.memory_child, args.model)
         return
-    model = load_model("reference")
+    model = load_model(args.model)
     texts = _texts(model, args.tokens)
     work = Path(tempfile.mkdtemp(prefix="bench-sae-"))
     plain_forward_rate(model, texts, 20_000, 16)  # warm-up
@@ -194,7 +201,7 @@ def main() -> None:
     p, h = statistics.median(plain), statistics.median(harvested)
     print(f"harvest {SITE}: {h:,.0f} tok/s, plain forward {p:,.0f} tok/s: ratio {h / p:.2f}x")
     sizes = (args.tokens // 2, args.tokens * 2)
-    mem = {n: memory(n) for n in sizes}
+    mem = {n: memory(n, args.model, SITE) for n in sizes}
     print(
         "harvest peak RSS above the loaded model: "
         + ", ".join(f"{n:,} tokens {m:.0f} MiB" for n, m in mem.items())
@@ -215,7 +222,8 @@ def main() -> None:
             rates[name].append(fn())
     med = {k: statistics.median(v) for k, v in rates.items()}
     print(
-        f"TopK SAE training, width {args.width}, k {args.k}, batch {args.batch}, "
+        f"TopK SAE training at d_in {acts.shape[1]}, width {args.width}, k {args.k}, "
+        f"batch {args.batch}, "
         f"{args.steps} steps, {args.threads} threads (tokens/s):"
     )
     for name, rate in med.items():
