@@ -212,8 +212,9 @@ class Model:
                 f"{site.kind}. {site.kind} exists on layers: {span}"
             )
 
-    def tokenize(self, prompts: str | Sequence[str]) -> Batch:
-        """Tokenize prompts (right-padded), refusing empty prompts and over-long ones."""
+    def tokenize(self, prompts: str | Sequence[str], special_tokens: bool = True) -> Batch:
+        """Tokenize prompts (right-padded), refusing empty prompts and over-long ones;
+        ``special_tokens=False`` leaves out the tokens the tokenizer adds (e.g. a BOS)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise GatescopeError("no prompts given; pass at least one non-empty prompt")
@@ -222,7 +223,7 @@ class Model:
                 raise GatescopeError(f"prompt {i} is empty; every prompt needs some text")
         if self.tokenizer is None:
             raise GatescopeError(f"{self.name} has no tokenizer; pass tokenizer= to load_model")
-        ids = [self.tokenizer(p)["input_ids"] for p in prompts]
+        ids = [self.tokenizer(p, add_special_tokens=special_tokens)["input_ids"] for p in prompts]
         for i, row in enumerate(ids):
             if len(row) > self.dims.n_ctx:
                 raise GatescopeError(

@@ -121,17 +121,8 @@ def _copy_hits(model: Model, texts: list[str], document_start: bool = True) -> t
     cannot be known before it is read. ``document_start=False`` leaves out the token the
     tokenizer puts before a prompt (the end-of-text token that starts every training
     document)."""
-    if document_start:
-        batch = model.tokenize(texts)
-        ids, mask, lengths = batch.input_ids, batch.attention_mask, batch.lengths
-    else:
-        rows = [model.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        width = max(map(len, rows))
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(rows):
-            ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-        lengths = mask.sum(1)
+    batch = model.tokenize(texts, special_tokens=document_start)
+    ids, mask, lengths = batch.input_ids, batch.attention_mask, batch.lengths
     logits = _batched_logits(model, ids, mask)
     hits = total = 0
     for row, (text, n) in enumerate(zip(texts, lengths.tolist(), strict=True)):
