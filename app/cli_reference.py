@@ -74,6 +74,9 @@ def train(
     stop_after: int = typer.Option(
         None, "--stop-after", help="checkpoint after this many steps and stop (then --resume)"
     ),
+    router_aux_coef: float = typer.Option(
+        0.01, "--router-aux-coef", help="hybrid: the MoE load-balancing loss coefficient"
+    ),
 ) -> None:
     """Train a reference model (see data/models/*/README.md for the bundled models' recipe)."""
     import torch
@@ -97,6 +100,8 @@ def train(
         raise GatescopeError(
             f"--checkpoint-seconds {checkpoint_seconds}: expected 0 (off) or a positive number"
         )
+    if not router_aux_coef >= 0:
+        raise GatescopeError(f"--router-aux-coef {router_aux_coef}: expected 0 or more")
     if threads is not None:
         if threads < 1:
             raise GatescopeError(f"--threads {threads}: expected a positive number")
@@ -117,6 +122,7 @@ def train(
         stop_after=stop_after,
         tokenizer=None if tokenizer is None else str(tokenizer),
         init_embeddings=None if init_embeddings is None else str(init_embeddings),
+        router_aux_coef=router_aux_coef,
     )
     at = checkpoint_step(out) if resume else None
     if resume:

@@ -267,6 +267,20 @@ def test_later_stage_keeps_the_tokenizer_and_checks_the_arch(tmp_path):
         train_reference(TrainConfig(arch="hybrid", steps=2, init=str(first), **TINY), tmp_path)
 
 
+def test_a_later_hybrid_stage_uses_its_own_auxiliary_loss_coefficient(tmp_path):
+    from probe.reference.train import TrainConfig, _start, train_reference
+
+    first = train_reference(TrainConfig(arch="hybrid", steps=2, **TINY), tmp_path / "a", False)
+    model, _, _ = _start(TrainConfig(arch="hybrid", init=str(first), router_aux_coef=0.5), [])
+    ids = torch.randint(0, 100, (1, 8))
+    with torch.no_grad():
+        out = model(ids, labels=ids)
+    # the model's own loss is the LM loss plus the new coefficient times its own aux loss
+    lm = torch.nn.functional.cross_entropy(out.logits[0, :-1], ids[0, 1:])
+    torch.testing.assert_close(out.loss, lm + 0.5 * out.aux_loss)
+    assert model.config.router_aux_loss_coef == 0.5
+
+
 def test_init_embeddings_copies_the_token_embeddings(tmp_path):
     from safetensors.torch import load_file
 
@@ -435,6 +449,7 @@ def test_evaluate_takes_a_hugging_face_model():
         (["train", "--out", "x", "--steps", "0"], "--steps 0"),
         (["train", "--out", "x", "--lr", "-1"], "--lr -1.0"),
         (["train", "--out", "x", "--corpus", "5"], "--corpus 5: expected 1, 2, 3 or 4"),
+        (["train", "--out", "x", "--router-aux-coef", "-1"], "--router-aux-coef -1.0"),
         (["train", "--out", "x", "--init", "no/such/dir"], "not a trained model directory"),
         (["eval", "./no_such_model"], "no_such_model"),
     ],

@@ -253,7 +253,11 @@ def _start(cfg: TrainConfig, documents: list[str]):
     info_file = init / "training.json"
     info = json.loads(info_file.read_text()) if info_file.is_file() else None
     tokenizer = tf.AutoTokenizer.from_pretrained(init)
-    return cls.from_pretrained(init), tokenizer, info
+    model = cls.from_pretrained(init)
+    if cfg.arch == "hybrid":  # this run's auxiliary loss coefficient, not the one of --init
+        model.config.router_aux_loss_coef = cfg.router_aux_coef
+        model.router_aux_loss_coef = cfg.router_aux_coef
+    return model, tokenizer, info
 
 
 def _optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
