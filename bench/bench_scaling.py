@@ -14,13 +14,21 @@ layers, sequence length and batch it times:
   that both agree within 1e-3; its estimated peak memory (``PatchingResult.peak_memory``);
 - AtP and RelP (constant gate rule) over the same heads, as ratios to the full sweep.
 
-TransformerLens's bridge is tried on the same weights for the head sweep (it has no
-Qwen3-Next adapter in the installed version; the reason is printed when it cannot run).
+- gate statistics (``gate_stats``) over the same prompts, as a ratio to the plain forward;
+- the anchors on the same weights and inputs: nnsight tracing the same modules (the
+  attention layers' ``q_proj`` output, which holds the gate, and every layer's output) and
+  nnsight's head-patching sweep (one traced pass per head, that head's slice of the
+  ``o_proj`` input set to the clean run's), whose patched logit differences are compared with
+  gatescope's. TransformerLens's bridge is tried on the same weights (it has no Qwen3-Next
+  adapter in the installed version; the reason is printed when it cannot run).
+
+``--dense`` adds the dense shape of the same width (24 full-attention layers, each with its
+output gate, as in the gated-attention paper's dense models) at the base length and batch.
 The table is printed and a Plotly figure (sweep seconds vs layers / length / batch) saved as
 ``bench/bench_scaling.html`` next to ``bench/bench_scaling.txt``.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_scaling.py [--layers 4 8] [--lengths 16 32]
-        [--batches 2 4] [--repeats 1]
+        [--batches 2 4] [--repeats 1] [--dense] [--no-nnsight]
 """
 
 from __future__ import annotations
@@ -36,12 +44,19 @@ import transformers as tf
 from circuits.attribution import attribute
 from interventions.patching import activation_patching
 from probe import Tracer, load_model
+from probe.gates import gate_stats
 from probe.tasks import Task
 
 HERE = Path(__file__).parent
 
 
-def config(layers: int) -> tf.Qwen3NextConfig:
+def attention_layers(cfg) -> list[int]:
+    return [i for i, t in enumerate(cfg.layer_types) if t == "full_attention"]
+
+
+def config(layers: int, dense: bool = False) -> tf.Qwen3NextConfig:
+    """The hybrid shape (three DeltaNet layers per attention layer) or, ``dense``, every layer
+    full attention."""
     return tf.Qwen3NextConfig(
         vocab_size=32000,
         hidden_size=1024,
@@ -55,7 +70,8 @@ def config(layers: int) -> tf.Qwen3NextConfig:
         linear_key_head_dim=128,
         linear_value_head_dim=128,
         layer_types=[
-            "full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)
+            "full_attention" if dense or (i + 1) % 4 == 0 else "linear_attention"
+            for i in range(layers)
         ],
         num_experts=0,
         mlp_only_layers=list(range(layers)),
@@ -117,13 +133,47 @@ def tl_bridge(hf) -> str:
     return ""
 
 
-def point(layers: int, length: int, batch: int, dtype, repeats: int) -> dict:
+def nnsight_trace(wrapped, ids, attn: list[int]):
+    """nnsight saving what gatescope's trace reads: each attention layer's ``q_proj`` output
+    (queries and gate) and every layer's output."""
+    saved = []
+    with wrapped.trace(ids):
+        for i, layer in enumerate(wrapped.model.layers):
+            if i in attn:
+                saved.append(layer.self_attn.q_proj.output.save())
+            saved.append(layer.output.save())
+    return saved
+
+
+def nnsight_sweep(wrapped, b, attn: list[int], head_dim: int, n_heads: int) -> list[float]:
+    """nnsight's head-patching sweep: the clean run's ``o_proj`` inputs, then one pass of the
+    corrupt prompts per head with that head's slice set to the clean one; the mean logit
+    difference (answer - wrong at the last token) of each pass, in (layer, head) order."""
+    rows = torch.arange(b.clean_ids.shape[0])
+    clean = []
+    with wrapped.trace(b.clean_ids, attention_mask=b.attention_mask):
+        for i in attn:
+            clean.append(wrapped.model.layers[i].self_attn.o_proj.input.save())
+    out = []
+    for layer, src in zip(attn, clean, strict=True):
+        for h in range(n_heads):
+            cols = slice(h * head_dim, (h + 1) * head_dim)
+            with wrapped.trace(b.corrupt_ids, attention_mask=b.attention_mask):
+                wrapped.model.layers[layer].self_attn.o_proj.input[:, :, cols] = src[:, :, cols]
+                last = wrapped.lm_head.output[:, -1].save()
+            out.append(float((last[rows, b.answer_ids] - last[rows, b.wrong_ids]).mean()))
+    return out
+
+
+def point(
+    layers: int, length: int, batch: int, dtype, repeats: int, dense=False, anchors=True
+) -> dict:
     torch.manual_seed(0)
-    hf = tf.Qwen3NextForCausalLM(config(layers)).eval().to(dtype)
+    hf = tf.Qwen3NextForCausalLM(config(layers, dense)).eval().to(dtype)
     model = load_model(hf, tokenizer=word_tokenizer())
     t = task(batch, length)
     b = t.tokenize(model.tokenizer)
-    attn = [i for i in range(layers) if (i + 1) % 4 == 0]
+    attn = attention_layers(hf.config)
     heads = ",".join(f"head_out.{i}" for i in attn)
     with torch.no_grad():
         plain = timed(lambda: model.forward(b.clean_ids, b.attention_mask), repeats)
@@ -133,6 +183,7 @@ def point(layers: int, length: int, batch: int, dtype, repeats: int) -> dict:
                 model.forward(b.clean_ids, b.attention_mask)
 
         trace = timed(traced, repeats)
+        stats = timed(lambda: gate_stats(model, t.clean, batch_size=batch, progress=False), 1)
     out = {}
 
     def sweep(resume):
@@ -145,13 +196,36 @@ def point(layers: int, length: int, batch: int, dtype, repeats: int) -> dict:
     # the same heads scored by the gradient methods (one forward + backward each)
     atp = timed(lambda: attribute(model, t, heads, "atp"), repeats)
     relp = timed(lambda: attribute(model, t, heads, "relp", gate_rule="constant"), repeats)
+    anchor = {}
+    if anchors:
+        from nnsight import NNsight
+
+        wrapped = NNsight(hf)
+        head_dim, n_heads = hf.config.head_dim, hf.config.num_attention_heads
+        with torch.no_grad():
+            nn_trace = timed(lambda: nnsight_trace(wrapped, b.clean_ids, attn), repeats)
+            swept = {}
+            nn_sweep = timed(
+                lambda: swept.update(v=nnsight_sweep(wrapped, b, attn, head_dim, n_heads)),
+                repeats,
+            )
+        span = a.clean_logit_diff - a.corrupt_logit_diff
+        mine = [c.effect * span + a.corrupt_logit_diff for c in a.components]
+        anchor = {
+            "nn_trace_ratio": nn_trace / plain,
+            "nn_sweep_s": nn_sweep,
+            "vs_nnsight": nn_sweep / fast,
+            "nn_max_diff": max(abs(x - y) for x, y in zip(mine, swept["v"], strict=True)),
+        }
     return {
+        "shape": "dense" if dense else "hybrid",
         "layers": layers,
         "length": length,
         "batch": batch,
         "heads": len(a.components),
         "forward_s": plain,
         "traced_ratio": trace / plain,
+        "stats_ratio": stats / plain,
         "sweep_resumed_s": fast,
         "sweep_full_s": full,
         "speedup": full / fast,
@@ -160,6 +234,7 @@ def point(layers: int, length: int, batch: int, dtype, repeats: int) -> dict:
         "resumed": a.resumed,
         "max_diff": diff,
         "peak_mb": a.peak_memory / 2**20,
+        **anchor,
     }
 
 
@@ -170,6 +245,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--dense", action="store_true", help="add the 24-layer dense shape")
+    parser.add_argument("--no-nnsight", action="store_true", help="leave the nnsight anchor out")
     args = parser.parse_args()
     torch.set_num_threads(1)
     dtype = getattr(torch, args.dtype)
@@ -178,14 +255,17 @@ def main() -> None:
     grid |= {(n, base[1], base[2]) for n in args.layers}
     grid |= {(base[0], t, base[2]) for t in args.lengths}
     grid |= {(base[0], base[1], b) for b in args.batches}
-    rows = [point(*p, dtype, args.repeats) for p in sorted(grid)]
+    anchors = not args.no_nnsight
+    rows = [point(*p, dtype, args.repeats, anchors=anchors) for p in sorted(grid)]
+    if args.dense:
+        rows.append(point(24, base[1], base[2], dtype, args.repeats, True, anchors))
     torch.manual_seed(0)
     why = tl_bridge(tf.Qwen3NextForCausalLM(config(base[0])).eval())
     cols = list(rows[0])
-    lines = ["  ".join(f"{c:>15}" for c in cols)]
+    lines = [" ".join(f"{c:>15}" for c in cols)]
     for r in rows:
-        lines.append("  ".join(f"{v:>15.4g}" if isinstance(v, float) else f"{v!s:>15}"
-                               for v in r.values()))  # fmt: skip
+        lines.append(" ".join(f"{r[c]:>15.4g}" if isinstance(r.get(c), float)
+                              else f"{r.get(c, '-')!s:>15}" for c in cols))  # fmt: skip
     lines.append(f"TransformerLens bridge: {'runs' if not why else 'cannot run: ' + why}")
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines.append(f"process peak RSS: {peak_rss:.0f} MB; dtype {args.dtype}; CPU threads 1")
@@ -199,6 +279,7 @@ def figure(rows: list[dict], base: tuple[int, int, int]):
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    rows = [r for r in rows if r["shape"] == "hybrid"]
     fig = make_subplots(rows=1, cols=3, subplot_titles=("layers", "sequence length", "batch"))
     for i, key in enumerate(("layers", "length", "batch")):
         others = [k for k in ("layers", "length", "batch") if k != key]
@@ -206,7 +287,9 @@ def figure(rows: list[dict], base: tuple[int, int, int]):
         pts = sorted((r for r in rows if all(r[o] == fixed[o] for o in others)),
                      key=lambda r: r[key])  # fmt: skip
         for name, col in (("resumed sweep", "sweep_resumed_s"), ("full sweep", "sweep_full_s"),
-                          ("forward", "forward_s")):  # fmt: skip
+                          ("nnsight sweep", "nn_sweep_s"), ("forward", "forward_s")):  # fmt: skip
+            if not all(col in r for r in pts):
+                continue
             fig.add_trace(
                 go.Scatter(
                     x=[r[key] for r in pts],
