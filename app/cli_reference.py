@@ -21,6 +21,33 @@ from app.cli_common import (
 reference_app = typer.Typer(help="Train and evaluate the bundled reference models.")
 
 
+def _check_train_numbers(
+    steps, warmup, arch, corpus, checkpoint_every, lr, checkpoint_seconds, router_aux_coef
+) -> None:
+    """Every numeric option of ``reference train``, before the corpus is built."""
+    from probe.errors import GatescopeError
+    from probe.reference.train import ARCHES
+
+    if steps < 1 or warmup < 0 or warmup >= steps:
+        raise GatescopeError(
+            f"--steps {steps} --warmup {warmup}: expected 0 <= warm-up < steps, steps >= 1"
+        )
+    if arch not in ARCHES:
+        raise GatescopeError(f"--arch {arch}: expected one of {', '.join(ARCHES)}")
+    if corpus not in (1, 2, 3, 4):
+        raise GatescopeError(f"--corpus {corpus}: expected 1, 2, 3 or 4")
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise GatescopeError(f"--checkpoint-every {checkpoint_every}: expected a positive number")
+    if not lr > 0:
+        raise GatescopeError(f"--lr {lr}: expected a positive learning rate")
+    if not checkpoint_seconds >= 0:  # also NaN
+        raise GatescopeError(
+            f"--checkpoint-seconds {checkpoint_seconds}: expected 0 (off) or a positive number"
+        )
+    if not router_aux_coef >= 0:
+        raise GatescopeError(f"--router-aux-coef {router_aux_coef}: expected 0 or more")
+
+
 @reference_app.command("train")
 @user_errors
 def train(
@@ -82,26 +109,11 @@ def train(
     import torch
 
     from probe.errors import GatescopeError
-    from probe.reference.train import ARCHES, TrainConfig, checkpoint_step, train_reference
+    from probe.reference.train import TrainConfig, checkpoint_step, train_reference
 
-    if steps < 1 or warmup < 0 or warmup >= steps:
-        raise GatescopeError(
-            f"--steps {steps} --warmup {warmup}: expected 0 <= warm-up < steps, steps >= 1"
-        )
-    if arch not in ARCHES:
-        raise GatescopeError(f"--arch {arch}: expected one of {', '.join(ARCHES)}")
-    if corpus not in (1, 2, 3, 4):
-        raise GatescopeError(f"--corpus {corpus}: expected 1, 2, 3 or 4")
-    if checkpoint_every is not None and checkpoint_every < 1:
-        raise GatescopeError(f"--checkpoint-every {checkpoint_every}: expected a positive number")
-    if not lr > 0:
-        raise GatescopeError(f"--lr {lr}: expected a positive learning rate")
-    if not checkpoint_seconds >= 0:  # also NaN
-        raise GatescopeError(
-            f"--checkpoint-seconds {checkpoint_seconds}: expected 0 (off) or a positive number"
-        )
-    if not router_aux_coef >= 0:
-        raise GatescopeError(f"--router-aux-coef {router_aux_coef}: expected 0 or more")
+    _check_train_numbers(
+        steps, warmup, arch, corpus, checkpoint_every, lr, checkpoint_seconds, router_aux_coef
+    )
     if threads is not None:
         if threads < 1:
             raise GatescopeError(f"--threads {threads}: expected a positive number")

@@ -181,6 +181,8 @@ def _command(stage: dict, k: int, arch: str) -> str:
         parts.append("--init-embeddings runs/gated-stage2/model")
     if cfg.get("freeze_embeddings"):
         parts.append("--freeze-embeddings")
+    if arch == "hybrid" and cfg.get("router_aux_coef", 0.01) != 0.01:
+        parts.append(f"--router-aux-coef {cfg['router_aux_coef']}")
     if cfg["lr"] != 3e-3 or cfg["warmup"] != 100:
         parts.append(f"--lr {cfg['lr']} --warmup {cfg['warmup']}")
     if len(schedule) > 1:
