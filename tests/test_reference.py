@@ -475,3 +475,19 @@ def test_stop_after_then_resume_with_another_length(tmp_path):
     assert info["schedule"] == [[0, 6], [2, 4]] and info["resumed_at_step"] == 2
     with pytest.raises(GatescopeError, match="at step 2 already"):
         train_reference(TrainConfig(steps=2, **TINY), tmp_path, resume=True, progress=False)
+
+
+def test_model_card_says_why_a_later_stage_exists():
+    from probe.reference.bundle import _command, _later_stages
+
+    def stage(k, coef, init):
+        cfg = dict(arch="hybrid", lr=3e-3 if k < 3 else 1e-3, router_aux_coef=coef, init=init)
+        return {"config": {**cfg, "seed": 0, "steps": 10, "warmup": 1, "freeze_embeddings": 1}}
+
+    two = {**stage(2, 0.01, "s1"), "init": stage(1, 0.01, None)}
+    assert _later_stages(two) == ""
+    three = {**stage(3, 0.05, "s2"), "init": two}
+    said = _later_stages(three)
+    assert "Stage 3 continues stage 2" in said and "from 0.01 to 0.05" in said
+    assert "--router-aux-coef 0.05" in _command(three, 3, "hybrid")
+    assert "--router-aux-coef" not in _command(two, 2, "hybrid")

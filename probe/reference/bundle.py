@@ -226,6 +226,8 @@ def _training(info: dict) -> str:
             extra += ", token embeddings initialised from reference-gated's second stage"
         if cfg.get("freeze_embeddings"):
             extra += ", token embeddings (and the tied unembedding) frozen"
+        if arch == "hybrid":
+            extra += f", load-balancing loss coefficient {cfg.get('router_aux_coef', 0.01)}"
         lines.append(
             f"{k}. {_schedule(cfg)}{_schedule_note(stage)}, {start}{extra}, on "
             f"{_corpus(cfg, stage['corpus_sha256'])}; "
@@ -255,6 +257,27 @@ def _reproduce_note(info: dict) -> str:
         "marks a document start (`<|endoftext|>`, which precedes every training document) "
         "when a prompt is encoded with special tokens.\n\n"
     )
+
+
+def _later_stages(info: dict) -> str:
+    """Why a model has stages after the second (said from their configs), or ``""``."""
+    stages = _stages(info)
+    if len(stages) < 3:
+        return ""
+    second = stages[1]["config"]
+    said = []
+    for k, stage in enumerate(stages[2:], 3):
+        cfg = stage["config"]
+        what = [f"at learning rate {cfg['lr']}"]
+        coef, before = cfg.get("router_aux_coef", 0.01), second.get("router_aux_coef", 0.01)
+        if cfg["arch"] == "hybrid" and coef != before:
+            what.append(
+                f"with the load-balancing loss coefficient raised from {before} to {coef}, "
+                "so that experts the second stage left (nearly) without tokens are routed to "
+                "again"
+            )
+        said.append(f"Stage {k} continues stage {k - 1} on the same corpus {', '.join(what)}.")
+    return " ".join(said) + "\n"
 
 
 def readme(name: str, info: dict, ev: ReferenceEval, size_bytes: int) -> str:
@@ -301,7 +324,7 @@ without "and" between the names), one phrasing per fact, a fixed set of words (b
 never occur in an induction document but do occur in other training text, and a slice of the
 prose.
 
-**Why two stages.** Trained in one stage, a model copies the words of its induction
+**Why more than one stage.** Trained in one stage, a model copies the words of its induction
 documents and not the held-out ones: their token embeddings and the copying circuit adapt to
 each other, and the held-out words, never seen repeated, end up read as "not copied". The
 first stage therefore learns the language and every token's embedding without any induction
@@ -309,7 +332,7 @@ document (word lists keep random word sequences in the data); the second freezes
 embeddings and adds the induction documents, so the copying circuit has to work on
 embeddings shaped without it. Long word lists (36-60 words, corpus 4) in the second stage
 stop the models from reading a repeated sequence of held-out words as the end of a document.
-
+{_later_stages(info)}
 **Training**, seed {cfg["seed"]}, on 2 CPU cores shared with other work (one thread per run,
 the three models trained alongside):
 
