@@ -28,7 +28,11 @@ The table is printed and a Plotly figure (sweep seconds vs layers / length / bat
 ``bench/bench_scaling.html`` next to ``bench/bench_scaling.txt``.
 
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_scaling.py [--layers 4 8] [--lengths 16 32]
-        [--batches 2 4] [--repeats 1] [--dense] [--no-nnsight]
+        [--batches 2 4] [--repeats 1] [--dense] [--no-nnsight] [--no-sweeps]
+
+The forward costs (plain, traced, gate statistics, nnsight's trace) are the best of at least
+seven interleaved rounds; ``--no-sweeps`` measures only those (a quick run), writing the
+table to ``bench_scaling_forward.txt`` instead.
 """
 
 from __future__ import annotations
@@ -165,25 +169,52 @@ def nnsight_sweep(wrapped, b, attn: list[int], head_dim: int, n_heads: int) -> l
     return out
 
 
-def point(
-    layers: int, length: int, batch: int, dtype, repeats: int, dense=False, anchors=True
-) -> dict:
-    torch.manual_seed(0)
-    hf = tf.Qwen3NextForCausalLM(config(layers, dense)).eval().to(dtype)
-    model = load_model(hf, tokenizer=word_tokenizer())
-    t = task(batch, length)
-    b = t.tokenize(model.tokenizer)
-    attn = attention_layers(hf.config)
-    heads = ",".join(f"head_out.{i}" for i in attn)
+def interleaved(fns: dict, rounds: int) -> dict:
+    """The best time of each function over ``rounds`` rounds, the functions taking turns in
+    every round (load on a shared machine then falls on all of them alike)."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            best[name] = min(best[name], timed(fn, 1))
+    return best
+
+
+def forward_costs(model, hf, t, b, attn: list[int], repeats: int, anchors: bool) -> dict:
+    """A plain forward pass, the same traced (attention gates and every residual), gate
+    statistics over the same prompts and nnsight reading the same modules: the best of
+    ``max(7, repeats)`` interleaved rounds, as ratios to the plain pass."""
+    sites = [*(f"attn_gate.{i}" for i in attn), "resid_post.*"]
+
+    def traced():
+        with Tracer(model, sites):
+            model.forward(b.clean_ids, b.attention_mask)
+
+    fns = {
+        "plain": lambda: model.forward(b.clean_ids, b.attention_mask),
+        "traced": traced,
+        "stats": lambda: gate_stats(model, t.clean, batch_size=len(t), progress=False),
+    }
+    if anchors:
+        from nnsight import NNsight
+
+        wrapped = NNsight(hf)
+        fns["nnsight"] = lambda: nnsight_trace(wrapped, b.clean_ids, attn)
     with torch.no_grad():
-        plain = timed(lambda: model.forward(b.clean_ids, b.attention_mask), repeats)
+        best = interleaved(fns, max(7, repeats))
+    out = {
+        "forward_s": best["plain"],
+        "traced_ratio": best["traced"] / best["plain"],
+        "stats_ratio": best["stats"] / best["plain"],
+    }
+    if anchors:
+        out["nn_trace_ratio"] = best["nnsight"] / best["plain"]
+    return out
 
-        def traced():
-            with Tracer(model, [*(f"attn_gate.{i}" for i in attn), "resid_post.*"]):
-                model.forward(b.clean_ids, b.attention_mask)
 
-        trace = timed(traced, repeats)
-        stats = timed(lambda: gate_stats(model, t.clean, batch_size=batch, progress=False), 1)
+def sweep_costs(model, hf, t, b, attn: list[int], repeats: int, anchors: bool) -> dict:
+    """The head-patching sweep resumed and in full passes, AtP and RelP over the same heads,
+    and nnsight's sweep (results compared with gatescope's)."""
+    heads = ",".join(f"head_out.{i}" for i in attn)
     out = {}
 
     def sweep(resume):
@@ -196,36 +227,8 @@ def point(
     # the same heads scored by the gradient methods (one forward + backward each)
     atp = timed(lambda: attribute(model, t, heads, "atp"), repeats)
     relp = timed(lambda: attribute(model, t, heads, "relp", gate_rule="constant"), repeats)
-    anchor = {}
-    if anchors:
-        from nnsight import NNsight
-
-        wrapped = NNsight(hf)
-        head_dim, n_heads = hf.config.head_dim, hf.config.num_attention_heads
-        with torch.no_grad():
-            nn_trace = timed(lambda: nnsight_trace(wrapped, b.clean_ids, attn), repeats)
-            swept = {}
-            nn_sweep = timed(
-                lambda: swept.update(v=nnsight_sweep(wrapped, b, attn, head_dim, n_heads)),
-                repeats,
-            )
-        span = a.clean_logit_diff - a.corrupt_logit_diff
-        mine = [c.effect * span + a.corrupt_logit_diff for c in a.components]
-        anchor = {
-            "nn_trace_ratio": nn_trace / plain,
-            "nn_sweep_s": nn_sweep,
-            "vs_nnsight": nn_sweep / fast,
-            "nn_max_diff": max(abs(x - y) for x, y in zip(mine, swept["v"], strict=True)),
-        }
-    return {
-        "shape": "dense" if dense else "hybrid",
-        "layers": layers,
-        "length": length,
-        "batch": batch,
+    row = {
         "heads": len(a.components),
-        "forward_s": plain,
-        "traced_ratio": trace / plain,
-        "stats_ratio": stats / plain,
         "sweep_resumed_s": fast,
         "sweep_full_s": full,
         "speedup": full / fast,
@@ -234,8 +237,48 @@ def point(
         "resumed": a.resumed,
         "max_diff": diff,
         "peak_mb": a.peak_memory / 2**20,
-        **anchor,
     }
+    if anchors:
+        from nnsight import NNsight
+
+        wrapped = NNsight(hf)
+        head_dim, n_heads = hf.config.head_dim, hf.config.num_attention_heads
+        swept = {}
+        with torch.no_grad():
+            nn_sweep = timed(
+                lambda: swept.update(v=nnsight_sweep(wrapped, b, attn, head_dim, n_heads)),
+                repeats,
+            )
+        span = a.clean_logit_diff - a.corrupt_logit_diff
+        mine = [c.effect * span + a.corrupt_logit_diff for c in a.components]
+        row["nn_sweep_s"] = nn_sweep
+        row["vs_nnsight"] = nn_sweep / fast
+        row["nn_max_diff"] = max(abs(x - y) for x, y in zip(mine, swept["v"], strict=True))
+    return row
+
+
+def point(
+    layers: int,
+    length: int,
+    batch: int,
+    dtype,
+    repeats: int,
+    dense=False,
+    anchors=True,
+    sweeps=True,
+) -> dict:
+    torch.manual_seed(0)
+    hf = tf.Qwen3NextForCausalLM(config(layers, dense)).eval().to(dtype)
+    model = load_model(hf, tokenizer=word_tokenizer())
+    t = task(batch, length)
+    b = t.tokenize(model.tokenizer)
+    attn = attention_layers(hf.config)
+    row = {"shape": "dense" if dense else "hybrid", "layers": layers, "length": length}
+    row["batch"] = batch
+    row.update(forward_costs(model, hf, t, b, attn, repeats, anchors))
+    if sweeps:
+        row.update(sweep_costs(model, hf, t, b, attn, repeats, anchors))
+    return row
 
 
 def main() -> None:
@@ -247,6 +290,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--dense", action="store_true", help="add the 24-layer dense shape")
     parser.add_argument("--no-nnsight", action="store_true", help="leave the nnsight anchor out")
+    parser.add_argument(
+        "--no-sweeps", action="store_true", help="forward costs only (tracing, statistics)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     dtype = getattr(torch, args.dtype)
@@ -255,10 +301,10 @@ def main() -> None:
     grid |= {(n, base[1], base[2]) for n in args.layers}
     grid |= {(base[0], t, base[2]) for t in args.lengths}
     grid |= {(base[0], base[1], b) for b in args.batches}
-    anchors = not args.no_nnsight
-    rows = [point(*p, dtype, args.repeats, anchors=anchors) for p in sorted(grid)]
+    anchors, sweeps = not args.no_nnsight, not args.no_sweeps
+    rows = [point(*p, dtype, args.repeats, anchors=anchors, sweeps=sweeps) for p in sorted(grid)]
     if args.dense:
-        rows.append(point(24, base[1], base[2], dtype, args.repeats, True, anchors))
+        rows.append(point(24, base[1], base[2], dtype, args.repeats, True, anchors, sweeps))
     torch.manual_seed(0)
     why = tl_bridge(tf.Qwen3NextForCausalLM(config(base[0])).eval())
     cols = list(rows[0])
@@ -271,6 +317,9 @@ def main() -> None:
     lines.append(f"process peak RSS: {peak_rss:.0f} MB; dtype {args.dtype}; CPU threads 1")
     text = "\n".join(lines)
     print(text)
+    if not sweeps:
+        (HERE / "bench_scaling_forward.txt").write_text(text + "\n")
+        return
     (HERE / "bench_scaling.txt").write_text(text + "\n")
     figure(rows, base).write_html(HERE / "bench_scaling.html", include_plotlyjs="cdn")
 
