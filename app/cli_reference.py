@@ -22,11 +22,19 @@ reference_app = typer.Typer(help="Train and evaluate the bundled reference model
 
 
 def _check_train_numbers(
-    steps, warmup, arch, corpus, checkpoint_every, lr, checkpoint_seconds, router_aux_coef
+    steps,
+    warmup,
+    arch,
+    corpus,
+    checkpoint_every,
+    lr,
+    checkpoint_seconds,
+    router_aux_coef,
+    router_balance,
 ) -> None:
-    """Every numeric option of ``reference train``, before the corpus is built."""
+    """Every numeric or named option of ``reference train``, before the corpus is built."""
     from probe.errors import GatescopeError
-    from probe.reference.train import ARCHES
+    from probe.reference.train import ARCHES, BALANCES
 
     if steps < 1 or warmup < 0 or warmup >= steps:
         raise GatescopeError(
@@ -46,6 +54,10 @@ def _check_train_numbers(
         )
     if not router_aux_coef >= 0:
         raise GatescopeError(f"--router-aux-coef {router_aux_coef}: expected 0 or more")
+    if router_balance not in BALANCES:
+        raise GatescopeError(
+            f"--router-balance {router_balance}: expected one of {', '.join(BALANCES)}"
+        )
 
 
 @reference_app.command("train")
@@ -104,6 +116,13 @@ def train(
     router_aux_coef: float = typer.Option(
         0.01, "--router-aux-coef", help="hybrid: the MoE load-balancing loss coefficient"
     ),
+    router_balance: str = typer.Option(
+        "family",
+        "--router-balance",
+        help="hybrid: family (the model's own load-balancing loss, expert loads pooled over "
+        "the layers) or layer (the same loss per MoE layer, averaged: no expert left unused "
+        "in one layer)",
+    ),
 ) -> None:
     """Train a reference model (see data/models/*/README.md for the bundled models' recipe)."""
     import torch
@@ -112,7 +131,15 @@ def train(
     from probe.reference.train import TrainConfig, checkpoint_step, train_reference
 
     _check_train_numbers(
-        steps, warmup, arch, corpus, checkpoint_every, lr, checkpoint_seconds, router_aux_coef
+        steps,
+        warmup,
+        arch,
+        corpus,
+        checkpoint_every,
+        lr,
+        checkpoint_seconds,
+        router_aux_coef,
+        router_balance,
     )
     if threads is not None:
         if threads < 1:
@@ -135,6 +162,7 @@ def train(
         tokenizer=None if tokenizer is None else str(tokenizer),
         init_embeddings=None if init_embeddings is None else str(init_embeddings),
         router_aux_coef=router_aux_coef,
+        router_balance=router_balance,
     )
     at = checkpoint_step(out) if resume else None
     if resume:

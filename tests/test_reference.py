@@ -450,6 +450,7 @@ def test_evaluate_takes_a_hugging_face_model():
         (["train", "--out", "x", "--lr", "-1"], "--lr -1.0"),
         (["train", "--out", "x", "--corpus", "5"], "--corpus 5: expected 1, 2, 3 or 4"),
         (["train", "--out", "x", "--router-aux-coef", "-1"], "--router-aux-coef -1.0"),
+        (["train", "--out", "x", "--router-balance", "x"], "--router-balance x: expected one"),
         (["train", "--out", "x", "--init", "no/such/dir"], "not a trained model directory"),
         (["eval", "./no_such_model"], "no_such_model"),
     ],
@@ -491,3 +492,26 @@ def test_model_card_says_why_a_later_stage_exists():
     assert "Stage 3 continues stage 2" in said and "from 0.01 to 0.05" in said
     assert "--router-aux-coef 0.05" in _command(three, 3, "hybrid")
     assert "--router-aux-coef" not in _command(two, 2, "hybrid")
+
+
+def test_layer_balance_is_the_family_loss_of_each_layer(tmp_path):
+    from transformers.models.qwen3_next.modeling_qwen3_next import load_balancing_loss_func
+
+    from probe.reference.train import TrainConfig, _loss, _start, layer_balance_loss
+
+    cfg = TrainConfig(arch="hybrid", router_balance="layer", router_aux_coef=0.3, **TINY)
+    model, _, _ = _start(cfg, [])  # a fresh model (its tokenizer is not used here)
+    ids = torch.randint(0, 100, (2, 8))
+    with torch.no_grad():
+        out = model(ids, labels=ids)
+        logits = out.router_logits
+        # one layer: exactly the family's function; pooled over layers it differs
+        one = layer_balance_loss(logits[:1], cfg.n_experts, cfg.top_k)
+        torch.testing.assert_close(one, load_balancing_loss_func(logits[:1], cfg.n_experts, 2))
+        mean = torch.stack([load_balancing_loss_func((r,), cfg.n_experts, 2) for r in logits])
+        torch.testing.assert_close(
+            layer_balance_loss(logits, cfg.n_experts, cfg.top_k), mean.mean()
+        )
+        lm = out.loss - model.router_aux_loss_coef * out.aux_loss
+        torch.testing.assert_close(_loss(model, ids, cfg), lm + 0.3 * mean.mean())
+    assert model.router_aux_loss_coef == cfg.router_aux_coef  # put back after the step

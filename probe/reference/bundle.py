@@ -183,6 +183,8 @@ def _command(stage: dict, k: int, arch: str) -> str:
         parts.append("--freeze-embeddings")
     if arch == "hybrid" and cfg.get("router_aux_coef", 0.01) != 0.01:
         parts.append(f"--router-aux-coef {cfg['router_aux_coef']}")
+    if arch == "hybrid" and cfg.get("router_balance", "family") != "family":
+        parts.append(f"--router-balance {cfg['router_balance']}")
     if cfg["lr"] != 3e-3 or cfg["warmup"] != 100:
         parts.append(f"--lr {cfg['lr']} --warmup {cfg['warmup']}")
     if len(schedule) > 1:
@@ -228,6 +230,8 @@ def _training(info: dict) -> str:
             extra += ", token embeddings (and the tied unembedding) frozen"
         if arch == "hybrid":
             extra += f", load-balancing loss coefficient {cfg.get('router_aux_coef', 0.01)}"
+            if cfg.get("router_balance", "family") == "layer":
+                extra += " on each MoE layer's own loss"
         lines.append(
             f"{k}. {_schedule(cfg)}{_schedule_note(stage)}, {start}{extra}, on "
             f"{_corpus(cfg, stage['corpus_sha256'])}; "
@@ -275,6 +279,12 @@ def _later_stages(info: dict) -> str:
                 f"with the load-balancing loss coefficient raised from {before} to {coef}, "
                 "so that experts the second stage left (nearly) without tokens are routed to "
                 "again"
+            )
+        if cfg["arch"] == "hybrid" and cfg.get("router_balance", "family") == "layer":
+            what.append(
+                "balancing each MoE layer on its own (the family's loss pools the expert "
+                "loads of all layers, so an expert unused in one layer and busy in another "
+                "costs nothing)"
             )
         said.append(f"Stage {k} continues stage {k - 1} on the same corpus {', '.join(what)}.")
     return " ".join(said) + "\n"

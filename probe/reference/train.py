@@ -72,6 +72,10 @@ class TrainConfig:
     d_expert: int = 128
     d_shared: int = 128
     router_aux_coef: float = 0.01
+    #: "family": the model's own load-balancing loss, whose expert loads are pooled over all
+    #: layers (an expert unused in one layer and busy in another costs nothing); "layer": the
+    #: same loss of each MoE layer alone, averaged over the layers
+    router_balance: str = "family"
 
 
 ARCHES = ("gated", "plain", "hybrid")
@@ -279,6 +283,34 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
     )
 
 
+BALANCES = ("family", "layer")
+
+
+def layer_balance_loss(router_logits, n_experts: int, top_k: int) -> torch.Tensor:
+    """The family's load-balancing loss of each MoE layer alone, averaged over the layers."""
+    from transformers.models.qwen3_next.modeling_qwen3_next import load_balancing_loss_func
+
+    per_layer = [load_balancing_loss_func((r,), n_experts, top_k) for r in router_logits]
+    return torch.stack([torch.as_tensor(v) for v in per_layer]).mean()
+
+
+def _loss(model, batch: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """The language-model loss plus the load-balancing term ``cfg.router_balance`` names."""
+    if cfg.arch != "hybrid" or cfg.router_balance == "family":
+        return model(batch, labels=batch).loss  # the family's own (pooled) loss for MoE
+    if cfg.router_balance not in BALANCES:
+        raise GatescopeError(
+            f"router balance {cfg.router_balance!r}: expected one of {', '.join(BALANCES)}"
+        )
+    coef, model.router_aux_loss_coef = model.router_aux_loss_coef, 0.0
+    try:
+        out = model(batch, labels=batch)  # the language-model loss alone
+    finally:
+        model.router_aux_loss_coef = coef
+    balance = layer_balance_loss(out.router_logits, model.num_experts, model.num_experts_per_tok)
+    return out.loss + cfg.router_aux_coef * balance
+
+
 def _train_steps(
     model, opt, windows, cfg: TrainConfig, step: int, losses: list, ckpt, progress, clock, schedule
 ) -> bool:
@@ -295,7 +327,7 @@ def _train_steps(
         batch = windows[torch.randint(0, len(windows), (cfg.batch,), generator=g)]
         for group in opt.param_groups:
             group["lr"] = _lr(cfg, step)
-        loss = model(batch, labels=batch).loss
+        loss = _loss(model, batch, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
