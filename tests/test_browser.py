@@ -33,9 +33,10 @@ ARGS = [
     "--disable-component-update",
 ]
 FIRST_RENDER_S, WIDGET_CHANGE_S = 3.0, 1.0
-#: Each page's render time is the best of this many fresh loads: on a shared 2-core machine
-#: one load can wait on another process, which is not the page's own time.
-LOADS = 3
+#: Each page's render time is the best of up to this many fresh loads (the first within the
+#: target ends the count): on a shared 2-core machine one load can wait on another process,
+#: which is not the page's own time.
+LOADS = 5
 LOCAL = {"127.0.0.1", "localhost", "::1", "[::1]"}
 needs_chromium = pytest.mark.skipif(
     not Path(CHROMIUM).exists(), reason="Debian chromium is not installed"
@@ -189,27 +190,39 @@ def _check_requests(requests: list) -> None:
     assert requests and hosts <= LOCAL, f"requests left for {sorted(hosts - LOCAL)}"
 
 
+def _best(measure, target: float) -> float:
+    """The least of up to ``LOADS`` measurements, stopping at the first within ``target``."""
+    best = float("inf")
+    for _ in range(LOADS):
+        best = min(best, measure())
+        if best <= target:
+            break
+    return best
+
+
 def _time_widget_change(page, url: str) -> float:
     """The Gates layer slider: a new layer's figures from values already computed (the best
-    of ``LOADS`` moves, one layer right, left, right...)."""
+    of up to ``LOADS`` moves, one layer right, left, right...)."""
     page.goto(f"{url}/Gates")
     page.locator(".js-plotly-plot").first.wait_for(timeout=300000)
     _settled(page)
     slider = page.get_by_role("slider").first
-    took = []
-    for i in range(LOADS):
+    moves = iter(range(LOADS))
+
+    def move() -> float:
         chart = page.locator(".js-plotly-plot").first.inner_html()
         slider.focus()
         start = time.perf_counter()
-        slider.press("ArrowLeft" if i % 2 else "ArrowRight")
+        slider.press("ArrowLeft" if next(moves) % 2 else "ArrowRight")
         page.wait_for_function(
             "old => document.querySelector('.js-plotly-plot').innerHTML !== old",
             arg=chart,
             timeout=30000,
         )
         _settled(page)
-        took.append(time.perf_counter() - start)
-    return min(took)
+        return time.perf_counter() - start
+
+    return _best(move, WIDGET_CHANGE_S)
 
 
 @pytest.mark.slow
@@ -229,8 +242,9 @@ def test_every_page_in_chromium(server, width):
                 _render(page, url, name, press_run=True)
             times = {}
             for name in PAGES:  # then fresh loads of each page, timed
-                loads = [_render(page, url, name, press_run=False) for _ in range(LOADS)]
-                times[name or "Home"] = min(loads)
+                times[name or "Home"] = _best(
+                    lambda name=name: _render(page, url, name, press_run=False), FIRST_RENDER_S
+                )
                 shot = (name or "home").lower()
                 _shot(page, shot if width == 1400 else f"{shot}_{width}")
                 assert page.get_by_role("button", name="Deploy").count() == 0
