@@ -268,19 +268,23 @@ def _later_stages(info: dict) -> str:
     stages = _stages(info)
     if len(stages) < 3:
         return ""
-    second = stages[1]["config"]
     said = []
     for k, stage in enumerate(stages[2:], 3):
-        cfg = stage["config"]
+        cfg, previous = stage["config"], stages[k - 2]["config"]
         what = [f"at learning rate {cfg['lr']}"]
-        coef, before = cfg.get("router_aux_coef", 0.01), second.get("router_aux_coef", 0.01)
+        coef, before = cfg.get("router_aux_coef", 0.01), previous.get("router_aux_coef", 0.01)
         if cfg["arch"] == "hybrid" and coef != before:
             what.append(
                 f"with the load-balancing loss coefficient raised from {before} to {coef}, "
-                "so that experts the second stage left (nearly) without tokens are routed to "
+                "so that experts the earlier stages left (nearly) without tokens are routed to "
                 "again"
             )
-        if cfg["arch"] == "hybrid" and cfg.get("router_balance", "family") == "layer":
+        if (
+            cfg["arch"] == "hybrid"
+            and previous.get("router_balance", "family")
+            != cfg.get("router_balance", "family")
+            == "layer"
+        ):
             what.append(
                 "balancing each MoE layer on its own (the family's loss pools the expert "
                 "loads of all layers, so an expert unused in one layer and busy in another "
