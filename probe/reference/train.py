@@ -260,7 +260,7 @@ def _start(cfg: TrainConfig, documents: list[str]):
     model = cls.from_pretrained(init)
     if cfg.arch == "hybrid":  # this run's auxiliary loss coefficient, not the one of --init
         model.config.router_aux_loss_coef = cfg.router_aux_coef
-        model.router_aux_loss_coef = cfg.router_aux_coef
+        model.router_aux_loss_coef = cfg.router_aux_coef  # pyright: ignore[reportArgumentType]
     return model, tokenizer, info
 
 
