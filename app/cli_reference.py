@@ -21,42 +21,33 @@ from app.cli_common import (
 reference_app = typer.Typer(help="Train and evaluate the bundled reference models.")
 
 
-def _check_train_numbers(
-    steps,
-    warmup,
-    arch,
-    corpus,
-    checkpoint_every,
-    lr,
-    checkpoint_seconds,
-    router_aux_coef,
-    router_balance,
-) -> None:
-    """Every numeric or named option of ``reference train``, before the corpus is built."""
+def _check_train_config(cfg, checkpoint_every: int | None) -> None:
+    """Every numeric or named option of ``reference train`` (as ``cfg`` holds them, and the
+    ``--checkpoint-every`` given), before the corpus is built."""
     from probe.errors import GatescopeError
     from probe.reference.train import ARCHES, BALANCES
 
-    if steps < 1 or warmup < 0 or warmup >= steps:
+    if cfg.steps < 1 or cfg.warmup < 0 or cfg.warmup >= cfg.steps:
         raise GatescopeError(
-            f"--steps {steps} --warmup {warmup}: expected 0 <= warm-up < steps, steps >= 1"
+            f"--steps {cfg.steps} --warmup {cfg.warmup}: expected 0 <= warm-up < steps, steps >= 1"
         )
-    if arch not in ARCHES:
-        raise GatescopeError(f"--arch {arch}: expected one of {', '.join(ARCHES)}")
-    if corpus not in (1, 2, 3, 4):
-        raise GatescopeError(f"--corpus {corpus}: expected 1, 2, 3 or 4")
+    if cfg.arch not in ARCHES:
+        raise GatescopeError(f"--arch {cfg.arch}: expected one of {', '.join(ARCHES)}")
+    if cfg.corpus_version not in (1, 2, 3, 4):
+        raise GatescopeError(f"--corpus {cfg.corpus_version}: expected 1, 2, 3 or 4")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise GatescopeError(f"--checkpoint-every {checkpoint_every}: expected a positive number")
-    if not lr > 0:
-        raise GatescopeError(f"--lr {lr}: expected a positive learning rate")
-    if not checkpoint_seconds >= 0:  # also NaN
+    if not cfg.lr > 0:
+        raise GatescopeError(f"--lr {cfg.lr}: expected a positive learning rate")
+    if not cfg.checkpoint_seconds >= 0:  # also NaN
         raise GatescopeError(
-            f"--checkpoint-seconds {checkpoint_seconds}: expected 0 (off) or a positive number"
+            f"--checkpoint-seconds {cfg.checkpoint_seconds}: expected 0 (off) or a positive number"
         )
-    if not router_aux_coef >= 0:
-        raise GatescopeError(f"--router-aux-coef {router_aux_coef}: expected 0 or more")
-    if router_balance not in BALANCES:
+    if not cfg.router_aux_coef >= 0:
+        raise GatescopeError(f"--router-aux-coef {cfg.router_aux_coef}: expected 0 or more")
+    if cfg.router_balance not in BALANCES:
         raise GatescopeError(
-            f"--router-balance {router_balance}: expected one of {', '.join(BALANCES)}"
+            f"--router-balance {cfg.router_balance}: expected one of {', '.join(BALANCES)}"
         )
 
 
@@ -130,17 +121,6 @@ def train(
     from probe.errors import GatescopeError
     from probe.reference.train import TrainConfig, checkpoint_step, train_reference
 
-    _check_train_numbers(
-        steps,
-        warmup,
-        arch,
-        corpus,
-        checkpoint_every,
-        lr,
-        checkpoint_seconds,
-        router_aux_coef,
-        router_balance,
-    )
     if threads is not None:
         if threads < 1:
             raise GatescopeError(f"--threads {threads}: expected a positive number")
@@ -164,6 +144,7 @@ def train(
         router_aux_coef=router_aux_coef,
         router_balance=router_balance,
     )
+    _check_train_config(cfg, checkpoint_every)
     at = checkpoint_step(out) if resume else None
     if resume:
         where = f"step {at} of {out / 'checkpoint'}" if at is not None else "no checkpoint"
