@@ -179,10 +179,11 @@ def interleaved(fns: dict, rounds: int) -> dict:
     return best
 
 
-def forward_costs(model, hf, t, b, attn: list[int], repeats: int, anchors: bool) -> dict:
+def forward_costs(model, wrapped, t, b, attn: list[int], repeats: int) -> dict:
     """A plain forward pass, the same traced (attention gates and every residual), gate
     statistics over the same prompts and nnsight reading the same modules: the best of
-    ``max(7, repeats)`` interleaved rounds, as ratios to the plain pass."""
+    ``max(7, repeats)`` interleaved rounds, as ratios to the plain pass (nnsight left out when
+    ``wrapped`` is None)."""
     sites = [*(f"attn_gate.{i}" for i in attn), "resid_post.*"]
 
     def traced():
@@ -194,10 +195,7 @@ def forward_costs(model, hf, t, b, attn: list[int], repeats: int, anchors: bool)
         "traced": traced,
         "stats": lambda: gate_stats(model, t.clean, batch_size=len(t), progress=False),
     }
-    if anchors:
-        from nnsight import NNsight
-
-        wrapped = NNsight(hf)
+    if wrapped is not None:
         fns["nnsight"] = lambda: nnsight_trace(wrapped, b.clean_ids, attn)
     with torch.no_grad():
         best = interleaved(fns, max(7, repeats))
@@ -206,12 +204,12 @@ def forward_costs(model, hf, t, b, attn: list[int], repeats: int, anchors: bool)
         "traced_ratio": best["traced"] / best["plain"],
         "stats_ratio": best["stats"] / best["plain"],
     }
-    if anchors:
+    if wrapped is not None:
         out["nn_trace_ratio"] = best["nnsight"] / best["plain"]
     return out
 
 
-def sweep_costs(model, hf, t, b, attn: list[int], repeats: int, anchors: bool) -> dict:
+def sweep_costs(model, wrapped, t, b, attn: list[int], repeats: int) -> dict:
     """The head-patching sweep resumed and in full passes, AtP and RelP over the same heads,
     and nnsight's sweep (results compared with gatescope's)."""
     heads = ",".join(f"head_out.{i}" for i in attn)
@@ -238,11 +236,8 @@ def sweep_costs(model, hf, t, b, attn: list[int], repeats: int, anchors: bool) -
         "max_diff": diff,
         "peak_mb": a.peak_memory / 2**20,
     }
-    if anchors:
-        from nnsight import NNsight
-
-        wrapped = NNsight(hf)
-        head_dim, n_heads = hf.config.head_dim, hf.config.num_attention_heads
+    if wrapped is not None:
+        head_dim, n_heads = model.hf.config.head_dim, model.hf.config.num_attention_heads
         swept = {}
         with torch.no_grad():
             nn_sweep = timed(
@@ -275,9 +270,14 @@ def point(
     attn = attention_layers(hf.config)
     row = {"shape": "dense" if dense else "hybrid", "layers": layers, "length": length}
     row["batch"] = batch
-    row.update(forward_costs(model, hf, t, b, attn, repeats, anchors))
+    wrapped = None
+    if anchors:
+        from nnsight import NNsight
+
+        wrapped = NNsight(hf)
+    row.update(forward_costs(model, wrapped, t, b, attn, repeats))
     if sweeps:
-        row.update(sweep_costs(model, hf, t, b, attn, repeats, anchors))
+        row.update(sweep_costs(model, wrapped, t, b, attn, repeats))
     return row
 
 

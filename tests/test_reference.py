@@ -86,13 +86,11 @@ def _first_stage(info: dict) -> dict:
 @pytest.mark.parametrize("name", ["reference", "reference-plain", "reference-hybrid"])
 def test_every_stage_corpus_of_the_bundled_models_is_reproduced(name):
     """Every training stage's corpus is rebuilt from its recorded options, bit for bit."""
+    from probe.reference.bundle import _stages
+
     info = json.loads((reference_path(name) / "training.json").read_text())
-    stages, stage = [], info
-    while stage:
-        stages.append(stage)
-        stage = stage.get("init")
     built = {}
-    for stage in stages:
+    for stage in _stages(info):
         cfg = stage["config"]
         key = (cfg["seed"], cfg["induction_tail"], cfg["corpus_version"], cfg["induction_docs"])
         if key not in built:

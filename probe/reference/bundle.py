@@ -275,7 +275,8 @@ def _later_stages(info: dict) -> str:
         coef, before = cfg.get("router_aux_coef", 0.01), previous.get("router_aux_coef", 0.01)
         if cfg["arch"] == "hybrid" and coef != before:
             what.append(
-                f"with the load-balancing loss coefficient raised from {before} to {coef}, "
+                f"with the load-balancing loss coefficient "
+                f"{'raised' if coef > before else 'lowered'} from {before} to {coef}, "
                 "so that experts the earlier stages left (nearly) without tokens are routed to "
                 "again"
             )
