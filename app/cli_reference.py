@@ -33,12 +33,14 @@ def _check_train_config(cfg, checkpoint_every: int | None) -> None:
         )
     if cfg.arch not in ARCHES:
         raise GatescopeError(f"--arch {cfg.arch}: expected one of {', '.join(ARCHES)}")
-    if cfg.corpus_version not in (1, 2, 3, 4):
-        raise GatescopeError(f"--corpus {cfg.corpus_version}: expected 1, 2, 3 or 4")
+    if cfg.corpus_version not in (1, 2, 3, 4, 5):
+        raise GatescopeError(f"--corpus {cfg.corpus_version}: expected 1, 2, 3, 4 or 5")
     if checkpoint_every is not None and checkpoint_every < 1:
         raise GatescopeError(f"--checkpoint-every {checkpoint_every}: expected a positive number")
     if not cfg.lr > 0:
         raise GatescopeError(f"--lr {cfg.lr}: expected a positive learning rate")
+    if not cfg.weight_decay >= 0:
+        raise GatescopeError(f"--weight-decay {cfg.weight_decay}: expected 0 or more")
     if not cfg.checkpoint_seconds >= 0:  # also NaN
         raise GatescopeError(
             f"--checkpoint-seconds {cfg.checkpoint_seconds}: expected 0 (off) or a positive number"
@@ -67,6 +69,9 @@ def train(
     init: Path = typer.Option(None, "--init", help="continue training this model directory"),
     lr: float = typer.Option(3e-3, "--lr", help="peak learning rate"),
     warmup: int = typer.Option(100, "--warmup", help="linear warm-up steps"),
+    weight_decay: float = typer.Option(
+        0.1, "--weight-decay", help="AdamW weight decay of the weight matrices"
+    ),
     induction_tail: bool = typer.Option(
         True,
         help="induction documents go on into a third copy (--no-induction-tail: the "
@@ -131,6 +136,7 @@ def train(
         seed=seed,
         lr=lr,
         warmup=warmup,
+        weight_decay=weight_decay,
         induction_tail=induction_tail,
         init=None if init is None else str(init),
         checkpoint_every=checkpoint_every or min(250, max(1, steps // 4)),

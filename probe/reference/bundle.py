@@ -187,6 +187,8 @@ def _command(stage: dict, k: int, arch: str) -> str:
         parts.append(f"--router-balance {cfg['router_balance']}")
     if cfg["lr"] != 3e-3 or cfg["warmup"] != 100:
         parts.append(f"--lr {cfg['lr']} --warmup {cfg['warmup']}")
+    if cfg.get("weight_decay", 0.1) != 0.1:
+        parts.append(f"--weight-decay {cfg['weight_decay']}")
     if len(schedule) > 1:
         parts.append(f"--stop-after {schedule[1][0]}")
     parts.append(f"--threads 1 --out runs/{arch}-stage{k}")

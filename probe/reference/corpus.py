@@ -205,9 +205,31 @@ def induction_vocabulary() -> tuple[tuple[str, ...], tuple[str, ...]]:
     return pool, held
 
 
+_ONSETS = "b c d f g h j k l m n p r s t v w z br cr dr fl gr pl st tr sh ch th sk sp".split()
+_NUCLEI = "a e i o u ai ea ou oo ie".split()
+_CODAS = ["", "", "n", "r", "s", "t", "l", "m", "k", "x", "nd", "st", "rk"]
+
+
+def nonce_word(rng: random.Random) -> str:
+    """A made-up word of one to three syllables ("trienmest", "kunjicrum") that neither is
+    nor starts with a held-out induction word, so no held-out word's first token occurs in
+    it. Such words split into tokens in combinations no training text has, so copying them
+    cannot be a lookup over known words."""
+    held = set(induction_vocabulary()[1])
+    while True:
+        n = rng.randint(1, 3)
+        word = "".join(rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS) for _ in range(n))
+        if not any(word[:k] in held for k in range(3, 9)):
+            return word
+
+
 def induction_words(rng: random.Random, length: int, version: int = 2) -> list[str]:
+    """Words of one induction document: from the training pool (version 1: ~200 words);
+    from version 5 on, each word is a made-up one (:func:`nonce_word`) with probability 0.4."""
     pool = V1_POOL if version == 1 else induction_vocabulary()[0]
-    return [rng.choice(pool) for _ in range(length)]
+    if version < 5:
+        return [rng.choice(pool) for _ in range(length)]
+    return [nonce_word(rng) if rng.random() < 0.4 else rng.choice(pool) for _ in range(length)]
 
 
 def _ioi_doc(rng, version: int = 2):
@@ -289,6 +311,8 @@ MIXTURE_V1 = {"ioi": 60000, "induction": 20000, "fact": 12000, "sentiment": 1600
 #: Version 3 adds short word lists (``_list_doc``) to version 2, version 4 long ones.
 MIXTURE_V3 = {**MIXTURE, "list": 12000}
 MIXTURE_V4 = {**MIXTURE, "list": 6000}
+#: Version 5: version 4 with made-up words in the induction documents, and more of them.
+MIXTURE_V5 = {**MIXTURE_V4, "induction": 48000}
 _MAKERS = {
     "ioi": _ioi_doc,
     "induction": _induction_doc,
@@ -318,7 +342,7 @@ class Corpus:
         return [d for d, k in zip(self.documents, self.kinds, strict=True) if k == kind]
 
 
-VERSIONS = {1: MIXTURE_V1, 2: MIXTURE, 3: MIXTURE_V3, 4: MIXTURE_V4}
+VERSIONS = {1: MIXTURE_V1, 2: MIXTURE, 3: MIXTURE_V3, 4: MIXTURE_V4, 5: MIXTURE_V5}
 
 
 def build_corpus(
@@ -339,7 +363,7 @@ def build_corpus(
     token embeddings from the other text only); every other document is drawn as with them.
     """
     if version not in VERSIONS:
-        raise GatescopeError(f"corpus version {version}: expected one of 1, 2, 3, 4")
+        raise GatescopeError(f"corpus version {version}: expected one of 1, 2, 3, 4, 5")
     rng = random.Random(seed)
     docs: list[tuple[str, str]] = []
     for kind, count in VERSIONS[version].items():
