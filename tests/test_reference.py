@@ -53,8 +53,9 @@ def test_corpus_is_deterministic_from_its_seed():
     assert build_corpus(0, scale=0.02, version=1).sha256() != a.sha256()
     assert build_corpus(0, scale=0.02, version=2).sha256() != a.sha256()
     assert build_corpus(0, scale=0.02, version=3).sha256() != a.sha256()
-    with pytest.raises(GatescopeError, match="corpus version 5"):
-        build_corpus(0, version=5)
+    assert build_corpus(0, scale=0.02, version=5).sha256() != a.sha256()
+    with pytest.raises(GatescopeError, match="corpus version 6"):
+        build_corpus(0, version=6)
     # a first stage without induction documents keeps every other document as it is
     c = build_corpus(0, scale=0.02, induction=False)
     assert "induction" not in c.kinds
@@ -269,6 +270,45 @@ def test_later_stage_keeps_the_tokenizer_and_checks_the_arch(tmp_path):
         train_reference(TrainConfig(arch="hybrid", steps=2, init=str(first), **TINY), tmp_path)
 
 
+def test_made_up_induction_words_hold_no_heldout_token():
+    """Corpus 5's made-up words: none starts with a held-out word, so (checked on the
+    tokens) no held-out evaluation token occurs in any induction document."""
+    from transformers import AutoTokenizer
+
+    from probe.reference.corpus import nonce_word
+    from probe.tasks import load_task
+
+    corpus = build_corpus(0, scale=0.05, version=5)
+    docs = corpus.of_kind("induction")
+    pool, held = induction_vocabulary()
+    words = {w for d in docs for w in d.split()}
+    made_up = words - set(pool)
+    assert len(made_up) > 100 and not made_up & set(held)
+    rng = random.Random(3)
+    assert all(
+        not any(w.startswith(h) for h in held) for w in (nonce_word(rng) for _ in range(500))
+    )
+    tok = AutoTokenizer.from_pretrained(reference_path("reference"))
+    asked = {
+        t
+        for c in load_task("induction").clean
+        for t in tok(c, add_special_tokens=False)["input_ids"]
+    }
+    assert not asked & {t for ids in tok(docs)["input_ids"] for t in ids}
+
+
+def test_weight_decay_reaches_the_weight_matrices_only():
+    from probe.reference.train import TrainConfig, _optimizer, _start
+
+    cfg = TrainConfig(weight_decay=0.7, tokenizer=str(reference_path("reference")), **TINY)
+    model, _, _ = _start(cfg, [])
+    decay, no_decay = _optimizer(model, cfg).param_groups
+    assert decay["weight_decay"] == 0.7 and no_decay["weight_decay"] == 0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(
+        p.dim() < 2 for p in no_decay["params"]
+    )
+
+
 def test_a_later_hybrid_stage_uses_its_own_auxiliary_loss_coefficient(tmp_path):
     from probe.reference.train import TrainConfig, _start, train_reference
 
@@ -450,7 +490,8 @@ def test_evaluate_takes_a_hugging_face_model():
         (["train", "--out", "x", "--arch", "moe"], "--arch moe: expected one of gated, plain"),
         (["train", "--out", "x", "--steps", "0"], "--steps 0"),
         (["train", "--out", "x", "--lr", "-1"], "--lr -1.0"),
-        (["train", "--out", "x", "--corpus", "5"], "--corpus 5: expected 1, 2, 3 or 4"),
+        (["train", "--out", "x", "--corpus", "6"], "--corpus 6: expected 1, 2, 3, 4 or 5"),
+        (["train", "--out", "x", "--weight-decay", "-1"], "--weight-decay -1.0: expected 0"),
         (["train", "--out", "x", "--router-aux-coef", "-1"], "--router-aux-coef -1.0"),
         (["train", "--out", "x", "--router-balance", "x"], "--router-balance x: expected one"),
         (["train", "--out", "x", "--init", "no/such/dir"], "not a trained model directory"),

@@ -218,7 +218,9 @@ def nonce_word(rng: random.Random) -> str:
     held = set(induction_vocabulary()[1])
     while True:
         n = rng.randint(1, 3)
-        word = "".join(rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS) for _ in range(n))
+        word = "".join(
+            rng.choice(_ONSETS) + rng.choice(_NUCLEI) + rng.choice(_CODAS) for _ in range(n)
+        )
         if not any(word[:k] in held for k in range(3, 9)):
             return word
 
