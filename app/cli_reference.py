@@ -25,7 +25,7 @@ def _check_train_config(cfg, checkpoint_every: int | None) -> None:
     """Every numeric or named option of ``reference train`` (as ``cfg`` holds them, and the
     ``--checkpoint-every`` given), before the corpus is built."""
     from probe.errors import GatescopeError
-    from probe.reference.train import ARCHES, BALANCES
+    from probe.reference.train import ARCHES, BALANCES, hybrid_layer_types
 
     if cfg.steps < 1 or cfg.warmup < 0 or cfg.warmup >= cfg.steps:
         raise GatescopeError(
@@ -47,10 +47,25 @@ def _check_train_config(cfg, checkpoint_every: int | None) -> None:
         )
     if not cfg.router_aux_coef >= 0:
         raise GatescopeError(f"--router-aux-coef {cfg.router_aux_coef}: expected 0 or more")
+    if cfg.arch == "hybrid":
+        hybrid_layer_types(cfg)  # raises on layer numbers out of range
     if cfg.router_balance not in BALANCES:
         raise GatescopeError(
             f"--router-balance {cfg.router_balance}: expected one of {', '.join(BALANCES)}"
         )
+
+
+def _layer_list(text: str | None) -> tuple[int, ...] | None:
+    from probe.errors import GatescopeError
+
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise GatescopeError(
+            f"--attention-layers {text}: expected layer numbers separated by commas, e.g. 1,3"
+        ) from None
 
 
 @reference_app.command("train")
@@ -119,6 +134,11 @@ def train(
         "the layers) or layer (the same loss per MoE layer, averaged: no expert left unused "
         "in one layer)",
     ),
+    attention_layers: str = typer.Option(
+        None,
+        "--attention-layers",
+        help="hybrid: the full-attention layers, comma-separated (default: the last layer)",
+    ),
 ) -> None:
     """Train a reference model (see data/models/*/README.md for the bundled models' recipe)."""
     import torch
@@ -149,6 +169,7 @@ def train(
         init_embeddings=None if init_embeddings is None else str(init_embeddings),
         router_aux_coef=router_aux_coef,
         router_balance=router_balance,
+        attention_layers=_layer_list(attention_layers),
     )
     _check_train_config(cfg, checkpoint_every)
     at = checkpoint_step(out) if resume else None

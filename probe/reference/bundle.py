@@ -183,6 +183,8 @@ def _command(stage: dict, k: int, arch: str) -> str:
         parts.append("--freeze-embeddings")
     if arch == "hybrid" and cfg.get("router_aux_coef", 0.01) != 0.01:
         parts.append(f"--router-aux-coef {cfg['router_aux_coef']}")
+    if arch == "hybrid" and cfg.get("attention_layers") is not None:
+        parts.append(f"--attention-layers {','.join(map(str, cfg['attention_layers']))}")
     if arch == "hybrid" and cfg.get("router_balance", "family") != "family":
         parts.append(f"--router-balance {cfg['router_balance']}")
     if cfg["lr"] != 3e-3 or cfg["warmup"] != 100:

@@ -72,6 +72,8 @@ class TrainConfig:
     d_expert: int = 128
     d_shared: int = 128
     router_aux_coef: float = 0.01
+    #: hybrid: the full-attention layers (the rest are Gated-DeltaNet); None: the last one
+    attention_layers: tuple[int, ...] | None = None
     #: "family": the model's own load-balancing loss, whose expert loads are pooled over all
     #: layers (an expert unused in one layer and busy in another costs nothing); "layer": the
     #: same loss of each MoE layer alone, averaged over the layers
@@ -111,7 +113,7 @@ def model_config(cfg: TrainConfig, vocab_size: int):
     if cfg.arch == "hybrid":
         return tf.Qwen3NextConfig(
             **common,
-            layer_types=["linear_attention"] * (cfg.n_layers - 1) + ["full_attention"],
+            layer_types=hybrid_layer_types(cfg),
             linear_num_key_heads=cfg.linear_heads,
             linear_num_value_heads=cfg.linear_heads,
             linear_key_head_dim=cfg.linear_d_head,
@@ -129,6 +131,19 @@ def model_config(cfg: TrainConfig, vocab_size: int):
             partial_rotary_factor=1.0,  # pyright: ignore[reportCallIssue]
         )
     raise GatescopeError(f"--arch {cfg.arch}: expected one of {', '.join(ARCHES)}")
+
+
+def hybrid_layer_types(cfg: TrainConfig) -> list[str]:
+    """The hybrid's layer types: full attention at ``cfg.attention_layers`` (default: the
+    last layer, as Qwen3-Next has one in four), Gated-DeltaNet elsewhere."""
+    full = cfg.attention_layers if cfg.attention_layers is not None else (cfg.n_layers - 1,)
+    bad = [i for i in full if not 0 <= i < cfg.n_layers]
+    if bad or not full:
+        raise GatescopeError(
+            f"--attention-layers {','.join(map(str, full))}: expected layer numbers "
+            f"0..{cfg.n_layers - 1}, at least one"
+        )
+    return ["full_attention" if i in full else "linear_attention" for i in range(cfg.n_layers)]
 
 
 def model_class(arch: str):
