@@ -297,6 +297,23 @@ def test_made_up_induction_words_hold_no_heldout_token():
     assert not asked & {t for ids in tok(docs)["input_ids"] for t in ids}
 
 
+def test_hybrid_attention_layers_go_where_given():
+    from probe.reference.bundle import _command
+    from dataclasses import asdict
+
+    from probe.reference.train import TrainConfig, model_class, model_config
+
+    four = {**TINY, "n_layers": 4}
+    default = model_config(TrainConfig(arch="hybrid", **four), 100).layer_types
+    assert default == ["linear_attention"] * 3 + ["full_attention"]
+    cfg = TrainConfig(arch="hybrid", attention_layers=(1, 3), **four)
+    model = load_model(model_class("hybrid")(model_config(cfg, 100)))
+    mixers = [info.mixer for info in model.layer_map()]
+    assert mixers == ["linear_attention", "full_attention"] * 2
+    stage = {"config": {**asdict(cfg), "attention_layers": [1, 3]}}
+    assert "--attention-layers 1,3" in _command(stage, 1, "hybrid")
+
+
 def test_weight_decay_reaches_the_weight_matrices_only():
     from probe.reference.train import TrainConfig, _optimizer, _start
 
@@ -492,6 +509,11 @@ def test_evaluate_takes_a_hugging_face_model():
         (["train", "--out", "x", "--lr", "-1"], "--lr -1.0"),
         (["train", "--out", "x", "--corpus", "6"], "--corpus 6: expected 1, 2, 3, 4 or 5"),
         (["train", "--out", "x", "--weight-decay", "-1"], "--weight-decay -1.0: expected 0"),
+        (
+            ["train", "--out", "x", "--arch", "hybrid", "--attention-layers", "1,4"],
+            "--attention-layers 1,4: expected layer numbers 0..3",
+        ),
+        (["train", "--out", "x", "--attention-layers", "one"], "separated by commas, e.g. 1,3"),
         (["train", "--out", "x", "--router-aux-coef", "-1"], "--router-aux-coef -1.0"),
         (["train", "--out", "x", "--router-balance", "x"], "--router-balance x: expected one"),
         (["train", "--out", "x", "--init", "no/such/dir"], "not a trained model directory"),
