@@ -557,6 +557,12 @@ def test_model_card_says_why_a_later_stage_exists():
     assert "Stage 3 continues stage 2" in said and "from 0.01 to 0.05" in said
     assert "--router-aux-coef 0.05" in _command(three, 3, "hybrid")
     assert "--router-aux-coef" not in _command(two, 2, "hybrid")
+    four = {**stage(4, 0.05, "s3"), "init": three}
+    four["config"]["weight_decay"] = 3.0
+    said = _later_stages(four)
+    assert "Stage 4 continues stage 3" in said and "weight decay raised from 0.1 to 3.0" in said
+    assert "--weight-decay 3.0" in _command(four, 4, "hybrid")
+    assert "--weight-decay" not in _command(three, 3, "hybrid")
 
 
 def test_layer_balance_is_the_family_loss_of_each_layer(tmp_path):

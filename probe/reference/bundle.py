@@ -295,6 +295,18 @@ def _later_stages(info: dict) -> str:
                 "loads of all layers, so an expert unused in one layer and busy in another "
                 "costs nothing)"
             )
+        decay, decay_before = cfg.get("weight_decay", 0.1), previous.get("weight_decay", 0.1)
+        if decay != decay_before:
+            what.append(
+                f"with the weight decay {'raised' if decay > decay_before else 'lowered'} from "
+                f"{decay_before} to {decay}"
+                + (
+                    ", so that copying does not stay fitted to the tokens induction documents "
+                    "use and carries over to tokens it was never trained on"
+                    if decay > decay_before
+                    else ""
+                )
+            )
         said.append(f"Stage {k} continues stage {k - 1} on the same corpus {', '.join(what)}.")
     return " ".join(said) + "\n"
 
