@@ -155,7 +155,12 @@ def _corpus(cfg: dict, sha: str) -> str:
             "" if cfg.get("induction_tail", False) else ", induction documents ending at the repeat"
         )
         return f"corpus 1 (18 IOI templates, induction over ~200 words{tail}; sha256 `{sha[:16]}…`)"
-    what = {2: "", 3: ", short word lists", 4: ", long word lists"}.get(version, "")
+    what = {
+        2: "",
+        3: ", short word lists",
+        4: ", long word lists",
+        5: ", long word lists, made-up induction words",
+    }.get(version, "")
     if not cfg.get("induction_docs", True):
         what += ", no induction documents"
     return f"corpus {version} (sha256 `{sha[:16]}…`{what})"

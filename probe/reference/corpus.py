@@ -14,6 +14,8 @@
 5. Prose that ships with Python (``pydoc_data.topics``), minus a held-out slice.
 6. Word lists (versions 3 and 4): random sequences of distinct words, held-out words
    included, never repeated (``_list_doc`` says why).
+7. Version 5 (an experiment no bundled model uses; it lowered held-out induction): version 4
+   with more induction documents, two in five of their words made up (``nonce_word``).
 
 Held out for evaluation: ten IOI templates (six without "and" between the names), one
 phrasing per fact, induction over words that never occur in an induction document, sentence
