@@ -87,6 +87,12 @@ def train(
     weight_decay: float = typer.Option(
         0.1, "--weight-decay", help="AdamW weight decay of the weight matrices"
     ),
+    weight_decay_except: str = typer.Option(
+        None,
+        "--weight-decay-except",
+        help="weight matrices of these modules (comma-separated, e.g. q_proj) keep weight "
+        "decay 0.1",
+    ),
     induction_tail: bool = typer.Option(
         True,
         help="induction documents go on into a third copy (--no-induction-tail: the "
@@ -157,6 +163,7 @@ def train(
         lr=lr,
         warmup=warmup,
         weight_decay=weight_decay,
+        decay_except=tuple(weight_decay_except.split(",")) if weight_decay_except else (),
         induction_tail=induction_tail,
         init=None if init is None else str(init),
         checkpoint_every=checkpoint_every or min(250, max(1, steps // 4)),

@@ -196,6 +196,8 @@ def _command(stage: dict, k: int, arch: str) -> str:
         parts.append(f"--lr {cfg['lr']} --warmup {cfg['warmup']}")
     if cfg.get("weight_decay", 0.1) != 0.1:
         parts.append(f"--weight-decay {cfg['weight_decay']}")
+    if cfg.get("decay_except"):
+        parts.append(f"--weight-decay-except {','.join(cfg['decay_except'])}")
     if len(schedule) > 1:
         parts.append(f"--stop-after {schedule[1][0]}")
     parts.append(f"--threads 1 --out runs/{arch}-stage{k}")
@@ -305,6 +307,13 @@ def _later_stages(info: dict) -> str:
             what.append(
                 f"with the weight decay {'raised' if decay > decay_before else 'lowered'} from "
                 f"{decay_before} to {decay}"
+                + (
+                    f" (except {', '.join(cfg['decay_except'])}, kept at 0.1: in the gated "
+                    "model the query projection also computes the output gate, which a strong "
+                    "decay drives towards 0.5 everywhere)"
+                    if cfg.get("decay_except")
+                    else ""
+                )
                 + (
                     ", so that copying does not stay fitted to the tokens induction documents "
                     "use and carries over to tokens it was never trained on"

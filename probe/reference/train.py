@@ -34,6 +34,9 @@ from probe.reference.tokenizer import check_single_tokens, mark_document_start, 
 log = logging.getLogger(__name__)
 
 
+BASE_WEIGHT_DECAY = 0.1
+
+
 @dataclass
 class TrainConfig:
     """Sizes and optimisation of a reference model (the twins differ only in ``arch``)."""
@@ -52,7 +55,10 @@ class TrainConfig:
     vocab: int = 4096
     lr: float = 3e-3
     warmup: int = 100
-    weight_decay: float = 0.1
+    weight_decay: float = BASE_WEIGHT_DECAY
+    #: weight matrices named so (a module name such as ``q_proj``) keep the weight decay of
+    #: the first stages (0.1) when ``weight_decay`` is set otherwise
+    decay_except: tuple[str, ...] = ()
     checkpoint_every: int = 250
     checkpoint_seconds: float = 300.0  # also a checkpoint after this much wall time (0: off)
     induction_tail: bool = True  # False: the first corpus (``build_corpus``'s docstring)
@@ -286,16 +292,23 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
         model.get_input_embeddings().weight.requires_grad_(False)
         model.get_output_embeddings().weight.requires_grad_(False)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in params if p.dim() >= 2]
-    no_decay = [p for n, p in params if p.dim() < 2]
-    return torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0},
-        ],
-        lr=cfg.lr,
-        betas=(0.9, 0.95),
-    )
+    kept = lambda n: any(part in n.split(".") for part in cfg.decay_except)  # noqa: E731
+    groups = [
+        {"params": [p for n, p in params if p.dim() >= 2 and not kept(n)]},
+        {"params": [p for n, p in params if p.dim() < 2], "weight_decay": 0},
+    ]
+    groups[0]["weight_decay"] = cfg.weight_decay
+    light = [p for n, p in params if p.dim() >= 2 and kept(n)]
+    names = {part for n, p in params if p.dim() >= 2 for part in n.split(".")[:-1]}
+    unknown = [x for x in cfg.decay_except if x not in names]
+    if unknown:
+        raise GatescopeError(
+            f"--weight-decay-except {','.join(unknown)}: no weight matrix of that module; "
+            f"modules with weight matrices: {', '.join(sorted(n for n in names if not n.isdigit()))}"
+        )
+    if light:
+        groups.append({"params": light, "weight_decay": BASE_WEIGHT_DECAY})
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
 
 
 BALANCES = ("family", "layer")
