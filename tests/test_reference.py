@@ -298,9 +298,9 @@ def test_made_up_induction_words_hold_no_heldout_token():
 
 
 def test_hybrid_attention_layers_go_where_given():
-    from probe.reference.bundle import _command
     from dataclasses import asdict
 
+    from probe.reference.bundle import _command
     from probe.reference.train import TrainConfig, model_class, model_config
 
     four = {**TINY, "n_layers": 4}
