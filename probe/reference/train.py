@@ -302,9 +302,10 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
     names = {part for n, p in params if p.dim() >= 2 for part in n.split(".")[:-1]}
     unknown = [x for x in cfg.decay_except if x not in names]
     if unknown:
+        modules = ", ".join(sorted(n for n in names if not n.isdigit()))
         raise GatescopeError(
             f"--weight-decay-except {','.join(unknown)}: no weight matrix of that module; "
-            f"modules with weight matrices: {', '.join(sorted(n for n in names if not n.isdigit()))}"
+            f"modules with weight matrices: {modules}"
         )
     if light:
         groups.append({"params": light, "weight_decay": BASE_WEIGHT_DECAY})
