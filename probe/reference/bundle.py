@@ -10,6 +10,7 @@ from probe.errors import GatescopeError
 from probe.reference import DATA
 from probe.reference.corpus import IOI_TEST, IOI_TRAIN, joined_by_and
 from probe.reference.evaluate import TOKEN_CLASSES, ReferenceEval
+from probe.reference.train import BASE_WEIGHT_DECAY
 
 ARCH_CLASS = {
     "gated": "Qwen3NextForCausalLM",
@@ -194,7 +195,7 @@ def _command(stage: dict, k: int, arch: str) -> str:
         parts.append(f"--router-balance {cfg['router_balance']}")
     if cfg["lr"] != 3e-3 or cfg["warmup"] != 100:
         parts.append(f"--lr {cfg['lr']} --warmup {cfg['warmup']}")
-    if cfg.get("weight_decay", 0.1) != 0.1:
+    if cfg.get("weight_decay", BASE_WEIGHT_DECAY) != BASE_WEIGHT_DECAY:
         parts.append(f"--weight-decay {cfg['weight_decay']}")
     if cfg.get("decay_except"):
         parts.append(f"--weight-decay-except {','.join(cfg['decay_except'])}")
@@ -302,7 +303,8 @@ def _later_stages(info: dict) -> str:
                 "loads of all layers, so an expert unused in one layer and busy in another "
                 "costs nothing)"
             )
-        decay, decay_before = cfg.get("weight_decay", 0.1), previous.get("weight_decay", 0.1)
+        decay = cfg.get("weight_decay", BASE_WEIGHT_DECAY)
+        decay_before = previous.get("weight_decay", BASE_WEIGHT_DECAY)
         if decay != decay_before:
             what.append(
                 f"with the weight decay {'raised' if decay > decay_before else 'lowered'} from "

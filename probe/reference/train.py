@@ -292,14 +292,16 @@ def _optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
         model.get_input_embeddings().weight.requires_grad_(False)
         model.get_output_embeddings().weight.requires_grad_(False)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    kept = lambda n: any(part in n.split(".") for part in cfg.decay_except)  # noqa: E731
+    matrices = [(n.split(".")[:-1], p) for n, p in params if p.dim() >= 2]
     groups = [
-        {"params": [p for n, p in params if p.dim() >= 2 and not kept(n)]},
+        {
+            "params": [p for mods, p in matrices if not set(mods) & set(cfg.decay_except)],
+            "weight_decay": cfg.weight_decay,
+        },
         {"params": [p for n, p in params if p.dim() < 2], "weight_decay": 0},
     ]
-    groups[0]["weight_decay"] = cfg.weight_decay
-    light = [p for n, p in params if p.dim() >= 2 and kept(n)]
-    names = {part for n, p in params if p.dim() >= 2 for part in n.split(".")[:-1]}
+    light = [p for mods, p in matrices if set(mods) & set(cfg.decay_except)]
+    names = {part for mods, _ in matrices for part in mods}
     unknown = [x for x in cfg.decay_except if x not in names]
     if unknown:
         modules = ", ".join(sorted(n for n in names if not n.isdigit()))
